@@ -1,0 +1,61 @@
+"""The Engine protocol every backend implements: I/O keyed by name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named input or output. `shape` holds ints for fixed axes and strings for symbolic ones."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TensorSpec":
+        return cls(name=d["name"], dtype=d["dtype"], shape=tuple(d["shape"]))
+
+
+@runtime_checkable
+class Engine(Protocol):
+    def inputs(self) -> list[TensorSpec]: ...
+
+    def outputs(self) -> list[TensorSpec]: ...
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+def check_feeds(specs: list[TensorSpec], feeds: dict[str, np.ndarray], *, engine: str) -> None:
+    """Raise InputError unless `feeds` has exactly the named inputs with matching dtype and rank/fixed dims."""
+    from .errors import InputError
+
+    expected = {s.name: s for s in specs}
+    missing = sorted(set(expected) - set(feeds))
+    extra = sorted(set(feeds) - set(expected))
+    if missing or extra:
+        raise InputError(
+            f"{engine}: expected inputs {sorted(expected)}, missing {missing}, unexpected {extra}"
+        )
+    for name, spec in expected.items():
+        arr = feeds[name]
+        if str(arr.dtype) != spec.dtype:
+            raise InputError(f"{engine}: input '{name}' expected dtype {spec.dtype}, found {arr.dtype}")
+        if arr.ndim != len(spec.shape):
+            raise InputError(
+                f"{engine}: input '{name}' expected rank {len(spec.shape)} {list(spec.shape)}, found shape {list(arr.shape)}"
+            )
+        for axis, (want, got) in enumerate(zip(spec.shape, arr.shape)):
+            if isinstance(want, int) and want >= 0 and want != got:
+                raise InputError(
+                    f"{engine}: input '{name}' axis {axis} expected {want}, found {got} (shape {list(arr.shape)})"
+                )
