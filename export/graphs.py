@@ -1,0 +1,188 @@
+"""The graphs an engine package holds, as torch modules with named inputs and outputs.
+
+Each target is registered per family with `@graph(...)`; `targets_for(family)` lists them.
+KV tensors are sequence-major, (seq, batch, kv_heads, head_dim), so that the runtime's cache
+buffer allocated once for the maximum length can be fed as a contiguous prefix `buf[:S]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .modeling.vlm import VLM
+
+
+@dataclass(frozen=True)
+class GraphTarget:
+    name: str
+    families: tuple[str, ...]
+    build: Callable[[VLM], nn.Module]
+    inputs: Callable[[VLM, int], dict[str, torch.Tensor]]  # example inputs for a batch size
+    dynamic_axes: Callable[[VLM], dict[str, dict[int, str]]]
+    output_names: Callable[[VLM], list[str]]
+
+
+TARGETS: dict[str, GraphTarget] = {}
+
+
+def graph(name: str, *, families, inputs, dynamic_axes, outputs):
+    def register(build):
+        TARGETS[name] = GraphTarget(name, tuple(families), build, inputs, dynamic_axes, outputs)
+        return build
+
+    return register
+
+
+def targets_for(family: str) -> list[GraphTarget]:
+    return [t for t in TARGETS.values() if family in t.families]
+
+
+def kv_names(model: VLM, prefix: str = "") -> list[str]:
+    return [f"{prefix}{kind}.{i}" for i in range(model.cfg.decoder.num_layers) for kind in ("key", "value")]
+
+
+def to_seq_major(kv):
+    return [t.permute(2, 0, 1, 3) for pair in kv for t in pair]  # (B,kv,S,hd) -> (S,B,kv,hd)
+
+
+# ---- vision ------------------------------------------------------------------------------
+class VisionGraph(nn.Module):
+    def __init__(self, m: VLM):
+        super().__init__()
+        self.m = m
+
+    def forward(self, pixel_values):
+        return self.m.encode_image(pixel_values)
+
+
+@graph("vision", families=("moai", "collavo"),
+       inputs=lambda m, b: {"pixel_values": torch.randn(b, 3, m.cfg.vision.image_size, m.cfg.vision.image_size)},
+       dynamic_axes=lambda m: {"pixel_values": {0: "batch"}, "image_features": {0: "batch"}},
+       outputs=lambda m: ["image_features"])
+def build_vision(m: VLM) -> nn.Module:
+    return VisionGraph(m)
+
+
+# ---- CoLLaVO crayon embedding ---------------------------------------------------------------
+class CrayonGraph(nn.Module):
+    def __init__(self, m: VLM):
+        super().__init__()
+        self.m = m
+
+    def forward(self, class_map, number_map):
+        return self.m.crayon_features(class_map, number_map)
+
+
+def _crayon_inputs(m: VLM, b: int):
+    n, c = m.cfg.vision.num_patches, m.cfg.crayon
+    return {"class_map": torch.randint(0, c.num_classes, (b, n)), "number_map": torch.randint(0, c.num_numbers, (b, n))}
+
+
+@graph("crayon", families=("collavo",), inputs=_crayon_inputs,
+       dynamic_axes=lambda m: {"class_map": {0: "batch"}, "number_map": {0: "batch"}, "seg_features": {0: "batch"}},
+       outputs=lambda m: ["seg_features"])
+def build_crayon(m: VLM) -> nn.Module:
+    return CrayonGraph(m)
+
+
+# ---- MoAI compressor ------------------------------------------------------------------------
+class CompressorGraph(nn.Module):
+    def __init__(self, m: VLM):
+        super().__init__()
+        self.m = m
+
+    def forward(self, aux_inputs):
+        return self.m.compress(aux_inputs)
+
+
+@graph("compressor", families=("moai",),
+       inputs=lambda m, b: {"aux_inputs": torch.randn(b, m.cfg.vision.num_patches + 7, m.cfg.decoder.hidden_size)},
+       dynamic_axes=lambda m: {"aux_inputs": {0: "batch", 1: "aux_len"}, "aux_tokens": {0: "batch"}},
+       outputs=lambda m: ["aux_tokens"])
+def build_compressor(m: VLM) -> nn.Module:
+    return CompressorGraph(m)
+
+
+# ---- prefill ---------------------------------------------------------------------------------
+class PrefillGraph(nn.Module):
+    def __init__(self, m: VLM):
+        super().__init__()
+        self.m = m
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, im_mask, family_input):
+        """family_input: CoLLaVO seg_features (B,L,H) or MoAI aux_tokens (B,A,H)."""
+        key = "seg_features" if self.m.cfg.family == "collavo" else "aux_tokens"
+        logits, kv = self.m.prefill(inputs_embeds, attention_mask, position_ids, im_mask, **{key: family_input})
+        return (logits, *to_seq_major(kv))
+
+
+def _prefill_inputs(m: VLM, b: int):
+    h, n = m.cfg.decoder.hidden_size, m.cfg.vision.num_patches
+    seq = n + 12
+    mask = torch.ones(b, seq, dtype=torch.int64)
+    mask[1:, seq - 3:] = 0  # right padding on the other rows
+    im = torch.zeros(b, seq, dtype=torch.bool)
+    im[:, 5:5 + n] = True
+    feeds = {"inputs_embeds": torch.randn(b, seq, h), "attention_mask": mask,
+             "position_ids": torch.arange(seq).expand(b, seq).contiguous(), "im_mask": im}
+    if m.cfg.family == "collavo":
+        feeds["seg_features"] = torch.randn(b, seq, h) * im[..., None]
+    if m.cfg.family == "moai":
+        feeds["aux_tokens"] = torch.randn(b, m.cfg.compressor.num_latents, h)
+    return feeds
+
+
+def _prefill_axes(m: VLM):
+    axes = {k: {0: "batch", 1: "seq"} for k in ("inputs_embeds", "attention_mask", "position_ids", "im_mask", "seg_features")}
+    axes["aux_tokens"] = {0: "batch"}
+    axes["logits"] = {0: "batch"}
+    axes.update({k: {0: "seq", 1: "batch"} for k in kv_names(m)})
+    return axes
+
+
+@graph("prefill", families=("moai", "collavo"), inputs=_prefill_inputs, dynamic_axes=_prefill_axes,
+       outputs=lambda m: ["logits", *kv_names(m)])
+def build_prefill(m: VLM) -> nn.Module:
+    return PrefillGraph(m)
+
+
+# ---- decode ----------------------------------------------------------------------------------
+class DecodeGraph(nn.Module):
+    def __init__(self, m: VLM):
+        super().__init__()
+        self.m = m
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, *past):
+        pairs = [(past[2 * i].permute(1, 2, 0, 3), past[2 * i + 1].permute(1, 2, 0, 3)) for i in range(len(past) // 2)]
+        logits, kv = self.m.decode_step(inputs_embeds, attention_mask, position_ids, pairs)
+        return (logits, *to_seq_major(kv))
+
+
+def _decode_inputs(m: VLM, b: int):
+    d = m.cfg.decoder
+    past = 9
+    feeds = {"inputs_embeds": torch.randn(b, 1, d.hidden_size),
+             "attention_mask": torch.ones(b, past + 1, dtype=torch.int64),
+             "position_ids": torch.full((b, 1), past, dtype=torch.int64)}
+    feeds["attention_mask"][1:, past - 2:past] = 0  # padding slots inside the cache of other rows
+    for name in kv_names(m, "past_"):
+        feeds[name] = torch.randn(past, b, d.num_kv_heads, d.head_dim)
+    return feeds
+
+
+def _decode_axes(m: VLM):
+    axes = {"inputs_embeds": {0: "batch"}, "attention_mask": {0: "batch", 1: "total"}, "position_ids": {0: "batch"},
+            "logits": {0: "batch"}}
+    axes.update({k: {0: "past", 1: "batch"} for k in kv_names(m, "past_")})
+    axes.update({k: {1: "batch"} for k in kv_names(m)})
+    return axes
+
+
+@graph("decode", families=("moai", "collavo"), inputs=_decode_inputs, dynamic_axes=_decode_axes,
+       outputs=lambda m: ["logits", *kv_names(m)])
+def build_decode(m: VLM) -> nn.Module:
+    return DecodeGraph(m)

@@ -1,0 +1,118 @@
+"""Export one graph target to ONNX and validate it against PyTorch inside export itself."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from moai_edge.engines.errors import ExportValidationError
+
+from .graphs import GraphTarget
+from .modeling.vlm import VLM
+
+OPSET = 17
+TRACE_BATCH = 2  # trace with batch >= 2 so no batch axis is specialised to 1
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float = 1e-4
+    rtol: float = 1e-3
+
+
+def example_inputs(target: GraphTarget, model: VLM, batch: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(1234 + batch)
+    return target.inputs(model, batch)
+
+
+def export_graph(target: GraphTarget, model: VLM, path: Path) -> None:
+    """torch -> ONNX with the target's named I/O and symbolic axes (TorchScript exporter, opset 17)."""
+    module = target.build(model).eval()
+    feeds = example_inputs(target, model, TRACE_BATCH)
+    names = list(feeds)
+    axes = {k: v for k, v in target.dynamic_axes(model).items() if k in names or k in target.output_names(model)}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, tuple(feeds.values()), str(path), input_names=names, output_names=target.output_names(model),
+            dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True, dynamo=False,
+        )
+
+
+def torch_outputs(target: GraphTarget, model: VLM, feeds: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    module = target.build(model).eval()
+    with torch.no_grad():
+        outs = module(*feeds.values())
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    return {n: o.numpy() for n, o in zip(target.output_names(model), outs)}
+
+
+def compare(name: str, ours: dict[str, np.ndarray], ref: dict[str, np.ndarray], tol: Tolerance) -> dict[str, float]:
+    """Max abs diff per output; raises ExportValidationError naming the first output beyond tolerance."""
+    diffs = {}
+    for out, r in ref.items():
+        o = ours[out]
+        if o.shape != r.shape:
+            raise ExportValidationError(f"{name}: output '{out}' has shape {o.shape}, PyTorch gives {r.shape}")
+        diff = float(np.max(np.abs(o.astype(np.float64) - r))) if r.size else 0.0
+        diffs[out] = diff
+        if not np.allclose(o, r, atol=tol.atol, rtol=tol.rtol):
+            raise ExportValidationError(
+                f"{name}: output '{out}' differs from PyTorch by max {diff:.3g} (atol {tol.atol}, rtol {tol.rtol})"
+            )
+    return diffs
+
+
+def check_symbolic_axes(target: GraphTarget, model: VLM, onnx_path: Path) -> None:
+    """Every axis declared dynamic must be symbolic in the exported graph (not frozen to the trace size)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    axes = target.dynamic_axes(model)
+    for value in list(graph.input) + list(graph.output):
+        for axis, label in axes.get(value.name, {}).items():
+            dim = value.type.tensor_type.shape.dim[axis]
+            if not dim.dim_param:
+                raise ExportValidationError(
+                    f"{target.name}: axis {axis} ('{label}') of '{value.name}' should be symbolic, found fixed size {dim.dim_value}"
+                )
+
+
+def validate_graph(target: GraphTarget, model: VLM, run, *, tol: Tolerance = Tolerance(), batches=(1, 3)) -> dict[str, float]:
+    """Run the exported graph through `run(feeds)->outputs` (an engine) at several batch sizes against PyTorch,
+    and check that row 0 of a batch equals the batch-1 result. Returns the max diffs per output."""
+    worst: dict[str, float] = {}
+    for b in batches:
+        feeds = example_inputs(target, model, b)
+        ref = torch_outputs(target, model, feeds)
+        ours = run({k: v.numpy() for k, v in feeds.items()})
+        for k, d in compare(f"{target.name} (batch {b})", ours, ref, tol).items():
+            worst[k] = max(worst.get(k, 0.0), d)
+    worst["batch_rows"] = check_batch_rows(target, model, run)
+    return worst
+
+
+def batch_axis(target: GraphTarget, model: VLM, name: str) -> int | None:
+    return next((ax for ax, label in target.dynamic_axes(model).get(name, {}).items() if label == "batch"), None)
+
+
+def check_batch_rows(target: GraphTarget, model: VLM, run, *, batch: int = 3, atol: float = 1e-5) -> float:
+    """Each row of a batch-N run equals the same row run alone; returns the max abs diff."""
+    feeds = {k: v.numpy() for k, v in example_inputs(target, model, batch).items()}
+    full = run(feeds)
+    worst = 0.0
+    for row in range(batch):
+        single = run({k: np.take(v, [row], axis=batch_axis(target, model, k)) for k, v in feeds.items()})
+        for out, value in full.items():
+            ax = batch_axis(target, model, out)
+            diff = float(np.max(np.abs(np.take(value, [row], axis=ax) - single[out]))) if value.size else 0.0
+            worst = max(worst, diff)
+            if diff > atol:
+                raise ExportValidationError(
+                    f"{target.name}: output '{out}' row {row} of a batch of {batch} differs from the same row alone by {diff:.3g}"
+                )
+    return worst

@@ -1,0 +1,114 @@
+"""Build an engine package: every graph exported and validated, decoder weights shared, one manifest."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from moai_edge.engines.manifest import (Component, GenerationDefaults, Manifest, ModelDims, PreprocessConfig,
+                                        PromptConfig, sha256_of)
+from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
+from moai_edge.engines.protocol import TensorSpec
+from moai_edge.engines.shared_weights import SharedWeights
+
+from .config import CLIP_MEAN, CLIP_STD, REFERENCE_PROMPTS, ModelConfig
+from .graphs import TARGETS, targets_for
+from .modeling.vlm import VLM
+from .onnx_export import Tolerance, check_symbolic_axes, export_graph, validate_graph
+from .onnx_weights import save_model, write_shared_weights
+
+SHARED = ("prefill", "decode")  # graphs that hold the decoder weights, loaded once for both
+DECODER_WEIGHTS = "decoder.weights"
+
+
+def io_specs(model_proto) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    def spec(v):
+        t = v.type.tensor_type
+        dims = tuple(d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim)
+        return TensorSpec(v.name, str(np.dtype(tensor_dtype_to_np_dtype(t.elem_type))), dims)
+
+    init = {i.name for i in model_proto.graph.initializer}
+    return [spec(v) for v in model_proto.graph.input if v.name not in init], [spec(v) for v in model_proto.graph.output]
+
+
+def model_dims(cfg: ModelConfig) -> ModelDims:
+    d, v = cfg.decoder, cfg.vision
+    return ModelDims(
+        family=cfg.family, hidden_size=d.hidden_size, num_layers=d.num_layers, num_heads=d.num_heads,
+        num_kv_heads=d.num_kv_heads, head_dim=d.head_dim, vocab_size=d.vocab_size, image_token_id=d.image_token_id,
+        max_context=cfg.max_context, image_size=v.image_size, patch_size=v.patch_size, grid=v.grid,
+        num_image_tokens=v.num_patches, num_aux_tokens=cfg.compressor.num_latents if cfg.compressor else 0,
+        num_seg_classes=cfg.crayon.num_classes if cfg.crayon else 0,
+        num_seg_numbers=cfg.crayon.num_numbers if cfg.crayon else 0,
+        bos_id=d.bos_id, eos_id=d.eos_id, pad_id=d.pad_id,
+    )
+
+
+def export_graphs(model: VLM, out_dir: Path, work: Path) -> dict[str, Component]:
+    import onnx
+
+    for t in targets_for(model.cfg.family):
+        export_graph(t, model, work / f"{t.name}.onnx")
+        check_symbolic_axes(t, model, work / f"{t.name}.onnx")
+    protos = {n: onnx.load(str(work / f"{n}.onnx")) for n in SHARED}
+    shared_spec, rewritten = write_shared_weights(protos, out_dir, DECODER_WEIGHTS, base_dir=work)
+    components = {}
+    for t in targets_for(model.cfg.family):
+        proto = rewritten.get(t.name) or onnx.load(str(work / f"{t.name}.onnx"))
+        digest = save_model(proto, out_dir / f"{t.name}.onnx")
+        inputs, outputs = io_specs(proto)
+        components[t.name] = Component(file=f"{t.name}.onnx", sha256=digest, inputs=inputs, outputs=outputs,
+                                       shared_weights="decoder" if t.name in SHARED else None)
+    components["_shared"] = shared_spec  # popped by the caller
+    return components
+
+
+def build_package(model: VLM, *, tokenizer_file: Path, out_dir: Path, source: dict, validate: bool = True) -> Manifest:
+    """Export `model` into `out_dir` (created) and return the saved manifest."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = model.cfg
+    with tempfile.TemporaryDirectory(prefix="moai-edge-export-") as work:
+        components = export_graphs(model, out_dir, Path(work))
+    shared_spec = components.pop("_shared")
+    table = model.model.tok_embeddings.weight.detach().float().numpy()
+    np.save(out_dir / "embed_tokens.npy", table)
+    components["embedding"] = Component(file="embed_tokens.npy", sha256=sha256_of(out_dir / "embed_tokens.npy"), kind="npy",
+                                        outputs=[TensorSpec("embed_tokens", "float32", tuple(table.shape))])
+    shutil.copyfile(tokenizer_file, out_dir / "tokenizer.model")
+    manifest = Manifest(
+        family=cfg.family,
+        model=model_dims(cfg),
+        components=components,
+        shared_weights={"decoder": shared_spec},
+        tokenizer={"file": "tokenizer.model", "sha256": sha256_of(out_dir / "tokenizer.model"), "add_bos": True},
+        prompts=PromptConfig(**REFERENCE_PROMPTS),
+        preprocess=PreprocessConfig(image_size=cfg.vision.image_size, mean=list(CLIP_MEAN), std=list(CLIP_STD)),
+        generation=GenerationDefaults(eos_token_ids=[cfg.decoder.eos_id]),
+        source={**source, "model_config": cfg.to_json()},
+    )
+    manifest.save(out_dir)
+    if validate:
+        manifest.source["validation_max_abs_diff"] = validate_package(manifest, model)
+        manifest.save(out_dir)
+    return manifest
+
+
+def validate_package(manifest: Manifest, model: VLM, *, tol: Tolerance = Tolerance()) -> dict[str, float]:
+    """Every graph, loaded as the runtime loads it (shared weights included), against PyTorch."""
+    shared = {k: SharedWeights.open(manifest.root, s) for k, s in manifest.shared_weights.items()}
+    worst = {}
+    for name, comp in manifest.components.items():
+        if comp.kind != "onnx":
+            continue
+        engine = OrtEngine.load(manifest.path(comp.file), options=OrtOptions(),
+                                shared=shared.get(comp.shared_weights) if comp.shared_weights else None, name=name)
+        with engine:
+            diffs = validate_graph(TARGETS[name], model, engine.run, tol=tol)
+        worst[name] = max(diffs.values())
+    return worst

@@ -1,0 +1,143 @@
+"""The `moai-edge` command. Export and verify need the `export` extra and are imported lazily."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from moai_edge.engines.errors import MoaiEdgeError
+
+DEFAULT_DEMO_DIR = Path("artifacts/tiny-moai")
+
+
+def cmd_export(args) -> int:
+    from moai_edge.engines.errors import require
+
+    require("torch", "export")
+    from moai_edge.export.build import export_checkpoint, export_tiny
+
+    if args.tiny:
+        m = export_tiny(args.tiny, Path(args.out), preset=args.preset, seed=args.seed, validate=not args.no_validate)
+    else:
+        m = export_checkpoint(args.checkpoint, Path(args.out), family=args.family, validate=not args.no_validate)
+    print(f"engine package written to {args.out} ({m.family}, {len(m.components)} components)")
+    for name, diff in m.source.get("validation_max_abs_diff", {}).items():
+        print(f"  {name:<12} max abs diff vs PyTorch {diff:.2e}")
+    return 0
+
+
+def load_model(args):
+    from .model import Model, RuntimeOptions
+
+    return Model.load(args.engine, options=RuntimeOptions(threads=args.threads))
+
+
+def cmd_ask(args) -> int:
+    model = load_model(args)
+    streamed = []
+
+    def on_token(row, token):
+        if not args.json and args.decoding != "beam":
+            streamed.append(token)
+            print(model.tokenizer.decode(streamed[-1:]), end="", flush=True)
+
+    ans = model.ask(args.image, args.question, decoding=args.decoding, max_new_tokens=args.max_new_tokens,
+                    seed=args.seed, template=args.template, on_token=on_token)
+    if args.json:
+        print(json.dumps({"answer": ans.answer, "tokens": ans.tokens, "timings_ms": ans.timings_ms}))
+    else:
+        print() if streamed else print(ans.answer)
+        print_timings(ans.timings_ms)
+    model.close()
+    return 0
+
+
+def print_timings(ms: dict[str, float]) -> None:
+    print("stage               ms")
+    for stage, value in ms.items():
+        print(f"{stage:<18}{value:>8.1f}")
+
+
+def cmd_verify(args) -> int:
+    from moai_edge.engines.errors import require
+
+    require("torch", "export")
+    from moai_edge.bench.verify import verify_package
+
+    report = verify_package(Path(args.engine), images=args.images, question=args.question,
+                            max_new_tokens=args.max_new_tokens)
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+def cmd_demo(args) -> int:
+    """The built-in default: a tiny MoAI package built on the spot, asked about a generated image."""
+    out = Path(args.engine)
+    if not (out / "manifest.json").is_file():
+        print(f"building the tiny MoAI engine package in {out} ...")
+        cmd_export(argparse.Namespace(tiny="moai", preset="tiny", seed=0, out=str(out), no_validate=False,
+                                      checkpoint=None, family=None))
+    from .samples import sample_image
+
+    args.image = sample_image()
+    args.question = "Describe this image in detail."
+    return cmd_ask(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="moai-edge", description="Edge runtime for CoLLaVO and MoAI")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("export", help="checkpoint -> engine package (needs moai-edge[export])")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--tiny", choices=["collavo", "moai"], help="build a seeded tiny checkpoint and export it")
+    src.add_argument("--checkpoint", help="checkpoint folder or hub id (BK-Lee/MoAI-7B layout)")
+    e.add_argument("--family", choices=["collavo", "moai"])
+    e.add_argument("--preset", default="tiny", choices=["tiny", "small"])
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", required=True)
+    e.add_argument("--no-validate", action="store_true", help="skip the ONNX-vs-PyTorch validation")
+    e.set_defaults(func=cmd_export)
+
+    def runtime_args(q):
+        q.add_argument("--max-new-tokens", type=int)
+        q.add_argument("--decoding", choices=["greedy", "sample", "beam"])
+        q.add_argument("--template", choices=["eval", "demo"])
+        q.add_argument("--seed", type=int)
+        q.add_argument("--threads", type=int, default=0)
+        q.add_argument("--json", action="store_true", help="print one JSON object")
+
+    a = sub.add_parser("ask", help="ask one question about one image")
+    a.add_argument("--engine", required=True)
+    a.add_argument("image")
+    a.add_argument("question")
+    runtime_args(a)
+    a.set_defaults(func=cmd_ask)
+
+    v = sub.add_parser("verify", help="runtime vs the PyTorch reference on the package's checkpoint")
+    v.add_argument("--engine", required=True)
+    v.add_argument("--images", nargs="*", default=[])
+    v.add_argument("--question", default="Describe this image in detail.")
+    v.add_argument("--max-new-tokens", type=int, default=16)
+    v.set_defaults(func=cmd_verify)
+
+    d = sub.add_parser("demo", help="build the tiny MoAI package if missing and ask about a sample image")
+    d.add_argument("--engine", default=str(DEFAULT_DEMO_DIR))
+    runtime_args(d)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MoaiEdgeError as exc:
+        print(f"moai-edge: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

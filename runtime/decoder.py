@@ -1,0 +1,63 @@
+"""Prefill and decode over the engines, holding the KV cache and each row's mask and next position.
+
+Rows are right-padded: a row's real tokens sit at slots [0, length) of the prompt part, every
+decode step writes slot L_max + t for all rows, and the attention mask hides the padding slots.
+RoPE positions count only real tokens, so a row gives exactly its batch-1 result.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moai_edge.engines.manifest import ModelDims
+from moai_edge.engines.protocol import Engine
+
+from .kv_cache import KVCache
+
+
+class DecoderRunner:
+    def __init__(self, *, prefill: Engine, decode: Engine, embed_table: np.ndarray, dims: ModelDims):
+        self.prefill_engine, self.decode_engine = prefill, decode
+        self.embed_table = embed_table
+        self.dims = dims
+        self.cache: KVCache | None = None
+        self.mask: np.ndarray | None = None  # (rows, cache length) int64
+        self.next_pos: np.ndarray | None = None  # (rows,) int64
+
+    def embed(self, ids: np.ndarray) -> np.ndarray:
+        return self.embed_table[ids]
+
+    def prefill(self, feeds: dict[str, np.ndarray], *, max_new_tokens: int) -> np.ndarray:
+        """feeds: the prefill graph's inputs (inputs_embeds, attention_mask, position_ids, im_mask, ...).
+        Returns logits (B,V) at each row's last real position and fills the cache."""
+        mask = feeds["attention_mask"]
+        rows, seq = mask.shape
+        d = self.dims
+        self.cache = KVCache(num_layers=d.num_layers, rows=rows, kv_heads=d.num_kv_heads, head_dim=d.head_dim,
+                             max_len=seq + max_new_tokens)
+        out = self.prefill_engine.run(feeds)
+        self.cache.append(out)
+        self.mask = mask.astype(np.int64)
+        self.next_pos = mask.sum(axis=1).astype(np.int64)
+        return out["logits"]
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """tokens (R,) -> logits (R,V) for the next position; advances the cache one slot."""
+        rows = len(tokens)
+        self.mask = np.concatenate([self.mask, np.ones((rows, 1), np.int64)], axis=1)
+        feeds = {
+            "inputs_embeds": self.embed(np.asarray(tokens, np.int64))[:, None, :],
+            "attention_mask": self.mask,
+            "position_ids": self.next_pos[:, None].copy(),
+            **self.cache.feeds(),
+        }
+        out = self.decode_engine.run(feeds)
+        self.cache.append(out)
+        self.next_pos = self.next_pos + 1
+        return out["logits"]
+
+    def select_rows(self, index: np.ndarray) -> None:
+        index = np.asarray(index, np.int64)
+        self.cache.select_rows(index)
+        self.mask = self.mask[index]
+        self.next_pos = self.next_pos[index]
