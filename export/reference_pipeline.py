@@ -1,0 +1,103 @@
+"""The PyTorch reference pipeline for one image: the parity oracle of the runtime.
+
+It follows the reference repositories' own steps: torchvision resize of the uint8 image, the
+0-255 normalisation, prompt and im_mask built from separate tokenizations, LLaVA-style merge of
+the image features, Hugging Face generate semantics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import CLIP_MEAN, CLIP_STD, REFERENCE_PROMPTS
+from .modeling.vlm import VLM
+from .reference_generate import DecodingConfig, generate
+from .reference_prompt import build_reference_inputs
+
+COLLAVO_EMPTY_PREFIX = "None of detailed object information for image. "
+
+
+@dataclass
+class ReferenceAux:
+    class_map: np.ndarray | None = None
+    number_map: np.ndarray | None = None
+    segment_text: str | None = None
+    verbalized: str | None = None
+    colour_map: np.ndarray | None = None
+
+
+def reference_pixels(image: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 HxWx3 -> (1,3,S,S): torchvision Resize(antialias=False) on the uint8 tensor, then 0-255 normalisation."""
+    from torchvision.transforms import Resize
+
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    t = Resize(size=(size, size), antialias=False)(t)[:3]
+    return normalise(t[None].float())
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(CLIP_MEAN).view(1, -1, 1, 1) * 255
+    std = torch.tensor(CLIP_STD).view(1, -1, 1, 1) * 255
+    return (x - mean) / std
+
+
+class ReferencePipeline:
+    def __init__(self, model: VLM, tokenizer_file: Path, *, template: str = "eval"):
+        self.model = model.eval()
+        self.tokenizer_file = Path(tokenizer_file)
+        self.template = template
+
+    @torch.no_grad()
+    def ask(self, image: np.ndarray, question: str, *, aux: ReferenceAux | None = None,
+            decoding: DecodingConfig = DecodingConfig()) -> list[int]:
+        m, cfg = self.model, self.model.cfg
+        aux = aux or ReferenceAux()
+        image_features = m.encode_image(reference_pixels(image, cfg.vision.image_size))
+        extra = {}
+        if cfg.family == "collavo":
+            g = cfg.vision.grid
+            cls = torch.as_tensor(aux.class_map if aux.class_map is not None else np.zeros((g, g)), dtype=torch.long)
+            num = torch.as_tensor(aux.number_map if aux.number_map is not None else np.zeros((g, g)), dtype=torch.long)
+            seg = m.crayon_features(cls.reshape(1, -1), num.reshape(1, -1))
+            question = f"The image includes {aux.segment_text}. {question}" if aux.segment_text else COLLAVO_EMPTY_PREFIX + question
+        else:
+            extra["aux_tokens"] = self.aux_tokens(aux)
+        inputs = build_reference_inputs(question, self.tokenizer_file, m.embed, image_features,
+                                        prompts=REFERENCE_PROMPTS, template=self.template)
+        if cfg.family == "collavo":
+            seq = torch.zeros_like(inputs.embeds)
+            seq[inputs.im_mask] = seg.reshape(-1, seg.shape[-1])
+            extra["seg_features"] = seq
+        logits, kv = m.prefill(inputs.embeds, inputs.attention_mask, inputs.position_ids, inputs.im_mask, **extra)
+        state = {"kv": kv, "mask": inputs.attention_mask, "pos": inputs.attention_mask.sum(-1, keepdim=True)}
+
+        def step(tokens: torch.Tensor) -> torch.Tensor:
+            state["mask"] = torch.cat([state["mask"], torch.ones_like(state["mask"][:, :1])], dim=1)
+            out, new = m.decode_step(m.embed(tokens)[:, None], state["mask"], state["pos"], state["kv"])
+            state["kv"] = [(torch.cat([k, nk], 2), torch.cat([v, nv], 2)) for (k, v), (nk, nv) in zip(state["kv"], new)]
+            state["pos"] = state["pos"] + 1
+            return out
+
+        def select_rows(index: torch.Tensor) -> None:
+            state["kv"] = [(k[index], v[index]) for k, v in state["kv"]]
+            state["mask"], state["pos"] = state["mask"][index], state["pos"][index]
+
+        return generate(logits, step, select_rows, decoding)[0]
+
+    def aux_tokens(self, aux: ReferenceAux) -> torch.Tensor:
+        """MoAI: verbalized text embedded with BOS ++ the colour map through CLIP + projector (fp16 input), compressed."""
+        import sentencepiece as spm
+
+        m, size = self.model, self.model.cfg.vision.image_size
+        text = aux.verbalized if aux.verbalized is not None else "   "
+        sp = spm.SentencePieceProcessor(model_file=str(self.tokenizer_file))
+        ids = torch.tensor([[m.cfg.decoder.bos_id, *sp.encode(text)]])
+        verb = m.embed(ids)
+        cmap = aux.colour_map if aux.colour_map is not None else np.zeros((size, size, 3), np.float32)
+        cmap = torch.from_numpy(np.asarray(cmap, np.float32)).permute(2, 0, 1)[None].half()
+        maps = m.encode_image(normalise(cmap.float()))
+        return m.compress(torch.cat([verb, maps], dim=1))
