@@ -133,7 +133,7 @@ def load_vision_from_hub(model: VLM) -> dict[str, torch.Tensor]:
         clip = CLIPVisionModel.from_pretrained(CLIP_HUB_ID)
     except Exception as exc:
         raise CheckpointError(f"the checkpoint has no vision tower tensors and '{CLIP_HUB_ID}' could not be loaded: {exc}") from exc
-    return {f"vit.vision_tower.{k}": v for k, v in clip.state_dict().items()}
+    return {f"vit.vision_tower.vision_model.{k.removeprefix('vision_model.')}": v for k, v in clip.state_dict().items()}
 
 
 def prepare_state(model: VLM, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

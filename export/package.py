@@ -56,7 +56,7 @@ def export_graphs(model: VLM, out_dir: Path, work: Path) -> dict[str, Component]
         export_graph(t, model, work / f"{t.name}.onnx")
         check_symbolic_axes(t, model, work / f"{t.name}.onnx")
     protos = {n: onnx.load(str(work / f"{n}.onnx")) for n in SHARED}
-    shared_spec, rewritten = write_shared_weights(protos, out_dir, DECODER_WEIGHTS, base_dir=work)
+    shared_spec, rewritten = write_shared_weights(protos, out_dir, DECODER_WEIGHTS)
     components = {}
     for t in targets_for(model.cfg.family):
         proto = rewritten.get(t.name) or onnx.load(str(work / f"{t.name}.onnx"))

@@ -32,11 +32,12 @@ class VisionTower(nn.Module):
         super().__init__()
         from transformers import CLIPVisionModel
 
-        self.vision_tower = CLIPVisionModel(clip_config(cfg))
-        self.vision_tower.eval()
+        # the published layout is transformers 4's `CLIPVisionModel.vision_model.*`; transformers 5 flattened it
+        self.vision_tower = nn.Module()
+        self.vision_tower.vision_model = CLIPVisionModel(clip_config(cfg)).eval()
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        out = self.vision_tower(pixel_values=pixel_values)
+        out = self.vision_tower.vision_model(pixel_values=pixel_values)
         return out.last_hidden_state[:, 1:]
 
 
