@@ -1,0 +1,146 @@
+"""Image loading and the reference's preprocessing, in numpy (no torch).
+
+The reference resizes the uint8 CHW tensor with torchvision's Resize(antialias=False): a float32
+bilinear interpolation (align_corners False), rounded half-to-even back to uint8. `resize_bilinear`
+reproduces that computation, then the first three channels are normalised in 0-255 space.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from moai_edge.engines.errors import ImageError, InputError
+from moai_edge.engines.manifest import PreprocessConfig
+
+
+def _describe(src, index: int | None = None) -> str:
+    if isinstance(src, (str, Path)):
+        return f"'{src}'"
+    return f"image #{index}" if index is not None else f"{type(src).__name__} image"
+
+
+def _from_pil(img, name: str) -> np.ndarray:
+    from PIL import ImageOps
+
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"{name} could not be decoded: {exc}") from exc
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img)
+        arr = (arr.astype(np.uint32) >> 8).astype(np.uint8) if mode.startswith("I;16") else np.clip(arr, 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if mode == "RGBA":
+        return np.asarray(img)[..., :3].copy()  # the reference keeps the first 3 channels: no compositing
+    if mode in ("P", "PA") and "transparency" in img.info:
+        return np.asarray(img.convert("RGBA"))[..., :3].copy()
+    return np.asarray(img.convert("RGB"))
+
+
+def _from_array(arr: np.ndarray, name: str) -> np.ndarray:
+    if arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+    if arr.dtype != np.uint8:
+        raise ImageError(f"{name}: expected a uint8 array, found dtype {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or 0 in arr.shape:
+        raise ImageError(f"{name}: expected an HxW, HxWx3 or HxWx4 array, found shape {arr.shape}")
+    return np.ascontiguousarray(np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr[..., :3])
+
+
+def load_image(src, *, name: str | None = None) -> np.ndarray:
+    """A path, bytes, PIL image or array -> HxWx3 uint8 RGB, EXIF orientation applied."""
+    from PIL import Image, UnidentifiedImageError
+
+    name = name or _describe(src)
+    if isinstance(src, np.ndarray):
+        return _from_array(src, name)
+    if isinstance(src, Image.Image):
+        return _from_pil(src, name)
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        fp = io.BytesIO(bytes(src))
+    elif isinstance(src, (str, Path)):
+        path = Path(src)
+        if not path.is_file():
+            raise ImageError(f"{name}: no such file")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{name} is an empty file (0 bytes)")
+        fp = path
+    else:
+        raise ImageError(f"{name}: expected a path, bytes, PIL image or uint8 array, found {type(src).__name__}")
+    try:
+        with Image.open(fp) as img:
+            return _from_pil(img, name)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"{name} is not a readable image: {exc}") from exc
+
+
+def _fma(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float32 a*b+c rounded once, as the compiled kernel's fused multiply-add does (exact in float64)."""
+    return (a.astype(np.float64) * b + c).astype(np.float32)
+
+
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """PyTorch's upsample_bilinear2d source indices and weights (align_corners False), in float32."""
+    scale = np.float32(n_in / n_out)
+    src = _fma(scale, np.arange(n_out, dtype=np.float32) + np.float32(0.5), np.float32(-0.5))
+    src = np.maximum(src, np.float32(0.0))
+    i0 = src.astype(np.int64)  # floor of a non-negative value
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    l1 = src - i0.astype(np.float32)
+    return i0, i1, np.float32(1.0) - l1, l1
+
+
+def resize_bilinear(img: np.ndarray, size: int) -> np.ndarray:
+    """HxWx3 uint8 -> (size, size, 3) uint8, bit-exact to torchvision's Resize((size, size), antialias=False)
+    on the uint8 CHW tensor: PyTorch's separable CPU kernel (width then height, fused multiply-adds),
+    rounded half to even. (PyTorch takes another kernel for 4 channels; images reach here as RGB.)"""
+    h0, h1, hl0, hl1 = _linear_taps(img.shape[0], size)
+    w0, w1, wl0, wl1 = _linear_taps(img.shape[1], size)
+    x = img.astype(np.float32)
+    wl0, wl1 = wl0[None, :, None], wl1[None, :, None]
+    top = _fma(wl0, x[h0][:, w0], wl1 * x[h0][:, w1])  # (size, size, C)
+    bottom = _fma(wl0, x[h1][:, w0], wl1 * x[h1][:, w1])
+    out = _fma(hl0[:, None, None], top, hl1[:, None, None] * bottom)
+    return np.round(out).astype(np.uint8)
+
+
+def normalize(pixels: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """HxWx3 -> (3,H,W) float32, `(x - scale*mean) / (scale*std)`."""
+    mean = np.asarray(cfg.mean, np.float32) * np.float32(cfg.scale)
+    std = np.asarray(cfg.std, np.float32) * np.float32(cfg.scale)
+    x = (pixels.astype(np.float32) - mean) / std
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def normalize_unit(cmap: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """MoAI's colour map holds values in 0..1 yet goes through the same 0-255 normalisation (a reference quirk)."""
+    return normalize(cmap, cfg)
+
+
+def preprocess_image(src, cfg: PreprocessConfig, *, name: str | None = None) -> np.ndarray:
+    if cfg.resize != "bilinear" or cfg.antialias:
+        raise InputError(f"only bilinear resizing without antialias is supported, the package asks for "
+                         f"{cfg.resize} with antialias={cfg.antialias}")
+    img = load_image(src, name=name)
+    return normalize(resize_bilinear(img, cfg.image_size)[..., :3], cfg)
+
+
+def preprocess_batch(images: list, cfg: PreprocessConfig) -> tuple[np.ndarray, list[ImageError | None]]:
+    """(B,3,S,S) float32 with zero rows for images that failed, and each image's error or None."""
+    s = cfg.image_size
+    out = np.zeros((len(images), 3, s, s), np.float32)
+    errors: list[ImageError | None] = []
+    for i, src in enumerate(images):
+        try:
+            out[i] = preprocess_image(src, cfg, name=_describe(src, i))
+            errors.append(None)
+        except ImageError as exc:
+            errors.append(exc)
+    return out, errors
