@@ -68,7 +68,7 @@ def test_palette_with_transparency(tmp_path):
 def test_sixteen_bit_is_scaled_to_eight(tmp_path):
     arr = np.zeros((4, 4), np.uint16)
     arr[0, 0], arr[0, 1], arr[0, 2] = 65535, 256, 255
-    out = load_image(save(Image.fromarray(arr, "I;16"), tmp_path / "d.png"))
+    out = load_image(save(Image.fromarray(arr), tmp_path / "d.png"))
     assert out[0, 0].tolist() == [255] * 3 and out[0, 1].tolist() == [1] * 3 and out[0, 2].tolist() == [0] * 3
 
 
