@@ -13,7 +13,7 @@ from moai_edge.engines.errors import CheckpointError, ExportValidationError
 from moai_edge.engines.manifest import Manifest
 from moai_edge.export.checkpoint import load_checkpoint
 from moai_edge.export.package import validate_package
-from moai_edge.export.reference_generate import DecodingConfig as TorchDecoding
+from moai_edge.runtime.generation import DecodingConfig
 from moai_edge.export.reference_pipeline import ReferencePipeline
 from moai_edge.runtime.images import load_image
 from moai_edge.runtime.model import Model
@@ -69,7 +69,7 @@ def verify_package(engine_dir: Path, *, images: list[str], question: str, max_ne
     with Model.load(engine_dir) as runtime:
         for name, img in sources:
             ours = runtime.ask(img, question, decoding="greedy", max_new_tokens=max_new_tokens).tokens
-            ref = reference.ask(img, question, decoding=TorchDecoding(strategy="greedy", max_new_tokens=max_new_tokens,
+            ref = reference.ask(img, question, decoding=DecodingConfig(strategy="greedy", max_new_tokens=max_new_tokens,
                                                                       eos_token_ids=(manifest.model.eos_id,)))
             report.tokens.append(TokenCheck(str(name), ours, [int(t) for t in ref]))
     return report

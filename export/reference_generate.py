@@ -4,26 +4,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch.nn import functional as F
 
+from moai_edge.runtime.generation import DecodingConfig  # configuration only: the logic here is independent
+
 NEG = -1.0e9
-
-
-@dataclass(frozen=True)
-class DecodingConfig:
-    strategy: str = "greedy"
-    max_new_tokens: int = 128
-    temperature: float = 0.9
-    top_p: float = 0.95
-    top_k: int = 50
-    num_beams: int = 3
-    length_penalty: float = 1.0
-    eos_token_ids: tuple[int, ...] = (2,)
-    pad_token_id: int = 2
-    seed: int | None = None
 
 
 def generate(first_logits: torch.Tensor, step, select_rows, cfg: DecodingConfig) -> list[list[int]]:

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from moai_edge.runtime.generation import DecodingConfig
+
 from .config import CLIP_MEAN, CLIP_STD, REFERENCE_PROMPTS
 from .modeling.vlm import VLM
-from .reference_generate import DecodingConfig, generate
+from .reference_generate import generate
 from .reference_prompt import build_reference_inputs
 
 COLLAVO_EMPTY_PREFIX = "None of detailed object information for image. "

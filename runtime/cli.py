@@ -83,6 +83,7 @@ def cmd_demo(args) -> int:
 
     args.image = sample_image()
     args.question = "Describe this image in detail."
+    print(f"Q: {args.question}\nA (seeded random weights, so the text is noise; the tokens match PyTorch's): ", end="")
     return cmd_ask(args)
 
 

@@ -13,7 +13,7 @@ from moai_edge.engines.errors import IntegrityError
 from moai_edge.runtime.model import AuxInputs, Model
 
 pytest.importorskip("torch", reason="the PyTorch reference needs moai-edge[export]")
-from moai_edge.export.reference_generate import DecodingConfig as TorchDecoding  # noqa: E402
+from moai_edge.runtime.generation import DecodingConfig  # noqa: E402
 from moai_edge.export.reference_pipeline import ReferenceAux, ReferencePipeline  # noqa: E402
 
 FAMILIES = ("collavo", "moai")
@@ -60,7 +60,7 @@ def references(tiny_packages, tiny_references):
 
 def reference_tokens(ref, model, i, *, strategy="greedy", max_new=12, template="eval"):
     ref.template = template
-    cfg = TorchDecoding(strategy=strategy, max_new_tokens=max_new, eos_token_ids=(model.dims.eos_id,))
+    cfg = DecodingConfig(strategy=strategy, max_new_tokens=max_new, eos_token_ids=(model.dims.eos_id,))
     return ref.ask(images()[i], QUESTIONS[i], aux=as_reference(aux_inputs(model.dims.family, model.dims, i)), decoding=cfg)
 
 

@@ -54,8 +54,7 @@ def run_ours(model, prompt, cfg: DecodingConfig):
 
 def run_reference(model, prompt, cfg: DecodingConfig):
     h = Harness(model, prompt, numpy=False)
-    rcfg = ref.DecodingConfig(**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
-    return ref.generate(h.logits(), h.step, h.select_rows, rcfg)[0]
+    return ref.generate(h.logits(), h.step, h.select_rows, cfg)[0]
 
 
 @torch.no_grad()
@@ -104,11 +103,10 @@ def test_sampling_is_reproducible_and_inside_the_nucleus(llama):
     assert runs[0] == runs[1]
     other = [run_ours(llama, p, DecodingConfig(**{**cfg.__dict__, "seed": 8})) for p in PROMPTS]
     assert other != runs[0]
-    torch_cfg = ref.DecodingConfig(**cfg.__dict__)
     torch_runs = []
     for _ in range(2):
         h = Harness(llama, PROMPTS[0], numpy=False)
-        torch_runs.append(ref.generate(h.logits(), h.step, h.select_rows, torch_cfg)[0])
+        torch_runs.append(ref.generate(h.logits(), h.step, h.select_rows, cfg)[0])
     assert torch_runs[0] == torch_runs[1]
     # every sampled token had non-zero probability after HF's warpers
     h = Harness(llama, PROMPTS[1], numpy=True)
