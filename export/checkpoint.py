@@ -112,7 +112,11 @@ def infer_config(config: dict, shapes: dict[str, tuple[int, ...]], family: str |
     if family == "moai":
         depth = len({k.split(".")[2] for k in keys if k.startswith("moai_compressor.layers.")})
         inner = shapes["moai_compressor.layers.0.0.to_q.weight"][0]
-        dim_head = config.get("compressor_dim_head", 64 if inner % 64 == 0 else inner)
+        # head counts are not in any shape: published PerceiverResampler() uses dim_head 64, heads 4
+        dim_head = config.get("compressor_dim_head", 64)
+        if inner % dim_head:
+            raise CheckpointError(f"compressor to_q has {inner} rows, not a multiple of dim_head {dim_head}; "
+                                  f"set 'compressor_dim_head' in config.json")
         compressor = CompressorConfig(
             depth=depth, heads=inner // dim_head, dim_head=dim_head,
             num_latents=shapes["moai_compressor.latents"][0],
@@ -200,6 +204,9 @@ def hf_config(cfg: ModelConfig, *, with_vision_config: bool) -> dict:
     }
     if with_vision_config:
         out["vision_config"] = asdict(cfg.vision)
+    if cfg.family == "moai":  # sizes no tensor shape tells, recorded for non-published configs
+        out["mixer_heads"] = d.mixer_heads
+        out["compressor_dim_head"] = cfg.compressor.dim_head
     return out
 
 

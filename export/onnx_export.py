@@ -100,8 +100,9 @@ def batch_axis(target: GraphTarget, model: VLM, name: str) -> int | None:
     return next((ax for ax, label in target.dynamic_axes(model).get(name, {}).items() if label == "batch"), None)
 
 
-def check_batch_rows(target: GraphTarget, model: VLM, run, *, batch: int = 3, atol: float = 1e-5) -> float:
-    """Each row of a batch-N run equals the same row run alone; returns the max abs diff."""
+def check_batch_rows(target: GraphTarget, model: VLM, run, *, batch: int = 3, atol: float = 1e-5, rtol: float = 1e-5) -> float:
+    """Each row of a batch-N run equals the same row run alone, up to float32 kernel noise (batch shapes pick
+    other matmul kernels): |diff| <= atol + rtol * max|output|. Returns the max abs diff."""
     feeds = {k: v.numpy() for k, v in example_inputs(target, model, batch).items()}
     full = run(feeds)
     worst = 0.0
@@ -111,7 +112,7 @@ def check_batch_rows(target: GraphTarget, model: VLM, run, *, batch: int = 3, at
             ax = batch_axis(target, model, out)
             diff = float(np.max(np.abs(np.take(value, [row], axis=ax) - single[out]))) if value.size else 0.0
             worst = max(worst, diff)
-            if diff > atol:
+            if diff > atol + rtol * float(np.max(np.abs(value), initial=0.0)):
                 raise ExportValidationError(
                     f"{target.name}: output '{out}' row {row} of a batch of {batch} differs from the same row alone by {diff:.3g}"
                 )
