@@ -24,25 +24,39 @@ from moai_edge.engines.manifest import Manifest
 
 MEMORY_PROBE = """
 import json, sys
+import numpy as np
 from moai_edge.engines.manifest import Manifest
 from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
 from moai_edge.engines.shared_weights import SharedWeights
+from moai_edge.runtime.decoder import DecoderRunner
 from moai_edge.runtime.model import Model, RuntimeOptions
 from moai_edge.runtime.samples import sample_image
 def peak_mb():  # VmHWM: this process's peak RSS (ru_maxrss would carry the parent's over exec)
     line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
     return int(line.split()[1]) / 1024
-root, threads = sys.argv[1], int(sys.argv[2])
+root, threads, seq, new = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 m = Manifest.load(root, verify=False)
+d = m.model
 base = peak_mb()
 shared = SharedWeights.open(m.root, m.shared_weights["decoder"])
 opts = OrtOptions(intra_op_threads=threads)
-engines = [OrtEngine.load(m.path(m.component(n).file), options=opts, shared=shared) for n in ("prefill", "decode")]
-loaded = peak_mb()
-del engines, shared
+prefill, decode = (OrtEngine.load(m.path(m.component(n).file), options=opts, shared=shared) for n in ("prefill", "decode"))
+feeds = {"inputs_embeds": np.zeros((1, seq, d.hidden_size), np.float32), "attention_mask": np.ones((1, seq), np.int64),
+         "position_ids": np.arange(seq)[None], "im_mask": np.zeros((1, seq), bool)}
+if m.family == "moai":
+    feeds["aux_tokens"] = np.zeros((1, d.num_aux_tokens, d.hidden_size), np.float32)
+else:
+    feeds["seg_features"] = np.zeros((1, seq, d.hidden_size), np.float32)
+runner = DecoderRunner(prefill=prefill, decode=decode, embed_table=np.load(m.path(m.component("embedding").file), mmap_mode="r"), dims=d)
+runner.prefill(feeds, max_new_tokens=new)
+for _ in range(new):
+    runner.step(np.array([5]))
+decoder_peak, kv_mb = peak_mb(), runner.cache.nbytes() / 2**20
+del runner, prefill, decode, shared
 model = Model.load(root, options=RuntimeOptions(threads=threads, verify_hashes=False))
 model.ask(sample_image(), "Describe this image in detail.", max_new_tokens=8)
-print(json.dumps({"base_mb": base, "prefill_decode_loaded_mb": loaded, "full_model_after_answer_mb": peak_mb()}))
+print(json.dumps({"base_mb": base, "prefill_decode_peak_mb": decoder_peak, "kv_cache_mb": kv_mb,
+                  "full_model_peak_mb": peak_mb()}))
 """
 
 
@@ -51,8 +65,10 @@ def decoder_weight_bytes(m: Manifest) -> int:
     return sum((m.path(m.component(n).file)).stat().st_size for n in ("prefill", "decode")) + m.path(m.shared_weights["decoder"].file).stat().st_size
 
 
-def measure_memory(engine_dir: Path, threads: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(engine_dir), str(threads)], capture_output=True, text=True, check=True)
+def measure_memory(engine_dir: Path, threads: int, seq: int, new_tokens: int) -> dict:
+    """Peak RSS of prefill + decode run once over `seq` prompt tokens (every weight page touched)."""
+    args = [str(engine_dir), str(threads), str(seq), str(new_tokens)]
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, *args], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 
@@ -151,8 +167,9 @@ def main(argv=None) -> int:
     p.add_argument("--new-tokens", type=int, default=16)
     args = p.parse_args(argv)
     engine = Path(args.engine)
-    report = {"latency": measure_latency(engine, threads=args.threads, runs=args.runs, new_tokens=args.new_tokens),
-              "memory": measure_memory(engine, args.threads),
+    latency = measure_latency(engine, threads=args.threads, runs=args.runs, new_tokens=args.new_tokens)
+    report = {"latency": latency,
+              "memory": measure_memory(engine, args.threads, latency["prompt_tokens"], args.new_tokens),
               "decoder_weights_mb": decoder_weight_bytes(Manifest.load(engine, verify=False)) / 2**20}
     print(json.dumps(report, indent=2))
     return 0
