@@ -112,6 +112,18 @@ def resize_bilinear(img: np.ndarray, size: int) -> np.ndarray:
     return np.round(out).astype(np.uint8)
 
 
+def resize_planes(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(N,H,W) float32 -> (N,height,width): `F.interpolate(mode="bilinear", align_corners=False)` on a
+    contiguous tensor. Exact for upsampling; for downsampling PyTorch switches kernels and the two can
+    differ by 1 ulp."""
+    h0, h1, hl0, hl1 = _linear_taps(x.shape[1], height)
+    w0, w1, wl0, wl1 = _linear_taps(x.shape[2], width)
+    x = x.astype(np.float32, copy=False)
+    top = _fma(wl0, x[:, h0][:, :, w0], wl1 * x[:, h0][:, :, w1])
+    bottom = _fma(wl0, x[:, h1][:, :, w0], wl1 * x[:, h1][:, :, w1])
+    return _fma(hl0[:, None], top, hl1[:, None] * bottom)
+
+
 def normalize(pixels: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """HxWx3 -> (3,H,W) float32, `(x - scale*mean) / (scale*std)`."""
     mean = np.asarray(cfg.mean, np.float32) * np.float32(cfg.scale)
