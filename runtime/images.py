@@ -87,7 +87,11 @@ def _fma(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """PyTorch's upsample_bilinear2d source indices and weights (align_corners False), in float32."""
+    """PyTorch's upsample_bilinear2d source indices and weights (align_corners False), in float32:
+    src = fma(in/out, dst + 0.5, -0.5) clamped at 0, i0 = floor, i1 = min(i0 + 1, in - 1)."""
+    if n_in == n_out:
+        idx = np.arange(n_out)
+        return idx, idx, np.ones(n_out, np.float32), np.zeros(n_out, np.float32)
     scale = np.float32(n_in / n_out)
     src = _fma(scale, np.arange(n_out, dtype=np.float32) + np.float32(0.5), np.float32(-0.5))
     src = np.maximum(src, np.float32(0.0))
@@ -97,18 +101,42 @@ def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return i0, i1, np.float32(1.0) - l1, l1
 
 
-def resize_bilinear(img: np.ndarray, size: int) -> np.ndarray:
-    """HxWx3 uint8 -> (size, size, 3) uint8, bit-exact to torchvision's Resize((size, size), antialias=False)
-    on the uint8 CHW tensor: PyTorch's separable CPU kernel (width then height, fused multiply-adds),
-    rounded half to even. Checked exact for outputs of 64 px and more (PyTorch takes other kernels for
-    4 channels, which never reach here, and for outputs under ~32 px, where 1-level differences occur)."""
+def _bilinear_generic(img: np.ndarray, size: int) -> np.ndarray:
+    """PyTorch's generic kernel: width then height, each `w0*t0 + w1*t1` fused."""
     h0, h1, hl0, hl1 = _linear_taps(img.shape[0], size)
     w0, w1, wl0, wl1 = _linear_taps(img.shape[1], size)
     x = img.astype(np.float32)
     wl0, wl1 = wl0[None, :, None], wl1[None, :, None]
-    top = _fma(wl0, x[h0][:, w0], wl1 * x[h0][:, w1])  # (size, size, C)
+    top = _fma(wl0, x[h0][:, w0], wl1 * x[h0][:, w1])
     bottom = _fma(wl0, x[h1][:, w0], wl1 * x[h1][:, w1])
-    out = _fma(hl0[:, None, None], top, hl1[:, None, None] * bottom)
+    return _fma(hl0[:, None, None], top, hl1[:, None, None] * bottom)
+
+
+def _bilinear_channels_last(img: np.ndarray, size: int) -> np.ndarray:
+    """PyTorch's channels-last kernel: per pixel four float32 weights h*w, summed as the compiled scalar
+    loop does, fma(d, w11, fma(c, w10, fma(a, w00, b*w01)))."""
+    h0, h1, hl0, hl1 = _linear_taps(img.shape[0], size)
+    w0, w1, wl0, wl1 = _linear_taps(img.shape[1], size)
+    x = img.astype(np.float32)
+
+    def weight(h: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return (h[:, None] * w[None, :])[..., None]
+
+    a, b, c, d = x[h0][:, w0], x[h0][:, w1], x[h1][:, w0], x[h1][:, w1]
+    ab = _fma(a, weight(hl0, wl0), b * weight(hl0, wl1))
+    return _fma(d, weight(hl1, wl1), _fma(c, weight(hl1, wl0), ab))
+
+
+def resize_bilinear(img: np.ndarray, size: int, *, single_thread: bool = False) -> np.ndarray:
+    """HxWxC uint8 -> (size, size, C) uint8, bit-exact to torchvision's Resize((size, size), antialias=False)
+    on the uint8 CHW tensor `torch.from_numpy(img).permute(2, 0, 1)`: torchvision casts to float32 (keeping
+    the channels-last strides), PyTorch interpolates, torchvision rounds half to even and casts back.
+    PyTorch picks its channels-last kernel when C > 3, when out_h + out_w <= 128, or when it runs on one
+    thread with C == 3 (`single_thread`); otherwise its generic kernel. Both are reproduced."""
+    if img.shape[:2] == (size, size):
+        return img.copy()  # torchvision returns the image untouched
+    channels_last = img.shape[2] > 3 or 2 * size <= 128 or (single_thread and img.shape[2] == 3)
+    out = _bilinear_channels_last(img, size) if channels_last else _bilinear_generic(img, size)
     return np.round(out).astype(np.uint8)
 
 

@@ -20,15 +20,35 @@ def photo(h=120, w=160, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("size", [490, 112, 64])
-def test_resize_is_bit_exact_to_torchvision(shape, size):
-    torch = pytest.importorskip("torch")
+def torchvision_resize(img: np.ndarray, size: int) -> np.ndarray:
+    import torch
     from torchvision.transforms import Resize
 
-    img = np.random.default_rng(sum(shape) + size).integers(0, 256, (*shape, 3), dtype=np.uint8)
-    ref = Resize((size, size), antialias=False)(torch.from_numpy(img).permute(2, 0, 1)).permute(1, 2, 0).numpy()
-    np.testing.assert_array_equal(resize_bilinear(img, size), ref)
+    chw = torch.from_numpy(img).permute(2, 0, 1)
+    return Resize((size, size), antialias=False)(chw).permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("size", [490, 112, 64, 14, 7])
+def test_resize_is_bit_exact_to_torchvision(shape, size, channels):
+    pytest.importorskip("torch")
+    img = np.random.default_rng(sum(shape) + size).integers(0, 256, (*shape, channels), dtype=np.uint8)
+    np.testing.assert_array_equal(resize_bilinear(img, size), torchvision_resize(img, size))
+
+
+@pytest.mark.parametrize("shape", [(640, 480), (37, 53), (1000, 700)])
+def test_resize_matches_single_threaded_torch(shape):
+    """On one thread PyTorch takes its channels-last kernel for 3 channels too."""
+    torch = pytest.importorskip("torch")
+    img = np.random.default_rng(7).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = torchvision_resize(img, 490)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(resize_bilinear(img, 490, single_thread=True), ref)
 
 
 def test_preprocess_equals_the_reference_formula():
@@ -118,6 +138,14 @@ def test_bad_files_name_themselves(tmp_path):
             load_image(path)
     with pytest.raises(ImageError, match="float64"):
         load_image(np.zeros((4, 4, 3)))
+
+
+def test_array_inputs():
+    rgba = np.random.default_rng(3).integers(0, 256, (5, 6, 4), dtype=np.uint8)
+    np.testing.assert_array_equal(load_image(rgba), rgba[..., :3])
+    gray = rgba[..., 0]
+    np.testing.assert_array_equal(load_image(gray), np.repeat(gray[..., None], 3, axis=2))
+    assert load_image(np.full((2, 2), 65535, np.uint16)).max() == 255
 
 
 def test_batch_keeps_going_past_a_bad_image(tmp_path):
