@@ -4,27 +4,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from moai_edge.engines.errors import CheckpointError
+
 from .checkpoint import load_checkpoint
+from .experts.package import build_tiny_experts
+from .experts.panoptic import REFERENCE_IDS
 from .package import build_package
 from .tiny import build_tiny_checkpoint
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: Path, *, family: str | None = None, validate: bool = True):
+def reference_experts(family: str) -> dict[str, str]:
+    """The expert checkpoints the reference uses, by hub id."""
+    return {"panoptic": REFERENCE_IDS[family]}
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: Path, *, family: str | None = None, validate: bool = True,
+                      experts: dict[str, str | Path] | None = None, with_experts: bool = True):
+    """`experts` names each expert's checkpoint (folder or hub id); left out, the reference's hub ids."""
     model, root = load_checkpoint(checkpoint, family=family)
     tok = root / "tokenizer.model"
     if not tok.is_file():
-        from moai_edge.engines.errors import CheckpointError
-
         raise CheckpointError(f"no tokenizer.model in checkpoint folder '{root}'")
+    if with_experts:
+        experts = {**reference_experts(model.cfg.family), **(experts or {})}
     source = {"checkpoint": str(Path(root).resolve()), "checkpoint_arg": str(checkpoint)}
-    return build_package(model, tokenizer_file=tok, out_dir=out_dir, source=source, validate=validate)
+    return build_package(model, tokenizer_file=tok, out_dir=out_dir, source=source, validate=validate,
+                         experts=experts if with_experts else None)
 
 
-def export_tiny(family: str, out_dir: Path, *, preset: str = "tiny", seed: int = 0, validate: bool = True):
-    """Build a seeded tiny checkpoint in `out_dir/checkpoint` and export it through the real loading code."""
+def export_tiny(family: str, out_dir: Path, *, preset: str = "tiny", seed: int = 0, validate: bool = True,
+                with_experts: bool = True):
+    """Seeded checkpoints (VLM in `out_dir/checkpoint`, experts in `out_dir/experts`) exported through the real loading code."""
     out_dir = Path(out_dir)
     ckpt = build_tiny_checkpoint(family, out_dir / "checkpoint", preset=preset, seed=seed)
-    manifest = export_checkpoint(ckpt, out_dir, family=family, validate=validate)
+    experts = build_tiny_experts(family, out_dir / "experts", preset=preset, seed=seed) if with_experts else None
+    manifest = export_checkpoint(ckpt, out_dir, family=family, validate=validate, experts=experts, with_experts=with_experts)
     manifest.source.update({"preset": preset, "seed": seed})
     manifest.save(out_dir)
     return manifest

@@ -20,8 +20,16 @@ TRACE_BATCH = 2  # trace with batch >= 2 so no batch axis is specialised to 1
 
 @dataclass(frozen=True)
 class Tolerance:
+    """|ours - torch| <= atol + rtol * |torch| per element, or rtol * max|torch| when `of_max` (for deep
+    stacks whose small outputs carry the absolute noise of the large ones)."""
+
     atol: float = 1e-4
     rtol: float = 1e-3
+    of_max: bool = False
+
+    def ok(self, ours: np.ndarray, ref: np.ndarray) -> bool:
+        scale = float(np.max(np.abs(ref), initial=0.0)) if self.of_max else np.abs(ref)
+        return bool(np.all(np.abs(ours - ref) <= self.atol + self.rtol * scale))
 
 
 def example_inputs(target: GraphTarget, model: VLM, batch: int) -> dict[str, torch.Tensor]:
@@ -43,6 +51,24 @@ def export_graph(target: GraphTarget, model: VLM, path: Path) -> None:
         )
 
 
+GRID_SAMPLE_MODES = {"bilinear", "nearest", "bicubic"}
+
+
+def check_grid_sample_modes(onnx_path: Path) -> None:
+    """TensorRT's ONNX parser reads opset-20 GridSample modes `linear`/`cubic` as nearest, silently
+    (NVIDIA/TensorRT#4646): refuse any mode but the opset-16 names."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    for node in graph.node:
+        if node.op_type == "GridSample":
+            mode = next((a.s.decode() for a in node.attribute if a.name == "mode"), "bilinear")
+            if mode not in GRID_SAMPLE_MODES:
+                raise ExportValidationError(
+                    f"{onnx_path.name}: GridSample node '{node.name}' has mode '{mode}', expected one of {sorted(GRID_SAMPLE_MODES)}"
+                )
+
+
 def torch_outputs(target: GraphTarget, model: VLM, feeds: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     module = target.build(model).eval()
     with torch.no_grad():
@@ -60,9 +86,10 @@ def compare(name: str, ours: dict[str, np.ndarray], ref: dict[str, np.ndarray], 
             raise ExportValidationError(f"{name}: output '{out}' has shape {o.shape}, PyTorch gives {r.shape}")
         diff = float(np.max(np.abs(o.astype(np.float64) - r))) if r.size else 0.0
         diffs[out] = diff
-        if not np.allclose(o, r, atol=tol.atol, rtol=tol.rtol):
+        if not tol.ok(o, r):
             raise ExportValidationError(
-                f"{name}: output '{out}' differs from PyTorch by max {diff:.3g} (atol {tol.atol}, rtol {tol.rtol})"
+                f"{name}: output '{out}' differs from PyTorch by max {diff:.3g} (max |PyTorch| {np.max(np.abs(r)):.3g}; "
+                f"atol {tol.atol}, rtol {tol.rtol}{' of the max' if tol.of_max else ''})"
             )
     return diffs
 

@@ -68,13 +68,20 @@ def export_graphs(model: VLM, out_dir: Path, work: Path) -> dict[str, Component]
     return components
 
 
-def build_package(model: VLM, *, tokenizer_file: Path, out_dir: Path, source: dict, validate: bool = True) -> Manifest:
-    """Export `model` into `out_dir` (created) and return the saved manifest."""
+def build_package(model: VLM, *, tokenizer_file: Path, out_dir: Path, source: dict, validate: bool = True,
+                  experts: dict[str, str | Path] | None = None) -> Manifest:
+    """Export `model` (and the expert checkpoints named in `experts`) into `out_dir` and return the saved manifest."""
+    from .experts.package import export_experts
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg
+    expert_section, expert_diffs = {}, {}
     with tempfile.TemporaryDirectory(prefix="moai-edge-export-") as work:
         components = export_graphs(model, out_dir, Path(work))
+        if experts:
+            expert_components, expert_section, expert_diffs = export_experts(cfg, out_dir, Path(work), **experts)
+            components.update(expert_components)
     shared_spec = components.pop("_shared")
     table = model.model.tok_embeddings.weight.detach().float().numpy()
     np.save(out_dir / "embed_tokens.npy", table)
@@ -90,11 +97,12 @@ def build_package(model: VLM, *, tokenizer_file: Path, out_dir: Path, source: di
         prompts=PromptConfig(**REFERENCE_PROMPTS),
         preprocess=PreprocessConfig(image_size=cfg.vision.image_size, mean=list(CLIP_MEAN), std=list(CLIP_STD)),
         generation=GenerationDefaults(eos_token_ids=[cfg.decoder.eos_id]),
+        experts=expert_section,
         source={**source, "model_config": cfg.to_json()},
     )
     manifest.save(out_dir)
     if validate:
-        manifest.source["validation_max_abs_diff"] = validate_package(manifest, model)
+        manifest.source["validation_max_abs_diff"] = {**validate_package(manifest, model), **expert_diffs}
         manifest.save(out_dir)
     return manifest
 
@@ -104,7 +112,7 @@ def validate_package(manifest: Manifest, model: VLM, *, tol: Tolerance = Toleran
     shared = {k: SharedWeights.open(manifest.root, s) for k, s in manifest.shared_weights.items()}
     worst = {}
     for name, comp in manifest.components.items():
-        if comp.kind != "onnx":
+        if comp.kind != "onnx" or name not in TARGETS:  # experts are validated when exported
             continue
         engine = OrtEngine.load(manifest.path(comp.file), options=OrtOptions(),
                                 shared=shared.get(comp.shared_weights) if comp.shared_weights else None, name=name)

@@ -19,9 +19,12 @@ def cmd_export(args) -> int:
     from moai_edge.export.build import export_checkpoint, export_tiny
 
     if args.tiny:
-        m = export_tiny(args.tiny, Path(args.out), preset=args.preset, seed=args.seed, validate=not args.no_validate)
+        m = export_tiny(args.tiny, Path(args.out), preset=args.preset, seed=args.seed, validate=not args.no_validate,
+                        with_experts=not args.no_experts)
     else:
-        m = export_checkpoint(args.checkpoint, Path(args.out), family=args.family, validate=not args.no_validate)
+        experts = {"panoptic": args.panoptic} if args.panoptic else None
+        m = export_checkpoint(args.checkpoint, Path(args.out), family=args.family, validate=not args.no_validate,
+                              experts=experts, with_experts=not args.no_experts)
     print(f"engine package written to {args.out} ({m.family}, {len(m.components)} components)")
     for name, diff in m.source.get("validation_max_abs_diff", {}).items():
         print(f"  {name:<12} max abs diff vs PyTorch {diff:.2e}")
@@ -54,6 +57,40 @@ def cmd_ask(args) -> int:
     return 0
 
 
+def cmd_experts(args) -> int:
+    from moai_edge.engines.manifest import Manifest
+    from moai_edge.engines.ort_engine import OrtOptions
+
+    from .experts.runner import Experts
+    from .images import load_image
+
+    manifest = Manifest.load(args.engine)
+    if not manifest.experts:
+        print(f"moai-edge: the package in {args.engine} has no experts (exported with --no-experts)", file=sys.stderr)
+        return 2
+    experts = Experts(manifest, OrtOptions(intra_op_threads=args.threads))
+    result = experts.run([load_image(args.image)])[0]
+    aux = experts.aux_inputs(result)
+    report = {"segments": result.segments_json()}
+    if manifest.family == "collavo":
+        report["crayon_text"] = aux.segment_text
+        report["question_prefix"] = (f"The image includes {aux.segment_text}. " if aux.segment_text
+                                     else "None of detailed object information for image. ")
+    else:
+        report["verbalized"] = aux.verbalized
+    experts.close()
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{len(report['segments'])} segments")
+    for s in report["segments"]:
+        print(f"  #{s['id']:<3} {s['label']:<20} score {s['score']:.3f}  box {s['box']}")
+    for key in ("crayon_text", "question_prefix", "verbalized"):
+        if key in report:
+            print(f"{key}: {report[key]!r}")
+    return 0
+
+
 def print_timings(ms: dict[str, float]) -> None:
     print("stage               ms")
     for stage, value in ms.items():
@@ -78,7 +115,7 @@ def cmd_demo(args) -> int:
     if not (out / "manifest.json").is_file():
         print(f"building the tiny MoAI engine package in {out} ...")
         cmd_export(argparse.Namespace(tiny="moai", preset="tiny", seed=0, out=str(out), no_validate=False,
-                                      checkpoint=None, family=None))
+                                      checkpoint=None, family=None, no_experts=False, panoptic=None))
     from .samples import sample_image
 
     args.image = sample_image()
@@ -100,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", required=True)
     e.add_argument("--no-validate", action="store_true", help="skip the ONNX-vs-PyTorch validation")
+    e.add_argument("--no-experts", action="store_true", help="backbone only")
+    e.add_argument("--panoptic", help="Mask2Former checkpoint folder or hub id (default: the reference's)")
     e.set_defaults(func=cmd_export)
 
     def runtime_args(q):
@@ -123,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--question", default="Describe this image in detail.")
     v.add_argument("--max-new-tokens", type=int, default=16)
     v.set_defaults(func=cmd_verify)
+
+    x = sub.add_parser("experts", help="run the package's experts on one image and print their results")
+    x.add_argument("--engine", required=True)
+    x.add_argument("image")
+    x.add_argument("--threads", type=int, default=0)
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=cmd_experts)
 
     d = sub.add_parser("demo", help="build the tiny MoAI package if missing and ask about a sample image")
     d.add_argument("--engine", default=str(DEFAULT_DEMO_DIR))

@@ -61,8 +61,10 @@ def test_every_graph_was_validated_in_export(tiny_packages, family):
     m = Manifest.load(tiny_packages[family])
     diffs = m.source["validation_max_abs_diff"]
     graphs = {n for n, c in m.components.items() if c.kind == "onnx"}
-    assert set(diffs) == graphs == ({"vision", "prefill", "decode"} | ({"crayon"} if family == "collavo" else {"compressor"}))
-    assert max(diffs.values()) < 1e-4
+    family_graph = {"crayon"} if family == "collavo" else {"compressor"}
+    assert set(diffs) == graphs == {"vision", "prefill", "decode", "panoptic"} | family_graph
+    assert max(v for k, v in diffs.items() if k != "panoptic") < 1e-4
+    assert diffs["panoptic"] < 1e-2  # Mask2Former's thresholded masked attention: see export/experts/package.py
 
 
 @pytest.mark.parametrize("family", ["collavo", "moai"])

@@ -1,0 +1,61 @@
+"""Run the package's experts on images and turn their results into the backbone's auxiliary inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moai_edge.engines.manifest import Manifest
+from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
+
+from ..model import AuxInputs
+from .panoptic import PanopticConfig, PanopticResult, post_process_panoptic, preprocess_panoptic
+from .verbalize import (clean_class, colour_map, crayon_maps, crayon_text, join_parts, segment_boxes,
+                        verbalize_segments)
+
+
+@dataclass
+class ExpertResults:
+    panoptic: PanopticResult
+    labels: list[str]
+
+    def segments_json(self) -> list[dict]:
+        p = self.panoptic
+        boxes = segment_boxes(p, 1 / p.segmentation.shape[0])
+        return [{"id": s.id, "label_id": s.label_id, "label": clean_class(self.labels[s.label_id]), "score": s.score,
+                 "box": [round(float(v), 4) for v in b]} for s, b in zip(p.segments, boxes)]
+
+
+class Experts:
+    def __init__(self, manifest: Manifest, options: OrtOptions):
+        self.manifest = manifest
+        section = manifest.experts["panoptic"]
+        self.panoptic_cfg = PanopticConfig(
+            image_size=section["image_size"], mean=tuple(section["mean"]), std=tuple(section["std"]),
+            threshold=section["threshold"], mask_threshold=section["mask_threshold"],
+            overlap_mask_area_threshold=section["overlap_mask_area_threshold"], target_size=section["target_size"],
+            labels=section["labels"])
+        comp = manifest.component(section["component"])
+        self.panoptic = OrtEngine.load(manifest.path(comp.file), options=options, name="panoptic")
+
+    def close(self) -> None:
+        self.panoptic.close()
+
+    def run(self, images: list[np.ndarray]) -> list[ExpertResults]:
+        """images: HxWx3 uint8 RGB arrays (see runtime.images.load_image)."""
+        pixels = np.stack([preprocess_panoptic(img, self.panoptic_cfg) for img in images])
+        out = self.panoptic.run({"pixel_values": pixels})
+        return [ExpertResults(post_process_panoptic(c, m, self.panoptic_cfg), self.panoptic_cfg.labels)
+                for c, m in zip(out["class_queries_logits"], out["masks_queries_logits"])]
+
+    def aux_inputs(self, r: ExpertResults) -> AuxInputs:
+        """What the backbone takes from the experts, for this package's family."""
+        if self.manifest.family == "collavo":
+            class_map, number_map = crayon_maps(r.panoptic)
+            return AuxInputs(class_map=class_map, number_map=number_map, segment_text=crayon_text(r.panoptic, r.labels))
+        return AuxInputs(verbalized=self.verbalize(r), colour_map=colour_map(r.panoptic))
+
+    def verbalize(self, r: ExpertResults) -> str:
+        """MoAI's four sentences; detection, relations and OCR stay empty until their experts are packaged."""
+        return join_parts(verbalize_segments(r.panoptic, r.labels), "", "", "")
