@@ -71,7 +71,7 @@ def cmd_experts(args) -> int:
     experts = Experts(manifest, OrtOptions(intra_op_threads=args.threads))
     result = experts.run([load_image(args.image)])[0]
     aux = experts.aux_inputs(result)
-    report = {"segments": result.segments_json()}
+    report = {"segments": result.segments_json(), "detections": result.detections_json()}
     if manifest.family == "collavo":
         report["crayon_text"] = aux.segment_text
         report["question_prefix"] = (f"The image includes {aux.segment_text}. " if aux.segment_text
@@ -85,6 +85,9 @@ def cmd_experts(args) -> int:
     print(f"{len(report['segments'])} segments")
     for s in report["segments"]:
         print(f"  #{s['id']:<3} {s['label']:<20} score {s['score']:.3f}  box {s['box']}")
+    print(f"{len(report['detections'])} detections")
+    for d in report["detections"]:
+        print(f"  {d['label']:<24} score {d['score']:.3f}  box {d['box']}")
     for key in ("crayon_text", "question_prefix", "verbalized"):
         if key in report:
             print(f"{key}: {report[key]!r}")

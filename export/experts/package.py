@@ -6,19 +6,26 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
+
+from moai_edge.engines.errors import InputError
 from moai_edge.engines.manifest import Component, sha256_of
 from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
+from moai_edge.engines.protocol import TensorSpec
 
 from ..config import ModelConfig
 from ..onnx_export import Tolerance, check_grid_sample_modes, check_symbolic_axes, export_graph, validate_graph
 from ..package import io_specs
+from . import detector as owl
 from .labels import COCO_PANOPTIC_CLASSES
 from .panoptic import IMAGE_SIZE, PANOPTIC, build_tiny_panoptic, labels_of, load_panoptic
 
 # Mask2Former's decoder thresholds its intermediate masks at 0.5 for masked attention: fp32 noise flips the
 # pixels that sit on the threshold and moves a query's logits by up to ~2e-3 of their range (seen on random
 # inputs), where the rest of the graph agrees to ~1e-6.
-TOLERANCES = {"panoptic": Tolerance(atol=1e-4, rtol=1e-2, of_max=True)}
+TOLERANCES = {"panoptic": Tolerance(atol=1e-4, rtol=1e-2, of_max=True),
+              # the best query is an argmax: near-tied logits may pick another query on a few boxes
+              "detector": Tolerance(atol=1e-4, rtol=1e-3, of_max=True, index_agreement=0.99)}
 
 
 def export_onnx_expert(target, model, out_dir: Path, work: Path) -> tuple[Component, dict[str, float]]:
@@ -37,21 +44,54 @@ def export_onnx_expert(target, model, out_dir: Path, work: Path) -> tuple[Compon
     return Component(file=dest.name, sha256=sha256_of(dest), inputs=inputs, outputs=outputs), diffs
 
 
-def export_experts(cfg: ModelConfig, out_dir: Path, work: Path, *, panoptic: str | Path) -> tuple[dict, dict, dict]:
-    """Returns (components, experts manifest section, validation max diffs)."""
+def export_experts(cfg: ModelConfig, out_dir: Path, work: Path, *, panoptic: str | Path,
+                   detector: str | Path | None = None, queries: list[str] | None = None) -> tuple[dict, dict, dict]:
+    """Returns (components, experts manifest section, validation max diffs). MoAI also gets the detector."""
+    components, section, diffs = export_panoptic(cfg, out_dir, work, panoptic)
+    if cfg.family == "moai":
+        for part, new in zip((components, section, diffs), export_detector(out_dir, work, detector, queries)):
+            part.update(new)
+    return components, section, diffs
+
+
+def export_panoptic(cfg: ModelConfig, out_dir: Path, work: Path, source: str | Path) -> tuple[dict, dict, dict]:
+    model = load_panoptic(source)
+    component, diffs = export_onnx_expert(PANOPTIC, model, out_dir, work)
     # segments are mapped onto CoLLaVO's vision grid (35 for the real model) and MoAI's image (490)
     target = cfg.vision.grid if cfg.family == "collavo" else cfg.vision.image_size
-    model = load_panoptic(panoptic)
-    component, diffs = export_onnx_expert(PANOPTIC, model, out_dir, work)
-    section = {"panoptic": {
-        "component": "panoptic", "source": str(panoptic), "image_size": IMAGE_SIZE,
+    section = {
+        "component": "panoptic", "source": str(source), "image_size": IMAGE_SIZE,
         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "threshold": 0.5, "mask_threshold": 0.95,
         "overlap_mask_area_threshold": 0.8, "target_size": target, "labels": labels_of(model),
-    }}
-    return {"panoptic": component}, section, {"panoptic": max(diffs.values())}
+    }
+    return {"panoptic": component}, {"panoptic": section}, {"panoptic": max(diffs.values())}
 
 
-def build_tiny_experts(family: str, out_dir: Path, *, preset: str, seed: int) -> dict[str, Path]:
+def export_detector(out_dir: Path, work: Path, source: str | Path | None, queries: list[str] | None) -> tuple[dict, dict, dict]:
+    """The image graph, and the query embeddings computed once here (the reference recomputes them per image)."""
+    if not queries:
+        raise InputError("the detector needs its text queries: --labels FILE or --moai-repo DIR")
+    source = source or owl.REFERENCE_ID
+    model = owl.load_detector(source)
+    component, diffs = export_onnx_expert(owl.DETECTOR, model, out_dir, work)
+    embeds = owl.query_embeddings(model, queries, tokenizer_dir=source)
+    np.save(out_dir / "detector_queries.npy", embeds)
+    queries_component = Component(file="detector_queries.npy", sha256=sha256_of(out_dir / "detector_queries.npy"), kind="npy",
+                                  outputs=[TensorSpec("query_embeds", "float32", tuple(embeds.shape))])
+    section = {
+        "component": "detector", "queries": "detector_queries", "source": str(source), "image_size": owl.IMAGE_SIZE,
+        "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
+        "threshold": 0.1, "keep_score": 0.5, "target_size": 490, "labels": list(queries),
+    }
+    return ({"detector": component, "detector_queries": queries_component}, {"detector": section},
+            {"detector": max(diffs.values())})
+
+
+def build_tiny_experts(family: str, out_dir: Path, *, preset: str, seed: int) -> dict:
     """Seeded expert checkpoints in their published layouts, next to the tiny VLM checkpoint."""
-    return {"panoptic": build_tiny_panoptic(out_dir / "panoptic", family=family, preset=preset,
-                                            labels=COCO_PANOPTIC_CLASSES, seed=seed)}
+    experts = {"panoptic": build_tiny_panoptic(out_dir / "panoptic", family=family, preset=preset,
+                                               labels=COCO_PANOPTIC_CLASSES, seed=seed)}
+    if family == "moai":  # tiny checkpoints query the COCO names; real exports take --labels / --moai-repo
+        experts.update(detector=owl.build_tiny_detector(out_dir / "detector", preset=preset, seed=seed),
+                       queries=list(COCO_PANOPTIC_CLASSES))
+    return experts

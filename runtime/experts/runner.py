@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -10,15 +10,22 @@ from moai_edge.engines.manifest import Manifest
 from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
 
 from ..model import AuxInputs
+from .detector import DetectorConfig, post_process_detections, preprocess_detector
 from .panoptic import PanopticConfig, PanopticResult, post_process_panoptic, preprocess_panoptic
-from .verbalize import (clean_class, colour_map, crayon_maps, crayon_text, join_parts, segment_boxes,
-                        verbalize_segments)
+from .verbalize import (Detection, clean_class, colour_map, crayon_maps, crayon_text, join_parts, segment_boxes,
+                        verbalize_detections, verbalize_segments)
 
 
 @dataclass
 class ExpertResults:
     panoptic: PanopticResult
     labels: list[str]
+    detections: list[Detection] = field(default_factory=list)
+    detector_labels: list[str] = field(default_factory=list)
+
+    def detections_json(self) -> list[dict]:
+        return [{"label_id": d.label_id, "label": self.detector_labels[d.label_id], "score": round(d.score, 6),
+                 "box": [round(float(v), 2) for v in d.box]} for d in self.detections]
 
     def segments_json(self) -> list[dict]:
         p = self.panoptic
@@ -36,18 +43,37 @@ class Experts:
             threshold=section["threshold"], mask_threshold=section["mask_threshold"],
             overlap_mask_area_threshold=section["overlap_mask_area_threshold"], target_size=section["target_size"],
             labels=section["labels"])
-        comp = manifest.component(section["component"])
-        self.panoptic = OrtEngine.load(manifest.path(comp.file), options=options, name="panoptic")
+        self.panoptic = self.engine(section["component"], options)
+        self.detector = self.detector_cfg = None
+        if "detector" in manifest.experts:
+            d = manifest.experts["detector"]
+            self.detector_cfg = DetectorConfig(image_size=d["image_size"], mean=tuple(d["mean"]), std=tuple(d["std"]),
+                                               threshold=d["threshold"], keep_score=d["keep_score"],
+                                               target_size=d["target_size"], labels=d["labels"])
+            self.detector = self.engine(d["component"], options)
+            self.query_embeds = np.load(manifest.path(manifest.component(d["queries"]).file))
+
+    def engine(self, name: str, options: OrtOptions) -> OrtEngine:
+        return OrtEngine.load(self.manifest.path(self.manifest.component(name).file), options=options, name=name)
 
     def close(self) -> None:
-        self.panoptic.close()
+        for e in (self.panoptic, self.detector):
+            if e is not None:
+                e.close()
 
     def run(self, images: list[np.ndarray]) -> list[ExpertResults]:
         """images: HxWx3 uint8 RGB arrays (see runtime.images.load_image)."""
         pixels = np.stack([preprocess_panoptic(img, self.panoptic_cfg) for img in images])
         out = self.panoptic.run({"pixel_values": pixels})
-        return [ExpertResults(post_process_panoptic(c, m, self.panoptic_cfg), self.panoptic_cfg.labels)
-                for c, m in zip(out["class_queries_logits"], out["masks_queries_logits"])]
+        results = [ExpertResults(post_process_panoptic(c, m, self.panoptic_cfg), self.panoptic_cfg.labels)
+                   for c, m in zip(out["class_queries_logits"], out["masks_queries_logits"])]
+        if self.detector is not None:
+            pixels = np.stack([preprocess_detector(img, self.detector_cfg) for img in images])
+            out = self.detector.run({"pixel_values": pixels, "query_embeds": self.query_embeds})
+            for r, logit, query, boxes in zip(results, out["best_logit"], out["best_query"], out["boxes"]):
+                r.detections = post_process_detections(logit, query, boxes, self.detector_cfg)
+                r.detector_labels = self.detector_cfg.labels
+        return results
 
     def aux_inputs(self, r: ExpertResults) -> AuxInputs:
         """What the backbone takes from the experts, for this package's family."""
@@ -57,5 +83,5 @@ class Experts:
         return AuxInputs(verbalized=self.verbalize(r), colour_map=colour_map(r.panoptic))
 
     def verbalize(self, r: ExpertResults) -> str:
-        """MoAI's four sentences; detection, relations and OCR stay empty until their experts are packaged."""
-        return join_parts(verbalize_segments(r.panoptic, r.labels), "", "", "")
+        """MoAI's four sentences; relations and OCR stay empty until their experts are packaged."""
+        return join_parts(verbalize_segments(r.panoptic, r.labels), verbalize_detections(r.detections, r.detector_labels), "", "")

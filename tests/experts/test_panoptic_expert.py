@@ -78,7 +78,7 @@ def test_aux_inputs_follow_the_family(package):
         assert (aux.segment_text is None) == (not r.panoptic.segments)
     else:
         assert aux.colour_map.shape == (manifest.model.image_size,) * 2 + (3,)
-        assert aux.verbalized.endswith("   ")  # detection, relations and OCR parts are empty
+        assert aux.verbalized.endswith("  ")  # relations and OCR parts are empty: their spaces remain
 
 
 @pytest.mark.parametrize("family", ["collavo", "moai"])

@@ -1,0 +1,150 @@
+"""OWLv2 open-world detection: the text side runs once at export, the image graph takes the cached queries.
+
+The query list never changes between images, so its embeddings (text model, projection, L2 norm,
+as `Owlv2Model.forward` computes them) are stored in the package. The image graph returns, per
+box, the best query's logit and index (the max is taken inside the graph, so the
+boxes x queries logits never leave it) and the boxes in cx, cy, w, h.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from moai_edge.engines.errors import CheckpointError, InputError
+
+from ..graphs import GraphTarget
+
+REFERENCE_ID = "google/owlv2-base-patch16-ensemble"
+IMAGE_SIZE = 960
+
+
+def detector_config(preset: str):
+    from transformers import Owlv2Config
+
+    if preset != "tiny":
+        return Owlv2Config()  # OWLv2 B/16 at 960, the reference's architecture
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=16)
+    return Owlv2Config(text_config=text, vision_config=vision, projection_dim=32)
+
+
+def build_tiny_detector(out_dir: Path, *, preset: str, seed: int) -> Path:
+    """Seeded weights in the published layout, with a CLIP tokenizer trained on the spot."""
+    from transformers import Owlv2ForObjectDetection
+
+    torch.manual_seed(seed)
+    model = Owlv2ForObjectDetection(detector_config(preset))
+    head = model.class_head
+    with torch.no_grad():  # logits = (cosine - 0.2) * 6: a few boxes, not all, pass MoAI's 0.5 score cut
+        head.logit_shift.weight.zero_()
+        head.logit_shift.bias.fill_(-0.2)
+        head.logit_scale.weight.zero_()
+        head.logit_scale.bias.fill_(5.0)
+    model.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def load_detector(path_or_id: str | Path) -> nn.Module:
+    from transformers import Owlv2ForObjectDetection
+
+    try:
+        return Owlv2ForObjectDetection.from_pretrained(str(path_or_id), attn_implementation="eager").eval()
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"detector checkpoint '{path_or_id}' could not be loaded: {exc}") from exc
+
+
+def tokenize_queries(queries: list[str], vocab_size: int, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP's tokenizer for real checkpoints; for tiny ones (no tokenizer files) a hashed byte tokenizer."""
+    ids = torch.zeros((len(queries), max_len), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, q in enumerate(queries):
+        toks = [1 + (b % (vocab_size - 2)) for b in q.encode()][: max_len - 1] + [vocab_size - 1]  # eos = the max id
+        ids[i, : len(toks)] = torch.tensor(toks)
+        mask[i, : len(toks)] = 1
+    return ids, mask
+
+
+def query_tokens(model: nn.Module, queries: list[str], tokenizer_dir: str | Path | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and mask as Owlv2Processor makes them (CLIP tokenizer, padded to max_length)."""
+    cfg = model.config.text_config
+    local = Path(str(tokenizer_dir)) if tokenizer_dir else None
+    has_files = local is None or not local.is_dir() or any((local / f).is_file() for f in ("tokenizer.json", "vocab.json"))
+    tok = None
+    if tokenizer_dir and has_files:  # (transformers builds an empty tokenizer from a folder without vocabulary files)
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        except (OSError, ValueError):
+            tok = None
+    if tok is None:
+        return tokenize_queries(queries, cfg.vocab_size, cfg.max_position_embeddings)
+    enc = tok(queries, padding="max_length", max_length=cfg.max_position_embeddings, truncation=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+@torch.no_grad()
+def query_embeddings(model: nn.Module, queries: list[str], tokenizer_dir: str | Path | None = None) -> np.ndarray:
+    """(Q, D) float32, L2-normalised, exactly as the detector's forward computes its text side."""
+    ids, mask = query_tokens(model, queries, tokenizer_dir)
+    out = []
+    for start in range(0, len(queries), 256):
+        text = model.owlv2.text_model(input_ids=ids[start:start + 256], attention_mask=mask[start:start + 256]).pooler_output
+        text = model.owlv2.text_projection(text)
+        out.append(text / torch.linalg.norm(text, ord=2, dim=-1, keepdim=True))
+    return torch.cat(out).float().numpy()
+
+
+def read_queries(labels_file: str | Path | None = None, moai_repo: str | Path | None = None) -> list[str]:
+    """The detector's text queries: a JSON list / newline-separated file, or ADE20K_847 + IMAGENET_CLASSES read
+    as data from a local clone of the MoAI repository (never imported)."""
+    if labels_file:
+        text = Path(labels_file).read_text()
+        queries = json.loads(text) if text.lstrip().startswith("[") else [line for line in text.splitlines() if line]
+    elif moai_repo:
+        source = (Path(moai_repo) / "utils" / "constants.py").read_text()
+        lists = {}
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                if node.targets[0].id in ("ADE20K_847", "IMAGENET_CLASSES"):
+                    lists[node.targets[0].id] = ast.literal_eval(node.value)
+        if len(lists) != 2:
+            raise InputError(f"{moai_repo}/utils/constants.py: expected ADE20K_847 and IMAGENET_CLASSES, found {sorted(lists)}")
+        queries = lists["ADE20K_847"] + lists["IMAGENET_CLASSES"]
+    else:
+        raise InputError("the detector's queries need --labels FILE or --moai-repo DIR")
+    if not queries or not all(isinstance(q, str) for q in queries):
+        raise InputError(f"detector queries must be a non-empty list of strings, found {type(queries).__name__} of {len(queries)}")
+    return queries
+
+
+class DetectorGraph(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values, query_embeds):
+        m = self.model
+        feature_map = m.image_embedder(pixel_values=pixel_values)[0]  # (B, h, w, D)
+        b, h, w, d = feature_map.shape
+        image_feats = feature_map.reshape(b, h * w, d)
+        queries = query_embeds[None].expand(b, -1, -1)
+        logits = m.class_predictor(image_feats, queries, None)[0]  # (B, boxes, Q)
+        best, label = logits.max(dim=-1)
+        return best, label, m.box_predictor(image_feats, feature_map)
+
+
+DETECTOR = GraphTarget(
+    name="detector", families=("moai",), build=DetectorGraph,
+    inputs=lambda m, b: {"pixel_values": torch.randn(b, 3, IMAGE_SIZE, IMAGE_SIZE),
+                         "query_embeds": torch.nn.functional.normalize(torch.randn(7, m.config.projection_dim), dim=-1)},
+    dynamic_axes=lambda m: {"pixel_values": {0: "batch"}, "query_embeds": {0: "queries"}, "best_logit": {0: "batch"},
+                            "best_query": {0: "batch"}, "boxes": {0: "batch"}},
+    output_names=lambda m: ["best_logit", "best_query", "boxes"],
+)
