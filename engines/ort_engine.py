@@ -101,6 +101,10 @@ class OrtEngine:
             raise EngineError(f"engine '{self.name}' failed to run: {exc}") from exc
         return dict(zip(names, values))
 
+    def metadata(self) -> dict[str, str]:
+        """The graph's custom metadata (e.g. PP-OCR's character dictionary)."""
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
     def close(self) -> None:
         self.session = None
 

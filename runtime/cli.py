@@ -71,7 +71,8 @@ def cmd_experts(args) -> int:
     experts = Experts(manifest, OrtOptions(intra_op_threads=args.threads))
     result = experts.run([load_image(args.image)])[0]
     aux = experts.aux_inputs(result)
-    report = {"segments": result.segments_json(), "detections": result.detections_json()}
+    report = {"segments": result.segments_json(), "detections": result.detections_json(),
+              "ocr": [{"text": line.text, "confidence": round(line.confidence, 4), "box": line.box} for line in result.ocr]}
     if manifest.family == "collavo":
         report["crayon_text"] = aux.segment_text
         report["question_prefix"] = (f"The image includes {aux.segment_text}. " if aux.segment_text
@@ -88,6 +89,9 @@ def cmd_experts(args) -> int:
     print(f"{len(report['detections'])} detections")
     for d in report["detections"]:
         print(f"  {d['label']:<24} score {d['score']:.3f}  box {d['box']}")
+    print(f"{len(report['ocr'])} OCR lines")
+    for line in report["ocr"]:
+        print(f"  {line['text']!r:<30} confidence {line['confidence']:.3f}")
     for key in ("crayon_text", "question_prefix", "verbalized"):
         if key in report:
             print(f"{key}: {report[key]!r}")

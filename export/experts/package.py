@@ -18,6 +18,7 @@ from ..onnx_export import Tolerance, check_grid_sample_modes, check_symbolic_axe
 from ..package import io_specs
 from . import detector as owl
 from .labels import COCO_PANOPTIC_CLASSES
+from .ocr_models import export_ocr
 from .panoptic import IMAGE_SIZE, PANOPTIC, build_tiny_panoptic, labels_of, load_panoptic
 
 # Mask2Former's decoder thresholds its intermediate masks at 0.5 for masked attention: fp32 noise flips the
@@ -51,6 +52,9 @@ def export_experts(cfg: ModelConfig, out_dir: Path, work: Path, *, panoptic: str
     if cfg.family == "moai":
         for part, new in zip((components, section, diffs), export_detector(out_dir, work, detector, queries)):
             part.update(new)
+        ocr_components, ocr_section = export_ocr(out_dir)
+        components.update(ocr_components)
+        section.update(ocr_section)
     return components, section, diffs
 
 

@@ -11,9 +11,10 @@ from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
 
 from ..model import AuxInputs
 from .detector import DetectorConfig, post_process_detections, preprocess_detector
+from .ocr import OcrConfig, OcrLine, OcrReader
 from .panoptic import PanopticConfig, PanopticResult, post_process_panoptic, preprocess_panoptic
 from .verbalize import (Detection, clean_class, colour_map, crayon_maps, crayon_text, join_parts, segment_boxes,
-                        verbalize_detections, verbalize_segments)
+                        verbalize_detections, verbalize_ocr, verbalize_segments)
 
 
 @dataclass
@@ -22,6 +23,7 @@ class ExpertResults:
     labels: list[str]
     detections: list[Detection] = field(default_factory=list)
     detector_labels: list[str] = field(default_factory=list)
+    ocr: list[OcrLine] = field(default_factory=list)  # the lines MoAI keeps (confidence >= 0.85)
 
     def detections_json(self) -> list[dict]:
         return [{"label_id": d.label_id, "label": self.detector_labels[d.label_id], "score": round(d.score, 6),
@@ -52,12 +54,19 @@ class Experts:
                                                target_size=d["target_size"], labels=d["labels"])
             self.detector = self.engine(d["component"], options)
             self.query_embeds = np.load(manifest.path(manifest.component(d["queries"]).file))
+        self.ocr = None
+        if "ocr" in manifest.experts:
+            o = manifest.experts["ocr"]
+            rec = self.engine(o["rec"], options)
+            self.ocr = OcrReader(self.engine(o["det"], options), self.engine(o["cls"], options), rec,
+                                 rec.metadata()["character"].splitlines(), OcrConfig(min_confidence=o["min_confidence"]))
 
     def engine(self, name: str, options: OrtOptions) -> OrtEngine:
         return OrtEngine.load(self.manifest.path(self.manifest.component(name).file), options=options, name=name)
 
     def close(self) -> None:
-        for e in (self.panoptic, self.detector):
+        engines = [self.panoptic, self.detector] + ([self.ocr.det, self.ocr.cls, self.ocr.rec] if self.ocr else [])
+        for e in engines:
             if e is not None:
                 e.close()
 
@@ -73,6 +82,9 @@ class Experts:
             for r, logit, query, boxes in zip(results, out["best_logit"], out["best_query"], out["boxes"]):
                 r.detections = post_process_detections(logit, query, boxes, self.detector_cfg)
                 r.detector_labels = self.detector_cfg.labels
+        if self.ocr is not None:
+            for r, img in zip(results, images):
+                r.ocr = self.ocr.keep_confident(self.ocr.read(img))
         return results
 
     def aux_inputs(self, r: ExpertResults) -> AuxInputs:
@@ -83,5 +95,6 @@ class Experts:
         return AuxInputs(verbalized=self.verbalize(r), colour_map=colour_map(r.panoptic))
 
     def verbalize(self, r: ExpertResults) -> str:
-        """MoAI's four sentences; relations and OCR stay empty until their experts are packaged."""
-        return join_parts(verbalize_segments(r.panoptic, r.labels), verbalize_detections(r.detections, r.detector_labels), "", "")
+        """MoAI's four sentences; the scene-graph part stays empty until that expert is packaged."""
+        return join_parts(verbalize_segments(r.panoptic, r.labels), verbalize_detections(r.detections, r.detector_labels),
+                          "", verbalize_ocr([line.text for line in r.ocr]))

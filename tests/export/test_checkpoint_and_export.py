@@ -60,7 +60,7 @@ def test_not_a_checkpoint(tmp_path):
 def test_every_graph_was_validated_in_export(tiny_packages, family):
     m = Manifest.load(tiny_packages[family])
     diffs = m.source["validation_max_abs_diff"]
-    graphs = {n for n, c in m.components.items() if c.kind == "onnx"}
+    graphs = {n for n, c in m.components.items() if c.kind == "onnx" and not n.startswith("ocr_")}  # PP-OCR is copied as is
     family_graphs = {"crayon"} if family == "collavo" else {"compressor", "detector"}
     assert set(diffs) == graphs == {"vision", "prefill", "decode", "panoptic"} | family_graphs
     assert max(v for k, v in diffs.items() if k not in ("panoptic", "detector")) < 1e-4
