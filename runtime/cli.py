@@ -22,7 +22,11 @@ def cmd_export(args) -> int:
         m = export_tiny(args.tiny, Path(args.out), preset=args.preset, seed=args.seed, validate=not args.no_validate,
                         with_experts=not args.no_experts)
     else:
-        experts = {"panoptic": args.panoptic} if args.panoptic else None
+        experts = {k: v for k, v in (("panoptic", args.panoptic), ("detector", args.detector)) if v}
+        if args.labels or args.moai_repo:
+            from moai_edge.export.experts.detector import read_queries
+
+            experts["queries"] = read_queries(args.labels, args.moai_repo)
         m = export_checkpoint(args.checkpoint, Path(args.out), family=args.family, validate=not args.no_validate,
                               experts=experts, with_experts=not args.no_experts)
     print(f"engine package written to {args.out} ({m.family}, {len(m.components)} components)")
@@ -122,7 +126,8 @@ def cmd_demo(args) -> int:
     if not (out / "manifest.json").is_file():
         print(f"building the tiny MoAI engine package in {out} ...")
         cmd_export(argparse.Namespace(tiny="moai", preset="tiny", seed=0, out=str(out), no_validate=False,
-                                      checkpoint=None, family=None, no_experts=False, panoptic=None))
+                                      checkpoint=None, family=None, no_experts=False, panoptic=None,
+                                      detector=None, labels=None, moai_repo=None))
     from .samples import sample_image
 
     args.image = sample_image()
@@ -146,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-validate", action="store_true", help="skip the ONNX-vs-PyTorch validation")
     e.add_argument("--no-experts", action="store_true", help="backbone only")
     e.add_argument("--panoptic", help="Mask2Former checkpoint folder or hub id (default: the reference's)")
+    e.add_argument("--detector", help="OWLv2 checkpoint folder or hub id (MoAI; default: the reference's)")
+    e.add_argument("--labels", help="the detector's text queries: a JSON list or one per line (MoAI)")
+    e.add_argument("--moai-repo", help="a local clone of ByungKwanLee/MoAI to read the detector queries from, as data")
     e.set_defaults(func=cmd_export)
 
     def runtime_args(q):
