@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--queries", type=int, default=1847)
+    p.add_argument("--skip-panoptic", action="store_true")
     args = p.parse_args(argv)
 
     import torch
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
     report = {"threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for family, name in (("moai", "panoptic_swin_base"), ("collavo", "panoptic_swin_large")):
+        for family, name in () if args.skip_panoptic else (("moai", "panoptic_swin_base"), ("collavo", "panoptic_swin_large")):
             model = Mask2FormerForUniversalSegmentation(panoptic_config("small", family, COCO_PANOPTIC_CLASSES)).eval()
             report[name] = bench_graph(PANOPTIC, model, {"pixel_values": torch.randn(1, 3, 384, 384)}, work, args.threads, args.runs)
             print(name, report[name], flush=True)

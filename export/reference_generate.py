@@ -1,7 +1,8 @@
 """The PyTorch parity oracle of the runtime's generation loop, written like transformers' `generate` (5.x:
 `_sample`, `_beam_search` and its helpers) and checked against it in tests/runtime/test_generation.py.
 
-Same contract as runtime/generation.py, which this module must not import: `step(tokens (R,)) -> logits (R, V)`
+Same contract as runtime/generation.py, whose logic this module does not share (only its DecodingConfig):
+`step(tokens (R,)) -> logits (R, V)`
 advances the caller's cache, `select_rows(index (R',))` makes new row j = old row index[j]; the result is the
 generated ids per input row, the eos token included when one was generated.
 """
@@ -15,41 +16,13 @@ import torch
 from torch.nn import functional as F
 
 from moai_edge.engines.errors import InputError
+from moai_edge.runtime.generation import DecodingConfig
 
-STRATEGIES = ("greedy", "sample", "beam")
 IMPOSSIBLE = -1.0e9
 
 Step = Callable[[torch.Tensor], torch.Tensor]
 SelectRows = Callable[[torch.Tensor], None]
 OnToken = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class DecodingConfig:
-    strategy: str = "greedy"  # greedy | sample | beam
-    max_new_tokens: int = 128
-    temperature: float = 0.9
-    top_p: float = 0.95
-    top_k: int = 50  # 0 disables
-    num_beams: int = 3
-    length_penalty: float = 1.0
-    eos_token_ids: tuple[int, ...] = (2,)
-    pad_token_id: int = 2
-    seed: int | None = None
-
-    def validate(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise InputError(f"decoding strategy: expected one of {STRATEGIES}, found {self.strategy!r}")
-        if self.max_new_tokens < 1:
-            raise InputError(f"max_new_tokens: expected >= 1, found {self.max_new_tokens}")
-        if self.strategy == "sample" and not self.temperature > 0:
-            raise InputError(f"temperature: expected > 0 for sampling, found {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise InputError(f"top_p: expected a value in (0, 1], found {self.top_p}")
-        if self.top_k < 0:
-            raise InputError(f"top_k: expected >= 0 (0 disables it), found {self.top_k}")
-        if self.num_beams < 1:
-            raise InputError(f"num_beams: expected >= 1, found {self.num_beams}")
 
 
 def generate(first_logits: torch.Tensor, step: Step, select_rows: SelectRows, cfg: DecodingConfig, *,

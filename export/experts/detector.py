@@ -27,8 +27,8 @@ IMAGE_SIZE = 960
 def detector_config(preset: str):
     from transformers import Owlv2Config
 
-    if preset != "tiny":
-        return Owlv2Config()  # OWLv2 B/16 at 960, the reference's architecture
+    if preset != "tiny":  # OWLv2 B/16 at 960, the reference's architecture
+        return Owlv2Config(vision_config=dict(image_size=IMAGE_SIZE, patch_size=16))
     text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=16)
     return Owlv2Config(text_config=text, vision_config=vision, projection_dim=32)
