@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -36,22 +36,22 @@ class ExpertResults:
                  "box": [round(float(v), 4) for v in b]} for s, b in zip(p.segments, boxes)]
 
 
+def config_from(cls, section: dict):
+    """A config dataclass from the manifest's section for it (which also names files and sources)."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in section.items() if k in names})
+
+
 class Experts:
     def __init__(self, manifest: Manifest, options: OrtOptions):
         self.manifest = manifest
         section = manifest.experts["panoptic"]
-        self.panoptic_cfg = PanopticConfig(
-            image_size=section["image_size"], mean=tuple(section["mean"]), std=tuple(section["std"]),
-            threshold=section["threshold"], mask_threshold=section["mask_threshold"],
-            overlap_mask_area_threshold=section["overlap_mask_area_threshold"], target_size=section["target_size"],
-            labels=section["labels"])
+        self.panoptic_cfg = config_from(PanopticConfig, section)
         self.panoptic = self.engine(section["component"], options)
         self.detector = self.detector_cfg = None
         if "detector" in manifest.experts:
             d = manifest.experts["detector"]
-            self.detector_cfg = DetectorConfig(image_size=d["image_size"], mean=tuple(d["mean"]), std=tuple(d["std"]),
-                                               threshold=d["threshold"], keep_score=d["keep_score"],
-                                               target_size=d["target_size"], labels=d["labels"])
+            self.detector_cfg = config_from(DetectorConfig, d)
             self.detector = self.engine(d["component"], options)
             self.query_embeds = np.load(manifest.path(manifest.component(d["queries"]).file))
         self.ocr = None
