@@ -20,14 +20,22 @@ from pathlib import Path
 import numpy as np
 
 
+def timed_ms(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
 def median_ms(fn, runs: int) -> float:
     fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return statistics.median(timed_ms(fn) for _ in range(runs))
+
+
+def interleaved_ms(a, b, runs: int) -> tuple[float, float]:
+    """Medians of a and b timed A B A B after one warm-up each, so machine noise hits both."""
+    a(), b()
+    pairs = [(timed_ms(a), timed_ms(b)) for _ in range(runs)]
+    return statistics.median(x for x, _ in pairs), statistics.median(y for _, y in pairs)
 
 
 def bench_graph(target, model, feeds: dict, work: Path, threads: int, runs: int) -> dict:
@@ -44,8 +52,7 @@ def bench_graph(target, model, feeds: dict, work: Path, threads: int, runs: int)
     engine = OrtEngine.load(path, options=OrtOptions(intra_op_threads=threads))
     np_feeds = {k: v.numpy() for k, v in feeds.items()}
     with torch.no_grad():
-        torch_ms = median_ms(lambda: module(*feeds.values()), runs)
-    ort_ms = median_ms(lambda: engine.run(np_feeds), runs)
+        ort_ms, torch_ms = interleaved_ms(lambda: engine.run(np_feeds), lambda: module(*feeds.values()), runs)
     return {"onnxruntime_ms": ort_ms, "pytorch_ms": torch_ms, "speedup": torch_ms / ort_ms, "export_s": export_s}
 
 
@@ -54,13 +61,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--queries", type=int, default=1847)
-    p.add_argument("--skip-panoptic", action="store_true")
+    p.add_argument("--only", choices=["panoptic", "detector", "ocr"], help="one expert (default: all)")
     args = p.parse_args(argv)
 
     import torch
-    from transformers import Mask2FormerForUniversalSegmentation, Owlv2ForObjectDetection
+    from transformers import Mask2FormerForUniversalSegmentation
 
-    from moai_edge.export.experts import detector as owl
     from moai_edge.export.experts.labels import COCO_PANOPTIC_CLASSES
     from moai_edge.export.experts.panoptic import PANOPTIC, panoptic_config
 
@@ -68,24 +74,34 @@ def main(argv=None) -> int:
     report = {"threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for family, name in () if args.skip_panoptic else (("moai", "panoptic_swin_base"), ("collavo", "panoptic_swin_large")):
+        wanted = {args.only} if args.only else {"panoptic", "detector", "ocr"}
+        for family, name in (("moai", "panoptic_swin_base"), ("collavo", "panoptic_swin_large")) if "panoptic" in wanted else ():
             model = Mask2FormerForUniversalSegmentation(panoptic_config("small", family, COCO_PANOPTIC_CLASSES)).eval()
             report[name] = bench_graph(PANOPTIC, model, {"pixel_values": torch.randn(1, 3, 384, 384)}, work, args.threads, args.runs)
             print(name, report[name], flush=True)
             del model
-        model = Owlv2ForObjectDetection(owl.detector_config("small")).eval()
-        names = [f"object {i}" for i in range(args.queries)]
-        queries = torch.from_numpy(owl.query_embeddings(model, names[:8]))
-        report["detector_owlv2_b16"] = bench_graph(owl.DETECTOR, model, {"pixel_values": torch.randn(1, 3, 960, 960),
-                                                                        "query_embeds": queries.repeat(args.queries // 8 + 1, 1)[: args.queries]},
-                                                   work, args.threads, args.runs)
-        t0 = time.perf_counter()
-        owl.query_embeddings(model, names)
-        report["detector_text_side_per_image_ms"] = (time.perf_counter() - t0) * 1e3
-        print("detector", report["detector_owlv2_b16"], "text side", report["detector_text_side_per_image_ms"], flush=True)
-    report["ocr"] = bench_ocr(args.threads, args.runs)
+        if "detector" in wanted:
+            report.update(bench_detector(args, work))
+    if "ocr" in wanted:
+        report["ocr"] = bench_ocr(args.threads, args.runs)
     print(json.dumps(report, indent=2))
     return 0
+
+
+def bench_detector(args, work: Path) -> dict:
+    import torch
+    from transformers import Owlv2ForObjectDetection
+
+    from moai_edge.export.experts import detector as owl
+
+    model = Owlv2ForObjectDetection(owl.detector_config("small")).eval()
+    names = [f"object {i}" for i in range(args.queries)]
+    queries = torch.from_numpy(owl.query_embeddings(model, names[:8])).repeat(args.queries // 8 + 1, 1)[: args.queries]
+    feeds = {"pixel_values": torch.randn(1, 3, 960, 960), "query_embeds": queries}
+    report = {"detector_owlv2_b16": bench_graph(owl.DETECTOR, model, feeds, work, args.threads, args.runs),
+              "detector_text_side_per_image_ms": timed_ms(lambda: owl.query_embeddings(model, names))}
+    print("detector", report, flush=True)
+    return report
 
 
 def bench_ocr(threads: int, runs: int) -> dict:
@@ -107,7 +123,8 @@ def bench_ocr(threads: int, runs: int) -> dict:
     det, cls, rec = (OrtEngine.load(root / MODELS[k], options=opts) for k in ("det", "cls", "rec"))
     reader = OcrReader(det, cls, rec, rec.metadata()["character"].splitlines())
     oracle = RapidOCR(intra_op_num_threads=threads)
-    return {"runtime_ms": median_ms(lambda: reader.read(image), runs), "rapidocr_ms": median_ms(lambda: oracle(image), runs)}
+    ours, theirs = interleaved_ms(lambda: reader.read(image), lambda: oracle(image), runs)
+    return {"runtime_ms": ours, "rapidocr_ms": theirs}
 
 
 if __name__ == "__main__":

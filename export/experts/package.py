@@ -13,7 +13,7 @@ from moai_edge.engines.manifest import Component, sha256_of
 from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
 from moai_edge.engines.protocol import TensorSpec
 
-from ..config import ModelConfig
+from ..config import CLIP_MEAN, CLIP_STD, ModelConfig
 from ..onnx_export import Tolerance, check_grid_sample_modes, check_symbolic_axes, export_graph, validate_graph
 from ..package import io_specs
 from . import detector as owl
@@ -84,8 +84,7 @@ def export_detector(out_dir: Path, work: Path, source: str | Path | None, querie
                                   outputs=[TensorSpec("query_embeds", "float32", tuple(embeds.shape))])
     section = {
         "component": "detector", "queries": "detector_queries", "source": str(source), "image_size": owl.IMAGE_SIZE,
-        "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
-        "threshold": 0.1, "keep_score": 0.5, "target_size": 490, "labels": list(queries),
+        "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "threshold": 0.1, "keep_score": 0.5, "target_size": 490, "labels": list(queries),
     }
     return ({"detector": component, "detector_queries": queries_component}, {"detector": section},
             {"detector": max(diffs.values())})
