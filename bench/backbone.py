@@ -22,10 +22,14 @@ import numpy as np
 
 from moai_edge.engines.manifest import Manifest
 
+from .timing import timed_ms
+
 MEMORY_PROBE = """
 import json, sys
 import numpy as np
 from moai_edge.engines.manifest import Manifest
+
+from .timing import timed_ms
 from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
 from moai_edge.engines.shared_weights import SharedWeights
 from moai_edge.runtime.decoder import DecoderRunner
@@ -72,12 +76,6 @@ def measure_memory(engine_dir: Path, threads: int, seq: int, new_tokens: int) ->
     return json.loads(out.stdout)
 
 
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
-
-
 def measure_latency(engine_dir: Path, *, threads: int, runs: int, new_tokens: int) -> dict:
     import torch
 
@@ -120,7 +118,7 @@ def measure_latency(engine_dir: Path, *, threads: int, runs: int, new_tokens: in
 
     with torch.no_grad():
         feats = ref_model.encode_image(t_pixels)
-        inputs = build_reference_inputs(question, root / "tokenizer.model", ref_model.embed, feats, prompts=REFERENCE_PROMPTS)
+        inputs = build_reference_inputs(question, ref.tokenizer, ref_model.embed, feats, prompts=REFERENCE_PROMPTS)
         extra = {extra_key: torch.from_numpy(feeds[extra_key])}
 
     @torch.no_grad()
@@ -148,8 +146,8 @@ def measure_latency(engine_dir: Path, *, threads: int, runs: int, new_tokens: in
     for stage, (ours, theirs) in stages.items():
         a, b = [], []
         for i in range(runs + 1):  # the first pair is the warm-up
-            ta = ours() if stage == "decode_per_token" else timed(ours)
-            tb = theirs() if stage == "decode_per_token" else timed(theirs)
+            ta = ours() if stage == "decode_per_token" else timed_ms(ours)
+            tb = theirs() if stage == "decode_per_token" else timed_ms(theirs)
             if i:
                 a.append(ta)
                 b.append(tb)

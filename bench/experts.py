@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -19,23 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def timed_ms(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
-
-
-def median_ms(fn, runs: int) -> float:
-    fn()  # warm-up
-    return statistics.median(timed_ms(fn) for _ in range(runs))
-
-
-def interleaved_ms(a, b, runs: int) -> tuple[float, float]:
-    """Medians of a and b timed A B A B after one warm-up each, so machine noise hits both."""
-    a(), b()
-    pairs = [(timed_ms(a), timed_ms(b)) for _ in range(runs)]
-    return statistics.median(x for x, _ in pairs), statistics.median(y for _, y in pairs)
+from .timing import interleaved_ms, timed_ms
 
 
 def bench_graph(target, model, feeds: dict, work: Path, threads: int, runs: int) -> dict:
@@ -108,10 +91,11 @@ def bench_ocr(threads: int, runs: int) -> dict:
     from PIL import Image, ImageDraw, ImageFont
     from rapidocr_onnxruntime import RapidOCR
 
-    from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
+    import rapidocr_onnxruntime
+
+    from moai_edge.engines.ort_engine import OrtOptions
     from moai_edge.export.experts.ocr_models import MODELS
     from moai_edge.runtime.experts.ocr import OcrReader
-    import rapidocr_onnxruntime
 
     img = Image.new("RGB", (490, 490), "white")
     draw = ImageDraw.Draw(img)
@@ -119,9 +103,7 @@ def bench_ocr(threads: int, runs: int) -> dict:
         draw.text((20, 40 + 120 * i), text, fill="black", font=ImageFont.load_default(size=40))
     image = np.asarray(img)
     root = Path(rapidocr_onnxruntime.__file__).parent / "models"
-    opts = OrtOptions(intra_op_threads=threads)
-    det, cls, rec = (OrtEngine.load(root / MODELS[k], options=opts) for k in ("det", "cls", "rec"))
-    reader = OcrReader(det, cls, rec, rec.metadata()["character"].splitlines())
+    reader = OcrReader.load(*(root / MODELS[k] for k in ("det", "cls", "rec")), options=OrtOptions(intra_op_threads=threads))
     oracle = RapidOCR(intra_op_num_threads=threads)
     ours, theirs = interleaved_ms(lambda: reader.read(image), lambda: oracle(image), runs)
     return {"runtime_ms": ours, "rapidocr_ms": theirs}

@@ -40,10 +40,6 @@ class SharedWeights:
             arrays[name] = mapping[start:start + nbytes].view(np.dtype(t["dtype"])).reshape(t["shape"])
         return cls(path, arrays)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays.values())
-
     def add_to(self, session_options) -> None:
         """Names a graph does not hold are ignored by onnxruntime."""
         for name, value in self.ort_values.items():

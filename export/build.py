@@ -8,6 +8,7 @@ from moai_edge.engines.errors import CheckpointError
 
 from .checkpoint import load_checkpoint
 from .experts.package import build_tiny_experts
+from .experts.detector import REFERENCE_ID as DETECTOR_ID
 from .experts.panoptic import REFERENCE_IDS
 from .package import build_package
 from .tiny import build_tiny_checkpoint
@@ -15,7 +16,7 @@ from .tiny import build_tiny_checkpoint
 
 def reference_experts(family: str) -> dict[str, str]:
     """The expert checkpoints the reference uses, by hub id."""
-    return {"panoptic": REFERENCE_IDS[family]}
+    return {"panoptic": REFERENCE_IDS[family], **({"detector": DETECTOR_ID} if family == "moai" else {})}
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: Path, *, family: str | None = None, validate: bool = True,

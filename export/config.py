@@ -104,22 +104,7 @@ class ModelConfig:
             raise ValueError(f"family must be one of {FAMILIES}, found {self.family!r}")
 
     def to_json(self) -> dict:
-        d = asdict(self)
-        d["decoder"]["mixer_layers"] = list(self.decoder.mixer_layers)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict) -> "ModelConfig":
-        dec = dict(d["decoder"])
-        dec["mixer_layers"] = tuple(dec.get("mixer_layers", ()))
-        return cls(
-            family=d["family"],
-            decoder=DecoderConfig(**dec),
-            vision=VisionConfig(**d["vision"]),
-            compressor=CompressorConfig(**d["compressor"]) if d.get("compressor") else None,
-            crayon=CrayonConfig(**d["crayon"]) if d.get("crayon") else None,
-            max_context=d.get("max_context", 4096),
-        )
+        return asdict(self)
 
 
 @dataclass

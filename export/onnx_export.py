@@ -39,7 +39,8 @@ def example_inputs(target: GraphTarget, model: VLM, batch: int) -> dict[str, tor
 
 
 def export_graph(target: GraphTarget, model: VLM, path: Path) -> None:
-    """torch -> ONNX with the target's named I/O and symbolic axes (TorchScript exporter, opset 17)."""
+    """torch -> ONNX with the target's named I/O and symbolic axes (TorchScript exporter, opset 17), then the
+    structural checks every graph must pass: symbolic axes and TensorRT-safe GridSample modes."""
     module = target.build(model).eval()
     feeds = example_inputs(target, model, TRACE_BATCH)
     names = list(feeds)
@@ -50,6 +51,8 @@ def export_graph(target: GraphTarget, model: VLM, path: Path) -> None:
             module, tuple(feeds.values()), str(path), input_names=names, output_names=target.output_names(model),
             dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True, dynamo=False,
         )
+    check_symbolic_axes(target, model, path)
+    check_grid_sample_modes(path)
 
 
 GRID_SAMPLE_MODES = {"bilinear", "nearest", "bicubic"}

@@ -17,7 +17,7 @@ from moai_edge.engines.shared_weights import SharedWeights
 from .config import CLIP_MEAN, CLIP_STD, REFERENCE_PROMPTS, ModelConfig
 from .graphs import TARGETS, targets_for
 from .modeling.vlm import VLM
-from .onnx_export import Tolerance, check_symbolic_axes, export_graph, validate_graph
+from .onnx_export import Tolerance, export_graph, validate_graph
 from .onnx_weights import save_model, write_shared_weights
 
 SHARED = ("prefill", "decode")  # graphs that hold the decoder weights, loaded once for both
@@ -54,7 +54,6 @@ def export_graphs(model: VLM, out_dir: Path, work: Path) -> dict[str, Component]
 
     for t in targets_for(model.cfg.family):
         export_graph(t, model, work / f"{t.name}.onnx")
-        check_symbolic_axes(t, model, work / f"{t.name}.onnx")
     protos = {n: onnx.load(str(work / f"{n}.onnx")) for n in SHARED}
     shared_spec, rewritten = write_shared_weights(protos, out_dir, DECODER_WEIGHTS)
     components = {}

@@ -7,29 +7,19 @@ the image features, Hugging Face generate semantics.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from moai_edge.runtime.experts.verbalize import EMPTY_VERBALIZATION, collavo_question
 from moai_edge.runtime.generation import DecodingConfig
+from moai_edge.runtime.model import AuxInputs
 
 from .config import CLIP_MEAN, CLIP_STD, REFERENCE_PROMPTS
 from .modeling.vlm import VLM
 from .reference_generate import generate
-from .reference_prompt import build_reference_inputs
-
-COLLAVO_EMPTY_PREFIX = "None of detailed object information for image. "
-
-
-@dataclass
-class ReferenceAux:
-    class_map: np.ndarray | None = None
-    number_map: np.ndarray | None = None
-    segment_text: str | None = None
-    verbalized: str | None = None
-    colour_map: np.ndarray | None = None
+from .reference_prompt import ReferenceTokenizer, build_reference_inputs
 
 
 def reference_pixels(image: np.ndarray, size: int) -> torch.Tensor:
@@ -50,14 +40,14 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
 class ReferencePipeline:
     def __init__(self, model: VLM, tokenizer_file: Path, *, template: str = "eval"):
         self.model = model.eval()
-        self.tokenizer_file = Path(tokenizer_file)
+        self.tokenizer = ReferenceTokenizer(Path(tokenizer_file), REFERENCE_PROMPTS["image_token"])
         self.template = template
 
     @torch.no_grad()
-    def ask(self, image: np.ndarray, question: str, *, aux: ReferenceAux | None = None,
+    def ask(self, image: np.ndarray, question: str, *, aux: AuxInputs | None = None,
             decoding: DecodingConfig = DecodingConfig()) -> list[int]:
         m, cfg = self.model, self.model.cfg
-        aux = aux or ReferenceAux()
+        aux = aux or AuxInputs()
         image_features = m.encode_image(reference_pixels(image, cfg.vision.image_size))
         extra = {}
         if cfg.family == "collavo":
@@ -65,10 +55,10 @@ class ReferencePipeline:
             cls = torch.as_tensor(aux.class_map if aux.class_map is not None else np.zeros((g, g)), dtype=torch.long)
             num = torch.as_tensor(aux.number_map if aux.number_map is not None else np.zeros((g, g)), dtype=torch.long)
             seg = m.crayon_features(cls.reshape(1, -1), num.reshape(1, -1))
-            question = f"The image includes {aux.segment_text}. {question}" if aux.segment_text else COLLAVO_EMPTY_PREFIX + question
+            question = collavo_question(aux.segment_text, question)
         else:
             extra["aux_tokens"] = self.aux_tokens(aux)
-        inputs = build_reference_inputs(question, self.tokenizer_file, m.embed, image_features,
+        inputs = build_reference_inputs(question, self.tokenizer, m.embed, image_features,
                                         prompts=REFERENCE_PROMPTS, template=self.template)
         if cfg.family == "collavo":
             seq = torch.zeros_like(inputs.embeds)
@@ -90,15 +80,11 @@ class ReferencePipeline:
 
         return generate(logits, step, select_rows, decoding)[0]
 
-    def aux_tokens(self, aux: ReferenceAux) -> torch.Tensor:
+    def aux_tokens(self, aux: AuxInputs) -> torch.Tensor:
         """MoAI: verbalized text embedded with BOS ++ the colour map through CLIP + projector (fp16 input), compressed."""
-        import sentencepiece as spm
-
         m, size = self.model, self.model.cfg.vision.image_size
-        text = aux.verbalized if aux.verbalized is not None else "   "
-        sp = spm.SentencePieceProcessor(model_file=str(self.tokenizer_file))
-        ids = torch.tensor([[m.cfg.decoder.bos_id, *sp.encode(text)]])
-        verb = m.embed(ids)
+        text = aux.verbalized if aux.verbalized is not None else EMPTY_VERBALIZATION
+        verb = m.embed(torch.tensor([self.tokenizer(text)]))  # BOS first
         cmap = aux.colour_map if aux.colour_map is not None else np.zeros((size, size, 3), np.float32)
         cmap = torch.from_numpy(np.asarray(cmap, np.float32)).permute(2, 0, 1)[None].half()
         maps = m.encode_image(normalise(cmap.float()))

@@ -43,9 +43,8 @@ class ReferenceTokenizer:
         return ids
 
 
-def build_reference_inputs(question: str, tokenizer_file: Path, embed, image_features: torch.Tensor, *,
+def build_reference_inputs(question: str, tok: ReferenceTokenizer, embed, image_features: torch.Tensor, *,
                            prompts: dict, template: str = "eval") -> ReferenceInputs:
-    tok = ReferenceTokenizer(tokenizer_file, prompts["image_token"])
     n_img = image_features.shape[1]
     system = prompts["system"]
     user = prompts["templates"][template].format(question=question)

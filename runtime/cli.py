@@ -42,22 +42,21 @@ def load_model(args):
 
 
 def cmd_ask(args) -> int:
-    model = load_model(args)
     streamed = []
+    with load_model(args) as model:
 
-    def on_token(row, token):
-        if not args.json and args.decoding != "beam":
-            streamed.append(token)
-            print(model.tokenizer.decode(streamed[-1:]), end="", flush=True)
+        def on_token(row, token):
+            if not args.json and args.decoding != "beam":
+                streamed.append(token)
+                print(model.tokenizer.decode(streamed[-1:]), end="", flush=True)
 
-    ans = model.ask(args.image, args.question, decoding=args.decoding, max_new_tokens=args.max_new_tokens,
-                    seed=args.seed, template=args.template, on_token=on_token)
+        ans = model.ask(args.image, args.question, decoding=args.decoding, max_new_tokens=args.max_new_tokens,
+                        seed=args.seed, template=args.template, on_token=on_token)
     if args.json:
         print(json.dumps({"answer": ans.answer, "tokens": ans.tokens, "timings_ms": ans.timings_ms}))
     else:
         print() if streamed else print(ans.answer)
         print_timings(ans.timings_ms)
-    model.close()
     return 0
 
 
@@ -66,6 +65,7 @@ def cmd_experts(args) -> int:
     from moai_edge.engines.ort_engine import OrtOptions
 
     from .experts.runner import Experts
+    from .experts.verbalize import collavo_question
     from .images import load_image
 
     manifest = Manifest.load(args.engine)
@@ -75,12 +75,10 @@ def cmd_experts(args) -> int:
     experts = Experts(manifest, OrtOptions(intra_op_threads=args.threads))
     result = experts.run([load_image(args.image)])[0]
     aux = experts.aux_inputs(result)
-    report = {"segments": result.segments_json(), "detections": result.detections_json(),
-              "ocr": [{"text": line.text, "confidence": round(line.confidence, 4), "box": line.box} for line in result.ocr]}
+    report = result.to_json()
     if manifest.family == "collavo":
         report["crayon_text"] = aux.segment_text
-        report["question_prefix"] = (f"The image includes {aux.segment_text}. " if aux.segment_text
-                                     else "None of detailed object information for image. ")
+        report["question_prefix"] = collavo_question(aux.segment_text, "")
     else:
         report["verbalized"] = aux.verbalized
     experts.close()

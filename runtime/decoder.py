@@ -24,9 +24,6 @@ class DecoderRunner:
         self.mask: np.ndarray | None = None  # (rows, cache length) int64
         self.next_pos: np.ndarray | None = None  # (rows,) int64
 
-    def embed(self, ids: np.ndarray) -> np.ndarray:
-        return self.embed_table[ids]
-
     def prefill(self, feeds: dict[str, np.ndarray], *, max_new_tokens: int) -> np.ndarray:
         """feeds: the prefill graph's inputs (inputs_embeds, attention_mask, position_ids, im_mask, ...).
         Returns logits (B,V) at each row's last real position and fills the cache."""
@@ -46,7 +43,7 @@ class DecoderRunner:
         rows = len(tokens)
         self.mask = np.concatenate([self.mask, np.ones((rows, 1), np.int64)], axis=1)
         feeds = {
-            "inputs_embeds": self.embed(np.asarray(tokens, np.int64))[:, None, :],
+            "inputs_embeds": self.embed_table[np.asarray(tokens, np.int64)][:, None, :],
             "attention_mask": self.mask,
             "position_ids": self.next_pos[:, None].copy(),
             **self.cache.feeds(),

@@ -101,17 +101,6 @@ def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return i0, i1, np.float32(1.0) - l1, l1
 
 
-def _bilinear_generic(img: np.ndarray, size: int) -> np.ndarray:
-    """PyTorch's generic kernel: width then height, each `w0*t0 + w1*t1` fused."""
-    h0, h1, hl0, hl1 = _linear_taps(img.shape[0], size)
-    w0, w1, wl0, wl1 = _linear_taps(img.shape[1], size)
-    x = img.astype(np.float32)
-    wl0, wl1 = wl0[None, :, None], wl1[None, :, None]
-    top = _fma(wl0, x[h0][:, w0], wl1 * x[h0][:, w1])
-    bottom = _fma(wl0, x[h1][:, w0], wl1 * x[h1][:, w1])
-    return _fma(hl0[:, None, None], top, hl1[:, None, None] * bottom)
-
-
 def _bilinear_channels_last(img: np.ndarray, size: int) -> np.ndarray:
     """PyTorch's channels-last kernel: per pixel four float32 weights h*w, summed as the compiled scalar
     loop does, fma(d, w11, fma(c, w10, fma(a, w00, b*w01)))."""
@@ -136,14 +125,17 @@ def resize_bilinear(img: np.ndarray, size: int, *, single_thread: bool = False) 
     if img.shape[:2] == (size, size):
         return img.copy()  # torchvision returns the image untouched
     channels_last = img.shape[2] > 3 or 2 * size <= 128 or (single_thread and img.shape[2] == 3)
-    out = _bilinear_channels_last(img, size) if channels_last else _bilinear_generic(img, size)
+    if channels_last:
+        out = _bilinear_channels_last(img, size)
+    else:  # the generic kernel, plane by plane
+        out = resize_planes(img.transpose(2, 0, 1).astype(np.float32), size, size).transpose(1, 2, 0)
     return np.round(out).astype(np.uint8)
 
 
 def resize_planes(x: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(N,H,W) float32 -> (N,height,width): `F.interpolate(mode="bilinear", align_corners=False)` on a
-    contiguous tensor. Exact for upsampling; for downsampling PyTorch switches kernels and the two can
-    differ by 1 ulp."""
+    """(N,H,W) float32 -> (N,height,width): PyTorch's generic bilinear kernel (width then height, each
+    `w0*t0 + w1*t1` fused), as `F.interpolate(mode="bilinear", align_corners=False)` runs it on a contiguous
+    tensor. For small float outputs PyTorch may take another kernel; the two can differ by 1 ulp."""
     h0, h1, hl0, hl1 = _linear_taps(x.shape[1], height)
     w0, w1, wl0, wl1 = _linear_taps(x.shape[2], width)
     x = x.astype(np.float32, copy=False)

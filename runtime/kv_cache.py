@@ -22,10 +22,6 @@ class KVCache:
     def max_len(self) -> int:
         return self.keys[0].shape[0]
 
-    @property
-    def rows(self) -> int:
-        return self.keys[0].shape[1]
-
     def nbytes(self) -> int:
         return sum(b.nbytes for b in self.keys + self.values)
 

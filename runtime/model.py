@@ -21,13 +21,14 @@ from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
 from moai_edge.engines.shared_weights import SharedWeights
 
 from .decoder import DecoderRunner
+from .experts.verbalize import EMPTY_VERBALIZATION, collavo_question
 from .generation import DecodingConfig, generate
 from .images import normalize_unit, preprocess_batch
 from .inputs import PrefillRequest, assemble_prefill
 from .prompts import build_prompt, cut_answer
 from .tokenizer import Tokenizer
 
-COLLAVO_EMPTY_PREFIX = "None of detailed object information for image. "
+BACKBONE_GRAPHS = ("vision", "crayon", "compressor", "prefill", "decode")  # the experts load their own
 
 
 @dataclass
@@ -84,8 +85,9 @@ class Model:
                          check_inputs=options.check_inputs)
         self.shared = {k: SharedWeights.open(manifest.root, spec) for k, spec in manifest.shared_weights.items()}
         self.engines: dict[str, OrtEngine] = {}
-        for name, comp in manifest.components.items():
-            if comp.kind == "onnx":
+        for name in BACKBONE_GRAPHS:
+            comp = manifest.components.get(name)
+            if comp is not None:
                 shared = self.shared.get(comp.shared_weights) if comp.shared_weights else None
                 self.engines[name] = OrtEngine.load(manifest.path(comp.file), options=ort, shared=shared, name=name)
         self.embed_table = np.load(manifest.path(manifest.component("embedding").file), mmap_mode="r")
@@ -178,7 +180,7 @@ class Model:
             with timer("aux"):
                 seg = self.crayon_features(aux)
                 extra = [dict(seg_features=s) for s in seg]
-                questions = [self.crayon_question(a, q) for a, q in zip(aux, questions)]
+                questions = [collavo_question(a.segment_text, q) for a, q in zip(aux, questions)]
         with timer("tokenize"):
             prompts = [build_prompt(q, self.tokenizer, self.manifest.prompts, template=template) for q in questions]
         return [PrefillRequest(input_ids=p.input_ids, image_pos=p.image_pos, image_features=f, **e)
@@ -195,7 +197,7 @@ class Model:
     def compress(self, a: AuxInputs, map_features: np.ndarray) -> np.ndarray:
         """Verbalized text (tokenized with BOS, embedded) ++ colour-map tokens -> compressor, one image at a time
         (the compressor has no padding mask, so batching unequal texts would change the result)."""
-        text = a.verbalized if a.verbalized is not None else "   "  # four empty parts joined by spaces
+        text = a.verbalized if a.verbalized is not None else EMPTY_VERBALIZATION
         ids = np.asarray(self.tokenizer.encode(text, add_bos=True), np.int64)
         aux_inputs = np.concatenate([self.embed_table[ids], map_features])[None].astype(np.float32)
         return self.engines["compressor"].run({"aux_inputs": aux_inputs})["aux_tokens"][0]
@@ -214,9 +216,3 @@ class Model:
             cls.append(c.reshape(-1))
             num.append(n.reshape(-1))
         return self.engines["crayon"].run({"class_map": np.stack(cls), "number_map": np.stack(num)})["seg_features"]
-
-    @staticmethod
-    def crayon_question(a: AuxInputs, question: str) -> str:
-        if a.segment_text:
-            return f"The image includes {a.segment_text}. {question}"
-        return COLLAVO_EMPTY_PREFIX + question

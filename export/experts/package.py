@@ -14,7 +14,7 @@ from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
 from moai_edge.engines.protocol import TensorSpec
 
 from ..config import CLIP_MEAN, CLIP_STD, ModelConfig
-from ..onnx_export import Tolerance, check_grid_sample_modes, check_symbolic_axes, export_graph, validate_graph
+from ..onnx_export import Tolerance, export_graph, validate_graph
 from ..package import io_specs
 from . import detector as owl
 from .labels import COCO_PANOPTIC_CLASSES
@@ -30,13 +30,11 @@ TOLERANCES = {"panoptic": Tolerance(atol=1e-4, rtol=1e-2, of_max=True),
 
 
 def export_onnx_expert(target, model, out_dir: Path, work: Path) -> tuple[Component, dict[str, float]]:
-    """Export, check axes and GridSample modes, validate on onnxruntime (batches 1 and 4), copy into the package."""
+    """Export (with its structural checks), validate on onnxruntime (batches 1 and 4), copy into the package."""
     import onnx
 
     path = work / f"{target.name}.onnx"
     export_graph(target, model, path)
-    check_symbolic_axes(target, model, path)
-    check_grid_sample_modes(path)
     with OrtEngine.load(path, options=OrtOptions(), name=target.name) as engine:
         diffs = validate_graph(target, model, engine.run, tol=TOLERANCES[target.name], batches=(1, 4))
     dest = out_dir / path.name
@@ -71,11 +69,10 @@ def export_panoptic(cfg: ModelConfig, out_dir: Path, work: Path, source: str | P
     return {"panoptic": component}, {"panoptic": section}, {"panoptic": max(diffs.values())}
 
 
-def export_detector(out_dir: Path, work: Path, source: str | Path | None, queries: list[str] | None) -> tuple[dict, dict, dict]:
+def export_detector(out_dir: Path, work: Path, source: str | Path, queries: list[str] | None) -> tuple[dict, dict, dict]:
     """The image graph, and the query embeddings computed once here (the reference recomputes them per image)."""
     if not queries:
         raise InputError("the detector needs its text queries: --labels FILE or --moai-repo DIR")
-    source = source or owl.REFERENCE_ID
     model = owl.load_detector(source)
     component, diffs = export_onnx_expert(owl.DETECTOR, model, out_dir, work)
     embeds = owl.query_embeddings(model, queries, tokenizer_dir=source)

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from moai_edge.engines.errors import require
+from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
 from moai_edge.engines.protocol import Engine
 
 
@@ -182,6 +184,17 @@ class OcrReader:
         self.det, self.cls, self.rec = det, cls, rec
         self.characters = ["blank", *characters, " "]
         self.cfg = cfg or OcrConfig()
+
+    @classmethod
+    def load(cls, det: Path, cls_: Path, rec: Path, *, options: OrtOptions | None = None,
+             cfg: OcrConfig | None = None) -> "OcrReader":
+        """The three PP-OCR graphs; the character dictionary comes from the recogniser's metadata."""
+        engines = [OrtEngine.load(p, options=options, name=n) for p, n in ((det, "ocr_det"), (cls_, "ocr_cls"), (rec, "ocr_rec"))]
+        return cls(*engines, engines[2].metadata()["character"].splitlines(), cfg)
+
+    def close(self) -> None:
+        for engine in (self.det, self.cls, self.rec):
+            engine.close()
 
     def _run(self, engine: Engine, x: np.ndarray) -> np.ndarray:
         return engine.run({engine.inputs()[0].name: x})[engine.outputs()[0].name]

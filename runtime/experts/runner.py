@@ -25,15 +25,16 @@ class ExpertResults:
     detector_labels: list[str] = field(default_factory=list)
     ocr: list[OcrLine] = field(default_factory=list)  # the lines MoAI keeps (confidence >= 0.85)
 
-    def detections_json(self) -> list[dict]:
-        return [{"label_id": d.label_id, "label": self.detector_labels[d.label_id], "score": round(d.score, 6),
-                 "box": [round(float(v), 2) for v in d.box]} for d in self.detections]
-
-    def segments_json(self) -> list[dict]:
+    def to_json(self) -> dict:
         p = self.panoptic
         boxes = segment_boxes(p, 1 / p.segmentation.shape[0])
-        return [{"id": s.id, "label_id": s.label_id, "label": clean_class(self.labels[s.label_id]), "score": s.score,
-                 "box": [round(float(v), 4) for v in b]} for s, b in zip(p.segments, boxes)]
+        return {
+            "segments": [{"id": s.id, "label_id": s.label_id, "label": clean_class(self.labels[s.label_id]),
+                          "score": s.score, "box": [round(float(v), 4) for v in b]} for s, b in zip(p.segments, boxes)],
+            "detections": [{"label_id": d.label_id, "label": self.detector_labels[d.label_id], "score": round(d.score, 6),
+                            "box": [round(float(v), 2) for v in d.box]} for d in self.detections],
+            "ocr": [{"text": line.text, "confidence": round(line.confidence, 4), "box": line.box} for line in self.ocr],
+        }
 
 
 def config_from(cls, section: dict):
@@ -57,18 +58,16 @@ class Experts:
         self.ocr = None
         if "ocr" in manifest.experts:
             o = manifest.experts["ocr"]
-            rec = self.engine(o["rec"], options)
-            self.ocr = OcrReader(self.engine(o["det"], options), self.engine(o["cls"], options), rec,
-                                 rec.metadata()["character"].splitlines(), OcrConfig(min_confidence=o["min_confidence"]))
+            det, cls, rec = (manifest.path(manifest.component(o[k]).file) for k in ("det", "cls", "rec"))
+            self.ocr = OcrReader.load(det, cls, rec, options=options, cfg=config_from(OcrConfig, o))
 
     def engine(self, name: str, options: OrtOptions) -> OrtEngine:
         return OrtEngine.load(self.manifest.path(self.manifest.component(name).file), options=options, name=name)
 
     def close(self) -> None:
-        engines = [self.panoptic, self.detector] + ([self.ocr.det, self.ocr.cls, self.ocr.rec] if self.ocr else [])
-        for e in engines:
-            if e is not None:
-                e.close()
+        for part in (self.panoptic, self.detector, self.ocr):
+            if part is not None:
+                part.close()
 
     def run(self, images: list[np.ndarray]) -> list[ExpertResults]:
         """images: HxWx3 uint8 RGB arrays (see runtime.images.load_image)."""

@@ -71,6 +71,17 @@ def join_parts(*parts: str) -> str:
     return " ".join(parts)
 
 
+EMPTY_VERBALIZATION = join_parts("", "", "", "")  # MoAI with nothing detected: "   "
+COLLAVO_EMPTY_PREFIX = "None of detailed object information for image. "
+
+
+def collavo_question(segment_text: str | None, question: str) -> str:
+    """CoLLaVO puts its segments in front of the user's question."""
+    if segment_text:
+        return f"The image includes {segment_text}. {question}"
+    return COLLAVO_EMPTY_PREFIX + question
+
+
 def pascal_colormap(n: int) -> np.ndarray:
     """(n, 3) float64 in 0..1, the DeepLab PASCAL colour map."""
     cmap = np.zeros((n, 3), np.int64)

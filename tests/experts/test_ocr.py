@@ -7,7 +7,6 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from moai_edge.engines.manifest import Manifest
-from moai_edge.engines.ort_engine import OrtEngine
 from moai_edge.runtime.experts.ocr import OcrReader
 
 rapidocr = pytest.importorskip("rapidocr_onnxruntime")
@@ -18,10 +17,9 @@ pytest.importorskip("cv2")
 def reader(tiny_packages):
     m = Manifest.load(tiny_packages["moai"])
     o = m.experts["ocr"]
-    det, cls, rec = (OrtEngine.load(m.path(m.component(o[k]).file)) for k in ("det", "cls", "rec"))
-    yield OcrReader(det, cls, rec, rec.metadata()["character"].splitlines())
-    for e in (det, cls, rec):
-        e.close()
+    reader = OcrReader.load(*(m.path(m.component(o[k]).file) for k in ("det", "cls", "rec")))
+    yield reader
+    reader.close()
 
 
 def render(lines: list[tuple[str, int]], size=(640, 420), rotate_last=False) -> np.ndarray:

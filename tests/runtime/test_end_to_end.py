@@ -14,7 +14,7 @@ from moai_edge.runtime.model import AuxInputs, Model
 
 pytest.importorskip("torch", reason="the PyTorch reference needs moai-edge[export]")
 from moai_edge.runtime.generation import DecodingConfig  # noqa: E402
-from moai_edge.export.reference_pipeline import ReferenceAux, ReferencePipeline  # noqa: E402
+from moai_edge.export.reference_pipeline import ReferencePipeline  # noqa: E402
 
 FAMILIES = ("collavo", "moai")
 QUESTIONS = ["What is in the image?", "How many people are standing near the red car on the left?", "Describe it."]
@@ -40,10 +40,6 @@ def aux_inputs(family: str, dims, i: int) -> AuxInputs:
                      colour_map=rng.integers(0, 256, (s, s, 3)).astype(np.float32) / 255)
 
 
-def as_reference(a: AuxInputs) -> ReferenceAux:
-    return ReferenceAux(**a.__dict__)
-
-
 @pytest.fixture(scope="module")
 def runtimes(tiny_packages):
     models = {fam: Model.load(path) for fam, path in tiny_packages.items()}
@@ -61,7 +57,7 @@ def references(tiny_packages, tiny_references):
 def reference_tokens(ref, model, i, *, strategy="greedy", max_new=12, template="eval"):
     ref.template = template
     cfg = DecodingConfig(strategy=strategy, max_new_tokens=max_new, eos_token_ids=(model.dims.eos_id,))
-    return ref.ask(images()[i], QUESTIONS[i], aux=as_reference(aux_inputs(model.dims.family, model.dims, i)), decoding=cfg)
+    return ref.ask(images()[i], QUESTIONS[i], aux=aux_inputs(model.dims.family, model.dims, i), decoding=cfg)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
