@@ -1,4 +1,5 @@
-"""Per-expert latency on full-size architectures with random weights: onnxruntime vs PyTorch, one image.
+"""Per-expert latency on full-size architectures with random weights: onnxruntime vs PyTorch, one image
+(Mask2Former Swin-B/L, OWLv2 B/16, PSGTR-R50, PP-OCR).
 
     python -m moai_edge.bench.experts [--threads 2] [--runs 3] [--out DIR]
 
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--queries", type=int, default=1847)
-    p.add_argument("--only", choices=["panoptic", "detector", "ocr"], help="one expert (default: all)")
+    p.add_argument("--only", choices=["panoptic", "detector", "scene_graph", "ocr"], help="one expert (default: all)")
     args = p.parse_args(argv)
 
     import torch
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
     report = {"threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        wanted = {args.only} if args.only else {"panoptic", "detector", "ocr"}
+        wanted = {args.only} if args.only else {"panoptic", "detector", "scene_graph", "ocr"}
         for family, name in (("moai", "panoptic_swin_base"), ("collavo", "panoptic_swin_large")) if "panoptic" in wanted else ():
             model = Mask2FormerForUniversalSegmentation(panoptic_config("small", family, COCO_PANOPTIC_CLASSES)).eval()
             report[name] = bench_graph(PANOPTIC, model, {"pixel_values": torch.randn(1, 3, 384, 384)}, work, args.threads, args.runs)
@@ -65,6 +66,13 @@ def main(argv=None) -> int:
             del model
         if "detector" in wanted:
             report.update(bench_detector(args, work))
+        if "scene_graph" in wanted:  # PSGTR-R50 on MoAI's 490 image rescaled to 800x800
+            from moai_edge.export.experts import scene_graph as psgtr
+
+            model = psgtr.Psgtr(psgtr.PsgtrConfig()).eval()
+            feeds = {"pixel_values": torch.randn(1, 3, 800, 800)}
+            report["scene_graph_psgtr_r50"] = bench_graph(psgtr.SCENE_GRAPH, model, feeds, work, args.threads, args.runs)
+            print("scene_graph", report["scene_graph_psgtr_r50"], flush=True)
     if "ocr" in wanted:
         report["ocr"] = bench_ocr(args.threads, args.runs)
     print(json.dumps(report, indent=2))

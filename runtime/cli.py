@@ -22,11 +22,15 @@ def cmd_export(args) -> int:
         m = export_tiny(args.tiny, Path(args.out), preset=args.preset, seed=args.seed, validate=not args.no_validate,
                         with_experts=not args.no_experts)
     else:
-        experts = {k: v for k, v in (("panoptic", args.panoptic), ("detector", args.detector)) if v}
+        experts = {k: v for k, v in (("panoptic", args.panoptic), ("detector", args.detector),
+                                     ("scene_graph", args.scene_graph)) if v}
         if args.labels or args.moai_repo:
-            from moai_edge.export.experts.detector import read_queries
+            from moai_edge.export.experts.detector import read_labels
 
-            experts["queries"] = read_queries(args.labels, args.moai_repo)
+            labels = read_labels(args.labels, args.moai_repo)
+            experts["queries"] = labels["detector_queries"]
+            if "psg_predicates" in labels:
+                experts["predicates"] = labels["psg_predicates"]
         m = export_checkpoint(args.checkpoint, Path(args.out), family=args.family, validate=not args.no_validate,
                               experts=experts, with_experts=not args.no_experts)
     print(f"engine package written to {args.out} ({m.family}, {len(m.components)} components)")
@@ -91,6 +95,9 @@ def cmd_experts(args) -> int:
     print(f"{len(report['detections'])} detections")
     for d in report["detections"]:
         print(f"  {d['label']:<24} score {d['score']:.3f}  box {d['box']}")
+    print(f"{len(report['relations'])} relations")
+    for r in report["relations"]:
+        print(f"  {r['subject']} is {r['predicate']} {r['object']}")
     print(f"{len(report['ocr'])} OCR lines")
     for line in report["ocr"]:
         print(f"  {line['text']!r:<30} confidence {line['confidence']:.3f}")
@@ -125,7 +132,7 @@ def cmd_demo(args) -> int:
         print(f"building the tiny MoAI engine package in {out} ...")
         cmd_export(argparse.Namespace(tiny="moai", preset="tiny", seed=0, out=str(out), no_validate=False,
                                       checkpoint=None, family=None, no_experts=False, panoptic=None,
-                                      detector=None, labels=None, moai_repo=None))
+                                      detector=None, scene_graph=None, labels=None, moai_repo=None))
     from .samples import sample_image
 
     args.image = sample_image()
@@ -150,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-experts", action="store_true", help="backbone only")
     e.add_argument("--panoptic", help="Mask2Former checkpoint folder or hub id (default: the reference's)")
     e.add_argument("--detector", help="OWLv2 checkpoint folder or hub id (MoAI; default: the reference's)")
-    e.add_argument("--labels", help="the detector's text queries: a JSON list or one per line (MoAI)")
+    e.add_argument("--scene-graph", help="OpenPSG's PSGTR checkpoint file, psgtr_r50_epoch_60.pth (MoAI; required)")
+    e.add_argument("--labels", help="the detector's text queries: a JSON list or one per line, or a JSON object with "
+                                    "'detector_queries' and 'psg_predicates' (MoAI)")
     e.add_argument("--moai-repo", help="a local clone of ByungKwanLee/MoAI to read the detector queries from, as data")
     e.set_defaults(func=cmd_export)
 

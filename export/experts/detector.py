@@ -101,27 +101,39 @@ def query_embeddings(model: nn.Module, queries: list[str], tokenizer_dir: str | 
     return torch.cat(out).float().numpy()
 
 
-def read_queries(labels_file: str | Path | None = None, moai_repo: str | Path | None = None) -> list[str]:
-    """The detector's text queries: a JSON list / newline-separated file, or ADE20K_847 + IMAGENET_CLASSES read
-    as data from a local clone of the MoAI repository (never imported)."""
+def read_labels(labels_file: str | Path | None = None, moai_repo: str | Path | None = None) -> dict[str, list[str]]:
+    """MoAI's label lists: `detector_queries` (ADE20K_847 + IMAGENET_CLASSES) and, when given, `psg_predicates`.
+
+    `labels_file` is a JSON list or newline-separated file of queries, or a JSON object with those keys
+    (the layout of moai_labels.json); `moai_repo` is a local clone of the MoAI repository whose
+    `utils/constants.py` lists are read as data (never imported)."""
     if labels_file:
         text = Path(labels_file).read_text()
-        queries = json.loads(text) if text.lstrip().startswith("[") else [line for line in text.splitlines() if line]
+        data = json.loads(text) if text.lstrip()[:1] in "[{" else [line for line in text.splitlines() if line]
+        labels = data if isinstance(data, dict) else {"detector_queries": data}
     elif moai_repo:
+        wanted = ("ADE20K_847", "IMAGENET_CLASSES", "PREDICATES")
         source = (Path(moai_repo) / "utils" / "constants.py").read_text()
-        lists = {}
-        for node in ast.parse(source).body:
-            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-                if node.targets[0].id in ("ADE20K_847", "IMAGENET_CLASSES"):
-                    lists[node.targets[0].id] = ast.literal_eval(node.value)
-        if len(lists) != 2:
+        lists = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(source).body
+                 if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id in wanted}
+        if not {"ADE20K_847", "IMAGENET_CLASSES"} <= set(lists):
             raise InputError(f"{moai_repo}/utils/constants.py: expected ADE20K_847 and IMAGENET_CLASSES, found {sorted(lists)}")
-        queries = lists["ADE20K_847"] + lists["IMAGENET_CLASSES"]
+        labels = {"detector_queries": lists["ADE20K_847"] + lists["IMAGENET_CLASSES"]}
+        if "PREDICATES" in lists:
+            labels["psg_predicates"] = lists["PREDICATES"]
     else:
         raise InputError("the detector's queries need --labels FILE or --moai-repo DIR")
-    if not queries or not all(isinstance(q, str) for q in queries):
-        raise InputError(f"detector queries must be a non-empty list of strings, found {type(queries).__name__} of {len(queries)}")
-    return queries
+    for key in ("detector_queries", "psg_predicates"):
+        value = labels.get(key)
+        if key == "psg_predicates" and value is None:
+            continue
+        if not value or not isinstance(value, list) or not all(isinstance(q, str) for q in value):
+            raise InputError(f"'{key}' must be a non-empty list of strings, found {type(value).__name__}")
+    return {k: labels[k] for k in ("detector_queries", "psg_predicates") if k in labels}
+
+
+def read_queries(labels_file: str | Path | None = None, moai_repo: str | Path | None = None) -> list[str]:
+    return read_labels(labels_file, moai_repo)["detector_queries"]
 
 
 class DetectorGraph(nn.Module):

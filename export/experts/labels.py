@@ -1,5 +1,6 @@
-"""The 133 COCO panoptic class names of the reference Mask2Former checkpoints (their config.json id2label),
-used for tiny checkpoints, which have no real labels of their own."""
+"""Label lists that belong to the reference checkpoints rather than to their files: the 133 COCO panoptic
+classes (Mask2Former's config.json id2label, and PSGTR's entity classes in the same order) and the 56 PSG
+predicates PSGTR was trained on (OpenPSG's config; MoAI's `PREDICATES`)."""
 
 COCO_PANOPTIC_CLASSES = [
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -18,4 +19,14 @@ COCO_PANOPTIC_CLASSES = [
     "cabinet-merged", "table-merged", "floor-other-merged", "pavement-merged", "mountain-merged",
     "grass-merged", "dirt-merged", "paper-merged", "food-other-merged", "building-other-merged",
     "rock-merged", "wall-other-merged", "rug-merged",
+]
+
+PSG_PREDICATES = [
+    "over", "in front of", "beside", "on", "in", "attached to", "hanging from", "on back of", "falling off",
+    "going down", "painted on", "walking on", "running on", "crossing", "standing on", "lying on",
+    "sitting on", "flying over", "jumping over", "jumping from", "wearing", "holding", "carrying",
+    "looking at", "guiding", "kissing", "eating", "drinking", "feeding", "biting", "catching", "picking",
+    "playing with", "chasing", "climbing", "cleaning", "playing", "touching", "pushing", "pulling", "opening",
+    "cooking", "talking to", "throwing", "slicing", "driving", "riding", "parked on", "driving on",
+    "about to hit", "kicking", "swinging", "entering", "exiting", "enclosing", "leaning on",
 ]

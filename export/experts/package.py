@@ -17,7 +17,8 @@ from ..config import CLIP_MEAN, CLIP_STD, ModelConfig
 from ..onnx_export import Tolerance, export_graph, validate_graph
 from ..package import io_specs
 from . import detector as owl
-from .labels import COCO_PANOPTIC_CLASSES
+from . import scene_graph as psgtr
+from .labels import COCO_PANOPTIC_CLASSES, PSG_PREDICATES
 from .ocr_models import export_ocr
 from .panoptic import IMAGE_SIZE, PANOPTIC, build_tiny_panoptic, labels_of, load_panoptic
 
@@ -26,7 +27,8 @@ from .panoptic import IMAGE_SIZE, PANOPTIC, build_tiny_panoptic, labels_of, load
 # inputs), where the rest of the graph agrees to ~1e-6.
 TOLERANCES = {"panoptic": Tolerance(atol=1e-4, rtol=1e-2, of_max=True),
               # the best query is an argmax: near-tied logits may pick another query on a few boxes
-              "detector": Tolerance(atol=1e-4, rtol=1e-3, of_max=True, index_agreement=0.99)}
+              "detector": Tolerance(atol=1e-4, rtol=1e-3, of_max=True, index_agreement=0.99),
+              "scene_graph": Tolerance(atol=1e-4, rtol=1e-3, of_max=True)}
 
 
 def export_onnx_expert(target, model, out_dir: Path, work: Path) -> tuple[Component, dict[str, float]]:
@@ -44,12 +46,15 @@ def export_onnx_expert(target, model, out_dir: Path, work: Path) -> tuple[Compon
 
 
 def export_experts(cfg: ModelConfig, out_dir: Path, work: Path, *, panoptic: str | Path,
-                   detector: str | Path | None = None, queries: list[str] | None = None) -> tuple[dict, dict, dict]:
-    """Returns (components, experts manifest section, validation max diffs). MoAI also gets the detector."""
+                   detector: str | Path | None = None, queries: list[str] | None = None,
+                   scene_graph: str | Path | None = None, predicates: list[str] | None = None) -> tuple[dict, dict, dict]:
+    """Returns (components, experts manifest section, validation max diffs). MoAI also gets the detector,
+    the scene graph and OCR."""
     components, section, diffs = export_panoptic(cfg, out_dir, work, panoptic)
     if cfg.family == "moai":
-        for part, new in zip((components, section, diffs), export_detector(out_dir, work, detector, queries)):
-            part.update(new)
+        for new in (export_detector(out_dir, work, detector, queries), export_scene_graph(out_dir, work, scene_graph, predicates)):
+            for part, more in zip((components, section, diffs), new):
+                part.update(more)
         ocr_components, ocr_section = export_ocr(out_dir)
         components.update(ocr_components)
         section.update(ocr_section)
@@ -87,11 +92,26 @@ def export_detector(out_dir: Path, work: Path, source: str | Path, queries: list
             {"detector": max(diffs.values())})
 
 
+def export_scene_graph(out_dir: Path, work: Path, source: str | Path | None,
+                       predicates: list[str] | None) -> tuple[dict, dict, dict]:
+    if source is None:
+        raise InputError(f"MoAI's scene-graph expert needs OpenPSG's checkpoint: --scene-graph PATH/{psgtr.REFERENCE_FILE}")
+    model = psgtr.load_scene_graph(source)
+    component, diffs = export_onnx_expert(psgtr.SCENE_GRAPH, model, out_dir, work)
+    predicates = list(predicates or PSG_PREDICATES)
+    if len(predicates) != model.cfg.num_relations:
+        raise InputError(f"{source}: predicts {model.cfg.num_relations} predicates, the predicate list has {len(predicates)}")
+    section = {"component": "scene_graph", "source": str(source), "scale": list(model.test_scale),
+               "labels": list(COCO_PANOPTIC_CLASSES), "predicates": predicates}
+    return {"scene_graph": component}, {"scene_graph": section}, {"scene_graph": max(diffs.values())}
+
+
 def build_tiny_experts(family: str, out_dir: Path, *, preset: str, seed: int) -> dict:
     """Seeded expert checkpoints in their published layouts, next to the tiny VLM checkpoint."""
     experts = {"panoptic": build_tiny_panoptic(out_dir / "panoptic", family=family, preset=preset,
                                                labels=COCO_PANOPTIC_CLASSES, seed=seed)}
     if family == "moai":  # tiny checkpoints query the COCO names; real exports take --labels / --moai-repo
         experts.update(detector=owl.build_tiny_detector(out_dir / "detector", preset=preset, seed=seed),
-                       queries=list(COCO_PANOPTIC_CLASSES))
+                       queries=list(COCO_PANOPTIC_CLASSES),
+                       scene_graph=psgtr.build_tiny_scene_graph(out_dir / "scene_graph", preset=preset, seed=seed))
     return experts

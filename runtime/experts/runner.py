@@ -13,8 +13,10 @@ from ..model import AuxInputs
 from .detector import DetectorConfig, post_process_detections, preprocess_detector
 from .ocr import OcrConfig, OcrLine, OcrReader
 from .panoptic import PanopticConfig, PanopticResult, post_process_panoptic, preprocess_panoptic
+from .scene_graph import (SceneGraphConfig, SceneGraphResult, mask_size, post_process_scene_graph, preprocess_scene_graph,
+                          relations_of)
 from .verbalize import (Detection, clean_class, colour_map, crayon_maps, crayon_text, join_parts, segment_boxes,
-                        verbalize_detections, verbalize_ocr, verbalize_segments)
+                        verbalize_detections, verbalize_ocr, verbalize_relations, verbalize_segments)
 
 
 @dataclass
@@ -23,6 +25,7 @@ class ExpertResults:
     labels: list[str]
     detections: list[Detection] = field(default_factory=list)
     detector_labels: list[str] = field(default_factory=list)
+    scene_graph: SceneGraphResult | None = None
     ocr: list[OcrLine] = field(default_factory=list)  # the lines MoAI keeps (confidence >= 0.85)
 
     def to_json(self) -> dict:
@@ -33,6 +36,8 @@ class ExpertResults:
                           "score": s.score, "box": [round(float(v), 4) for v in b]} for s, b in zip(p.segments, boxes)],
             "detections": [{"label_id": d.label_id, "label": self.detector_labels[d.label_id], "score": round(d.score, 6),
                             "box": [round(float(v), 2) for v in d.box]} for d in self.detections],
+            "relations": [{"subject": s, "predicate": p, "object": o}
+                          for s, p, o in (self.scene_graph.relations if self.scene_graph else [])],
             "ocr": [{"text": line.text, "confidence": round(line.confidence, 4), "box": line.box} for line in self.ocr],
         }
 
@@ -55,6 +60,11 @@ class Experts:
             self.detector_cfg = config_from(DetectorConfig, d)
             self.detector = self.engine(d["component"], options)
             self.query_embeds = np.load(manifest.path(manifest.component(d["queries"]).file))
+        self.scene_graph = self.scene_graph_cfg = None
+        if "scene_graph" in manifest.experts:
+            g = manifest.experts["scene_graph"]
+            self.scene_graph_cfg = config_from(SceneGraphConfig, g)
+            self.scene_graph = self.engine(g["component"], options)
         self.ocr = None
         if "ocr" in manifest.experts:
             o = manifest.experts["ocr"]
@@ -65,7 +75,7 @@ class Experts:
         return OrtEngine.load(self.manifest.path(self.manifest.component(name).file), options=options, name=name)
 
     def close(self) -> None:
-        for part in (self.panoptic, self.detector, self.ocr):
+        for part in (self.panoptic, self.detector, self.scene_graph, self.ocr):
             if part is not None:
                 part.close()
 
@@ -81,9 +91,27 @@ class Experts:
             for r, logit, query, boxes in zip(results, out["best_logit"], out["best_query"], out["boxes"]):
                 r.detections = post_process_detections(logit, query, boxes, self.detector_cfg)
                 r.detector_labels = self.detector_cfg.labels
+        if self.scene_graph is not None:
+            for r, graph in zip(results, self.run_scene_graph(images)):
+                r.scene_graph = graph
         if self.ocr is not None:
             for r, img in zip(results, images):
                 r.ocr = self.ocr.keep_confident(self.ocr.read(img))
+        return results
+
+    def run_scene_graph(self, images: list[np.ndarray]) -> list[SceneGraphResult]:
+        """Images are batched by padded shape: the reference never masks padding (see export.experts.scene_graph)."""
+        cfg = self.scene_graph_cfg
+        pixels = [preprocess_scene_graph(img, cfg) for img in images]
+        results: list[SceneGraphResult | None] = [None] * len(images)
+        for shape in dict.fromkeys(p.shape for p in pixels):
+            idx = [i for i, p in enumerate(pixels) if p.shape == shape]
+            out = self.scene_graph.run({"pixel_values": np.stack([pixels[i] for i in idx])})
+            for row, i in enumerate(idx):
+                heads = (out[k][row] for k in ("sub_logits", "obj_logits", "rel_logits", "sub_masks", "obj_masks"))
+                graph = post_process_scene_graph(*heads, mask_size(*images[i].shape[:2], cfg), cfg)
+                graph.relations = relations_of(graph, cfg)
+                results[i] = graph
         return results
 
     def aux_inputs(self, r: ExpertResults) -> AuxInputs:
@@ -94,6 +122,7 @@ class Experts:
         return AuxInputs(verbalized=self.verbalize(r), colour_map=colour_map(r.panoptic))
 
     def verbalize(self, r: ExpertResults) -> str:
-        """MoAI's four sentences; the scene-graph part stays empty until that expert is packaged."""
+        """MoAI's four sentences."""
+        relations = r.scene_graph.relations if r.scene_graph else []
         return join_parts(verbalize_segments(r.panoptic, r.labels), verbalize_detections(r.detections, r.detector_labels),
-                          "", verbalize_ocr([line.text for line in r.ocr]))
+                          verbalize_relations(relations), verbalize_ocr([line.text for line in r.ocr]))

@@ -1,0 +1,193 @@
+"""Scene graph (PSGTR): the reference's pre-processing and OpenPSG's `_get_bboxes_single`, in numpy.
+
+Pre-processing is mmdet's test pipeline as MoAI configures it: mmcv's keep-ratio rescale to
+(1333, 800) with cv2's bilinear resize, `Normalize(to_rgb=True)` applied to an image that is
+already RGB (so the network sees B, G, R), zero padding to a multiple of 32.
+
+Post-processing follows `PSGTrHead._get_bboxes_single` with masks, then `triplet2Result` with
+`eval_pan_rels=True`: softmax heads, the top 100 of the flattened predicate scores, masks resized
+(nearest, in fp16) to the image and cast to bfloat16, triplet de-duplication by mask IoU > 0.5,
+the entity/predicate score cuts (whose "no object" test compares 1-based labels with a 0-based
+bound, so it drops class 131, wall-other-merged, and never the background), and the panoptic step that merges stuff of one class and overlapping things before
+numbering the entities that own pixels. Its bfloat16 arithmetic is reproduced bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from moai_edge.engines.errors import require
+
+from .relations import select_relations
+
+
+@dataclass
+class SceneGraphConfig:
+    scale: tuple[int, int] = (1333, 800)
+    size_divisor: int = 32
+    mean: tuple[float, ...] = (123.675, 116.28, 103.53)
+    std: tuple[float, ...] = (58.395, 57.12, 57.375)
+    max_per_img: int = 100
+    mask_threshold: float = 0.85
+    entity_score: float = 0.5
+    relation_score: float = 0.3
+    num_things: int = 80
+    num_rel: int = 10  # MoAI's make_sgg_prompt: top 10, keep >= 0.8
+    keep_score: float = 0.8
+    labels: list[str] = field(default_factory=list)  # the 133 COCO panoptic classes
+    predicates: list[str] = field(default_factory=list)  # the 56 PSG predicates
+
+
+@dataclass
+class SceneGraphResult:
+    """What MoAI reads from OpenPSG's Result: 1-based entity labels, predicate distributions (column 0 =
+    no relation) and the (subject, object) entity index of each relation."""
+
+    labels: list[int]
+    rel_dists: np.ndarray
+    rel_pairs: np.ndarray
+    relations: list[tuple[str, str, str]] = field(default_factory=list)  # MoAI's selection, as words
+
+
+def scaled_size(h: int, w: int, scale: tuple[int, int]) -> tuple[int, int]:
+    """mmcv.imrescale's new (h, w) for a keep-ratio scale (long edge, short edge)."""
+    factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
+    return int(h * factor + 0.5), int(w * factor + 0.5)
+
+
+def preprocess_scene_graph(image: np.ndarray, cfg: SceneGraphConfig) -> np.ndarray:
+    """HxWx3 uint8 RGB -> (3, Hp, Wp) float32, Hp and Wp multiples of `size_divisor`."""
+    cv2 = require("cv2", "ocr")
+    h, w = image.shape[:2]
+    new_h, new_w = scaled_size(h, w, cfg.scale)
+    resized = cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    bgr = resized[..., ::-1].astype(np.float32)  # to_rgb=True swaps the channels of what is already RGB
+    x = (bgr - np.asarray(cfg.mean, np.float32)) * (np.float32(1) / np.asarray(cfg.std, np.float32))
+    d = cfg.size_divisor
+    out = np.zeros((3, -(-new_h // d) * d, -(-new_w // d) * d), np.float32)
+    out[:, :new_h, :new_w] = x.transpose(2, 0, 1)
+    return out
+
+
+def mask_size(h: int, w: int, cfg: SceneGraphConfig) -> tuple[int, int]:
+    """The reference's mask size: round(img_shape / scale_factor), i.e. the input image's size."""
+    new_h, new_w = scaled_size(h, w, cfg.scale)
+    return round(new_h / (new_h / h)), round(new_w / (new_w / w))
+
+
+def to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 values rounded to bfloat16 (nearest, ties to even), kept as float32."""
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+    return u.astype(np.uint32).view(np.float32)
+
+
+def resize_nearest(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """torch's F.interpolate(mode='nearest') on (N, h, w): src = floor(dst * (in / out)) in float32."""
+    def index(n_in: int, n_out: int) -> np.ndarray:
+        if n_in == n_out:
+            return np.arange(n_out)
+        scale = np.float32(n_in) / np.float32(n_out)
+        return np.minimum(np.floor(np.arange(n_out, dtype=np.float32) * scale).astype(np.int64), n_in - 1)
+
+    return planes[:, index(planes.shape[1], size[0])][:, :, index(planes.shape[2], size[1])]
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def _iou_over(base: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """The reference's mask IoU: float32 intersection / union count (0/0 is NaN, which never passes)."""
+    inter = (others & base).sum(-1).astype(np.float32)
+    union = (others | base).sum(-1).astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return inter / union
+
+
+def dedup_triplets(groups: list[list[int]], s_masks: np.ndarray, o_masks: np.ndarray, n: int) -> np.ndarray:
+    keep = np.ones(n, bool)
+    for ids in groups:
+        while len(ids) > 1:
+            s_iou, o_iou = _iou_over(s_masks[ids[0]], s_masks[ids[1:]]), _iou_over(o_masks[ids[0]], o_masks[ids[1:]])
+            dup = (s_iou > 0.5) & (o_iou > 0.5)
+            keep[np.asarray(ids[1:])[dup]] = False
+            ids = [i for i, d in zip(ids[1:], dup) if not d]
+    return keep
+
+
+def group_things(ids: list[int], masks: np.ndarray) -> list[list[int]]:
+    """Instances of one thing class whose masks overlap the group's first by IoU > 0.5 are one entity."""
+    groups = []
+    while len(ids) > 1:
+        iou = _iou_over(masks[ids[0]], masks[ids[1:]])
+        groups.append([ids[0]] + [i for i, v in zip(ids[1:], iou) if v > 0.5])
+        ids = [i for i, v in zip(ids[1:], iou) if not v > 0.5]
+    if len(ids) == 1:
+        groups.append(ids)
+    return groups
+
+
+def post_process_scene_graph(sub_logits, obj_logits, rel_logits, sub_masks, obj_masks, size: tuple[int, int],
+                             cfg: SceneGraphConfig) -> SceneGraphResult:
+    """One image's graph outputs -> entities and relations; `size` is `mask_size` of the input image."""
+    s_probs, o_probs = _softmax(sub_logits)[:, :-1], _softmax(obj_logits)[:, :-1]
+    s_scores, s_labels = s_probs.max(-1), s_probs.argmax(-1) + 1
+    o_scores, o_labels = o_probs.max(-1), o_probs.argmax(-1) + 1
+    r_probs = _softmax(rel_logits)
+    num_rel = r_probs.shape[-1] - 1
+    flat = r_probs[:, 1:].reshape(-1)
+    top = np.argsort(-flat, kind="stable")[: min(cfg.max_per_img, flat.size)]
+    r_scores, r_labels, triplet = flat[top], top % num_rel + 1, top // num_rel
+    s_scores, s_labels, o_scores, o_labels = s_scores[triplet], s_labels[triplet], o_scores[triplet], o_labels[triplet]
+    r_dists = r_probs[triplet]
+
+    def masks_of(logits):  # fp16 -> nearest resize -> bf16; binary at sigmoid (in bf16) > bf16(0.85)
+        m = to_bf16(resize_nearest(logits[triplet].astype(np.float16), size).astype(np.float32))
+        binary = to_bf16(1.0 / (1.0 + np.exp(-m))) > to_bf16(np.float32(cfg.mask_threshold))
+        return m, binary.reshape(len(m), -1)
+
+    s_logit_masks, s_bin = masks_of(sub_masks)
+    o_logit_masks, o_bin = masks_of(obj_masks)
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for k, key in enumerate(zip(s_labels.tolist(), o_labels.tolist(), r_labels.tolist())):
+        groups.setdefault(key, []).append(k)
+    keep_tri = dedup_triplets([g for g in groups.values() if len(g) > 1], s_bin, o_bin, len(top))
+
+    dropped = s_probs.shape[-1] - 1  # meant as "no object", but compared with 1-based labels: class 131 goes
+    keep = ((s_labels[keep_tri] != dropped) & (o_labels[keep_tri] != dropped) & (s_scores[keep_tri] > cfg.entity_score)
+            & (o_scores[keep_tri] > cfg.entity_score) & (r_scores[keep_tri] > cfg.relation_score))
+    r_dists = r_dists[keep_tri][keep]
+    labels = np.concatenate([s_labels[keep_tri][keep], o_labels[keep_tri][keep]]) - 1
+    if labels.size == 0:  # the reference's empty case: one background entity, no relation
+        return SceneGraphResult([1], np.zeros((0, num_rel + 1), np.float32), np.zeros((0, 2), np.int64))
+    binary = np.concatenate([s_bin[keep_tri][keep], o_bin[keep_tri][keep]])
+    logits = np.concatenate([s_logit_masks[keep_tri][keep], o_logit_masks[keep_tri][keep]]).reshape(len(labels), -1).T
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    owner = to_bf16(e * (np.float32(1) / e.sum(-1, keepdims=True))).argmax(-1)  # softmax in bf16, first max wins
+
+    entity = np.arange(len(labels))
+    stuff, things = {}, {}
+    for k, label in enumerate(labels.tolist()):
+        (stuff if label >= cfg.num_things else things).setdefault(label, []).append(k)
+    merged = [ids for ids in stuff.values() if len(ids) > 1]
+    for ids in things.values():
+        merged += [g for g in group_things(ids, binary) if len(g) > 1]
+    for ids in merged:
+        for i in ids:
+            owner[owner == i] = ids[0]
+            entity[i] = ids[0]
+    remaining = np.unique(owner)
+    pairs = entity.reshape(2, -1).T
+    present = np.isin(pairs, remaining).all(1)
+    rank = {int(v): i for i, v in enumerate(remaining)}
+    pairs = np.vectorize(rank.get, otypes=[np.int64])(pairs[present]) if present.any() else np.zeros((0, 2), np.int64)
+    return SceneGraphResult([int(labels[v]) + 1 for v in remaining], r_dists[present], pairs.reshape(-1, 2))
+
+
+def relations_of(result: SceneGraphResult, cfg: SceneGraphConfig) -> list[tuple[str, str, str]]:
+    return select_relations(result.rel_dists, result.rel_pairs, result.labels, cfg.labels, cfg.predicates,
+                            num_rel=cfg.num_rel, threshold=cfg.keep_score)

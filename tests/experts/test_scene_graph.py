@@ -1,0 +1,182 @@
+"""PSGTR as packaged: checkpoint layout, graph vs PyTorch, pre-processing, and OpenPSG's post-processing
+(transcribed in torch, with its bfloat16 masks) against ours, through to MoAI's relation sentence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moai_edge.engines.errors import CheckpointError, InputError
+from moai_edge.engines.manifest import Manifest
+from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
+from moai_edge.runtime.experts.runner import Experts, config_from
+from moai_edge.runtime.experts.scene_graph import (SceneGraphConfig, mask_size, post_process_scene_graph,
+                                                   preprocess_scene_graph, relations_of, scaled_size, to_bf16)
+from moai_edge.runtime.experts.verbalize import verbalize_relations
+from moai_edge.runtime.samples import sample_image
+
+torch = pytest.importorskip("torch")
+cv2 = pytest.importorskip("cv2")
+from moai_edge.export.experts import scene_graph as psgtr  # noqa: E402
+from moai_edge.export.experts.detector import read_labels  # noqa: E402
+from moai_edge.export.experts.scene_graph_reference import reference_scene_graph  # noqa: E402
+
+HEADS = ("sub_logits", "obj_logits", "rel_logits", "sub_masks", "obj_masks")
+
+
+@pytest.fixture(scope="module")
+def packaged(tiny_packages):
+    m = Manifest.load(tiny_packages["moai"])
+    section = m.experts["scene_graph"]
+    engine = OrtEngine.load(m.path(m.component("scene_graph").file))
+    yield m, config_from(SceneGraphConfig, section), engine, psgtr.load_scene_graph(section["source"])
+    engine.close()
+
+
+def assert_same(ours, ref, atol=1e-7):
+    labels, dists, pairs = ref
+    assert ours.labels == labels.tolist()
+    assert ours.rel_pairs.tolist() == pairs.tolist()
+    np.testing.assert_allclose(ours.rel_dists, dists, rtol=1e-5, atol=atol)
+
+
+def test_checkpoint_keys_round_trip_and_mmdet3_names_load(tmp_path):
+    model = psgtr.Psgtr(psgtr.TINY)
+    ours = model.state_dict()
+    release = psgtr.to_openpsg(ours)
+    assert "bbox_head.transformer.encoder.layers.0.attentions.0.attn.in_proj_weight" in release
+    assert "bbox_head.transformer.decoder.layers.1.attentions.1.attn.out_proj.bias" in release
+    back = psgtr.to_ours(release)
+    assert back.keys() == ours.keys() and all(torch.equal(back[k], ours[k]) for k in ours)
+    # OpenPSG's own loader renames to mmdet 3 (.self_attn., .ffn., .cross_attn.): those load too
+    renamed = {k.replace(".attentions.0.", ".self_attn.").replace(".ffns.0.", ".ffn.").replace(".attentions.1.", ".cross_attn."): v
+               for k, v in release.items()}
+    torch.save({"state_dict": renamed}, tmp_path / "mmdet3.pth")
+    loaded = psgtr.load_scene_graph(tmp_path / "mmdet3.pth")
+    assert loaded.cfg == psgtr.TINY and loaded.test_scale == psgtr.SCALE
+
+
+def test_bad_checkpoints_are_refused_by_name(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        psgtr.load_scene_graph(tmp_path / "missing.pth")
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(8, 3, 7, 7)}, "hook": object()}, tmp_path / "pickled.pth")
+    with pytest.raises(CheckpointError, match="weights_only"):
+        psgtr.load_scene_graph(tmp_path / "pickled.pth")
+    release = psgtr.to_openpsg(psgtr.Psgtr(psgtr.TINY).state_dict())
+    del release["bbox_head.rel_cls_embed.bias"]
+    release["bbox_head.extra_head.weight"] = torch.zeros(1)
+    torch.save({"state_dict": release}, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match="rel_cls_embed.bias"):
+        psgtr.load_scene_graph(tmp_path / "partial.pth")
+
+
+def test_preprocessing_is_mmdet_rescale_bgr_normalize_pad():
+    cfg = SceneGraphConfig()
+    img = sample_image(size=490)
+    x = preprocess_scene_graph(img, cfg)
+    assert scaled_size(490, 490, cfg.scale) == (800, 800) and x.shape == (3, 800, 800)  # MoAI's case: no padding
+    resized = cv2.resize(img, (800, 800), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    np.testing.assert_allclose(x[0], (resized[..., 2] - 123.675) / 58.395, atol=1e-5)  # blue first
+    np.testing.assert_allclose(x[2], (resized[..., 0] - 103.53) / 57.375, atol=1e-5)
+    tall = preprocess_scene_graph(img[:300, :470], cfg)  # 300x470 -> 800 short edge, 1253 long; padded to 32
+    assert scaled_size(300, 470, cfg.scale) == (800, 1253) and tall.shape == (3, 800, 1280)
+    assert np.all(tall[:, :, 1253:] == 0)
+    assert mask_size(300, 470, cfg) == (300, 470)
+
+
+def test_bf16_rounding_matches_torch():
+    x = np.random.default_rng(0).normal(size=10000).astype(np.float32) * 10
+    np.testing.assert_array_equal(to_bf16(x), torch.from_numpy(x).to(torch.bfloat16).float().numpy())
+
+
+def test_graph_matches_pytorch_batch_1_and_4(packaged):
+    m, cfg, engine, model = packaged
+    images = [sample_image(size=490, seed=s) for s in range(4)]
+    pixels = np.stack([preprocess_scene_graph(img, cfg) for img in images])
+    with torch.no_grad():
+        ref = [t.numpy() for t in model(torch.from_numpy(pixels))]
+    out4 = engine.run({"pixel_values": pixels})
+    out1 = engine.run({"pixel_values": pixels[:1]})
+    for name, r in zip(psgtr.OUTPUTS, ref):
+        assert np.abs(out4[name] - r).max() <= 1e-4 + 1e-3 * np.abs(r).max(), name
+        np.testing.assert_allclose(out1[name][0], out4[name][0], rtol=1e-4, atol=1e-4 * np.abs(r).max())
+
+
+def synthetic_heads(seed: int, q: int = 12, classes: int = 133, rels: int = 56, hw=(26, 26)):
+    """Logits with confident entities and predicates, repeated triplets, stuff and thing classes, shared masks."""
+    rng = np.random.default_rng(seed)
+    sub = rng.normal(size=(q, classes + 1)).astype(np.float32)
+    obj = rng.normal(size=(q, classes + 1)).astype(np.float32)
+    rel = rng.normal(size=(q, rels + 1)).astype(np.float32)
+    picks = rng.choice([0, 0, 2, 90, 131, 132], size=(2, q))  # person twice as often; 131 is dropped, 132 is not
+    sub[np.arange(q), picks[0]] += rng.uniform(2, 12, q)
+    obj[np.arange(q), picks[1]] += rng.uniform(2, 12, q)
+    rel[np.arange(q), rng.choice([1, 5, 21], q)] += rng.uniform(0, 12, q)
+    masks = rng.normal(scale=4, size=(2, q, *hw)).astype(np.float32)
+    for i in range(1, q, 3):  # near-copies: duplicate triplets and overlapping things
+        masks[:, i] = masks[:, i - 1] + rng.normal(scale=0.3, size=hw)
+        sub[i], obj[i] = sub[i - 1] + 0.01, obj[i - 1]
+    return sub, obj, rel, masks[0], masks[1]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_post_processing_matches_openpsg(seed):
+    heads = synthetic_heads(seed)
+    size = (61, 47)  # nearest resize by a non-integer factor
+    ref = reference_scene_graph(*(torch.from_numpy(h) for h in heads), size, num_relations=56, max_per_img=100)
+    ours = post_process_scene_graph(*heads, size, SceneGraphConfig())
+    assert_same(ours, ref)
+
+
+def test_post_processing_empty_case_is_the_references():
+    sub, obj, rel, sm, om = synthetic_heads(0)
+    rel[:, 0] += 50.0  # "no relation" everywhere: nothing passes r > 0.3
+    ref = reference_scene_graph(*(torch.from_numpy(h) for h in (sub, obj, rel, sm, om)), (20, 20), num_relations=56)
+    ours = post_process_scene_graph(sub, obj, rel, sm, om, (20, 20), SceneGraphConfig())
+    assert_same(ours, ref)
+    assert ours.labels == [1] and len(ours.rel_pairs) == 0
+    assert relations_of(ours, SceneGraphConfig(labels=["person"], predicates=["on"] * 56)) == []
+
+
+def test_packaged_scene_graph_equals_torch_and_openpsg(packaged):
+    """Image -> graph on onnxruntime -> our post-processing == PyTorch model -> OpenPSG's post-processing."""
+    m, cfg, engine, model = packaged
+    experts = Experts(m, OrtOptions())
+    try:
+        for seed in range(3):
+            img = sample_image(size=490, seed=seed)
+            ours = experts.run_scene_graph([img])[0]
+            with torch.no_grad():
+                out = model(torch.from_numpy(preprocess_scene_graph(img, cfg))[None])
+            heads = dict(zip(psgtr.OUTPUTS, (t[0] for t in out)))
+            ref = reference_scene_graph(*(heads[k] for k in HEADS), mask_size(490, 490, cfg), num_relations=56)
+            assert_same(ours, ref, atol=1e-4)  # the graph's fp32 noise (onnxruntime vs torch) on the distributions
+            assert ours.relations == relations_of(ours, cfg)
+    finally:
+        experts.close()
+
+
+def test_relation_sentence_from_the_tiny_package(packaged):
+    """The tiny checkpoint yields enough triplets for MoAI's sentence; its words come from the package's lists."""
+    m, cfg, engine, _ = packaged
+    experts = Experts(m, OrtOptions())
+    try:
+        graph = experts.run_scene_graph([sample_image(size=490, seed=1)])[0]
+    finally:
+        experts.close()
+    assert 0 < len(graph.relations) <= 10
+    text = verbalize_relations(graph.relations)
+    assert text.startswith("The image includes relationships between objects: ") and text.endswith(".")
+    assert all(p in cfg.predicates for _, p, _ in graph.relations)
+
+
+def test_predicates_from_labels_file_or_moai_clone(tmp_path):
+    (tmp_path / "labels.json").write_text('{"detector_queries": ["a"], "psg_predicates": ["over", "on"]}')
+    assert read_labels(tmp_path / "labels.json") == {"detector_queries": ["a"], "psg_predicates": ["over", "on"]}
+    utils = tmp_path / "utils"
+    utils.mkdir()
+    (utils / "constants.py").write_text("ADE20K_847 = ['wall']\nIMAGENET_CLASSES = ['tench']\nPREDICATES = ['over']\n")
+    assert read_labels(moai_repo=tmp_path)["psg_predicates"] == ["over"]
+    (tmp_path / "bad.json").write_text('{"detector_queries": ["a"], "psg_predicates": [1]}')
+    with pytest.raises(InputError, match="psg_predicates"):
+        read_labels(tmp_path / "bad.json")
