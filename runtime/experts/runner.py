@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import Executor
 from dataclasses import dataclass, field, fields
+from typing import Callable
 
 import numpy as np
 
@@ -79,25 +82,57 @@ class Experts:
             if part is not None:
                 part.close()
 
-    def run(self, images: list[np.ndarray]) -> list[ExpertResults]:
-        """images: HxWx3 uint8 RGB arrays (see runtime.images.load_image)."""
+    def steps(self) -> dict[str, Callable[[list[np.ndarray]], list]]:
+        """Each packaged expert as a function of the images; they are independent and may run concurrently."""
+        steps = {"panoptic": self.run_panoptic}
+        if self.detector is not None:
+            steps["detector"] = self.run_detector
+        if self.scene_graph is not None:
+            steps["scene_graph"] = self.run_scene_graph
+        if self.ocr is not None:
+            steps["ocr"] = self.run_ocr
+        return steps
+
+    def run(self, images: list[np.ndarray], *, pool: Executor | None = None,
+            timings: dict[str, float] | None = None) -> list[ExpertResults]:
+        """images: HxWx3 uint8 RGB arrays (see runtime.images.load_image). With a pool, the experts run concurrently."""
+        def timed(name, fn):
+            t0 = time.perf_counter()
+            out = fn(images)
+            if timings is not None:
+                timings[f"expert_{name}"] = (time.perf_counter() - t0) * 1e3
+            return out
+
+        steps = self.steps()
+        if pool is None:
+            outs = {name: timed(name, fn) for name, fn in steps.items()}
+        else:
+            futures = {name: pool.submit(timed, name, fn) for name, fn in steps.items()}
+            outs = {name: f.result() for name, f in futures.items()}
+        results = [ExpertResults(p, self.panoptic_cfg.labels) for p in outs["panoptic"]]
+        for i, r in enumerate(results):
+            if "detector" in outs:
+                r.detections, r.detector_labels = outs["detector"][i], self.detector_cfg.labels
+            if "scene_graph" in outs:
+                r.scene_graph = outs["scene_graph"][i]
+            if "ocr" in outs:
+                r.ocr = outs["ocr"][i]
+        return results
+
+    def run_panoptic(self, images: list[np.ndarray]) -> list[PanopticResult]:
         pixels = np.stack([preprocess_panoptic(img, self.panoptic_cfg) for img in images])
         out = self.panoptic.run({"pixel_values": pixels})
-        results = [ExpertResults(post_process_panoptic(c, m, self.panoptic_cfg), self.panoptic_cfg.labels)
-                   for c, m in zip(out["class_queries_logits"], out["masks_queries_logits"])]
-        if self.detector is not None:
-            pixels = np.stack([preprocess_detector(img, self.detector_cfg) for img in images])
-            out = self.detector.run({"pixel_values": pixels, "query_embeds": self.query_embeds})
-            for r, logit, query, boxes in zip(results, out["best_logit"], out["best_query"], out["boxes"]):
-                r.detections = post_process_detections(logit, query, boxes, self.detector_cfg)
-                r.detector_labels = self.detector_cfg.labels
-        if self.scene_graph is not None:
-            for r, graph in zip(results, self.run_scene_graph(images)):
-                r.scene_graph = graph
-        if self.ocr is not None:
-            for r, img in zip(results, images):
-                r.ocr = self.ocr.keep_confident(self.ocr.read(img))
-        return results
+        return [post_process_panoptic(c, m, self.panoptic_cfg)
+                for c, m in zip(out["class_queries_logits"], out["masks_queries_logits"])]
+
+    def run_detector(self, images: list[np.ndarray]) -> list[list[Detection]]:
+        pixels = np.stack([preprocess_detector(img, self.detector_cfg) for img in images])
+        out = self.detector.run({"pixel_values": pixels, "query_embeds": self.query_embeds})
+        return [post_process_detections(logit, query, boxes, self.detector_cfg)
+                for logit, query, boxes in zip(out["best_logit"], out["best_query"], out["boxes"])]
+
+    def run_ocr(self, images: list[np.ndarray]) -> list[list[OcrLine]]:
+        return [self.ocr.keep_confident(self.ocr.read(img)) for img in images]
 
     def run_scene_graph(self, images: list[np.ndarray]) -> list[SceneGraphResult]:
         """Images are batched by padded shape: the reference never masks padding (see export.experts.scene_graph)."""
