@@ -46,21 +46,41 @@ def load_model(args):
 
 
 def cmd_ask(args) -> int:
+    """The full pipeline (experts on) when the package has experts, else the backbone with empty expert inputs."""
+    from moai_edge.engines.manifest import Manifest
+
+    from .pipeline import Pipeline
+
     streamed = []
-    with load_model(args) as model:
+    full = bool(Manifest.load(args.engine).experts)
+    with (Pipeline.load(args.engine, threads=args.threads) if full else load_model(args)) as runner:
+        tokenizer = runner.model.tokenizer if full else runner.tokenizer
 
-        def on_token(row, token):
+        def on_token(*row_token):
             if not args.json and args.decoding != "beam":
-                streamed.append(token)
-                print(model.tokenizer.decode(streamed[-1:]), end="", flush=True)
+                streamed.append(row_token[-1])
+                print(tokenizer.decode(streamed[-1:]), end="", flush=True)
 
-        ans = model.ask(args.image, args.question, decoding=args.decoding, max_new_tokens=args.max_new_tokens,
-                        seed=args.seed, template=args.template, on_token=on_token)
+        ans = runner.ask(args.image, args.question, decoding=args.decoding, max_new_tokens=args.max_new_tokens,
+                         seed=args.seed, template=args.template, on_token=on_token)
     if args.json:
-        print(json.dumps({"answer": ans.answer, "tokens": ans.tokens, "timings_ms": ans.timings_ms}))
+        extra = {"experts": ans.experts, "verbalized": ans.verbalized} if full else {}
+        print(json.dumps({"answer": ans.answer, "tokens": ans.tokens, **extra, "timings_ms": ans.timings_ms}))
     else:
         print() if streamed else print(ans.answer)
         print_timings(ans.timings_ms)
+    return 0
+
+
+def cmd_caption(args) -> int:
+    from .caption_job import run_caption_job
+    from .pipeline import Pipeline
+
+    with Pipeline.load(args.engine, threads=args.threads) as pipe:
+        s = run_caption_job(pipe, args.input, args.out, question=args.question, batch_size=args.batch_size,
+                            resume=args.resume, max_new_tokens=args.max_new_tokens)
+    print(f"{s.total} images: {s.captioned} captioned, {s.errors} errors, {s.skipped} already done; "
+          f"{s.images_per_s:.2f} images/s -> {args.out}", file=sys.stderr)
     return 0
 
 
@@ -126,19 +146,39 @@ def cmd_verify(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """The built-in default: a tiny MoAI package built on the spot, asked about a generated image."""
+    """The built-in default: a tiny MoAI package built on the spot captions a folder of generated images."""
     out = Path(args.engine)
     if not (out / "manifest.json").is_file():
         print(f"building the tiny MoAI engine package in {out} ...")
         cmd_export(argparse.Namespace(tiny="moai", preset="tiny", seed=0, out=str(out), no_validate=False,
                                       checkpoint=None, family=None, no_experts=False, panoptic=None,
                                       detector=None, scene_graph=None, labels=None, moai_repo=None))
+    from PIL import Image
+
+    from .caption_job import run_caption_job
+    from .pipeline import DEFAULT_QUESTION, Pipeline
     from .samples import sample_image
 
-    args.image = sample_image()
-    args.question = "Describe this image in detail."
-    print(f"Q: {args.question}\nA (seeded random weights, so the text is noise; the tokens match PyTorch's): ", end="")
-    return cmd_ask(args)
+    images = out.parent / "demo-images"
+    images.mkdir(parents=True, exist_ok=True)
+    for seed in range(4):
+        Image.fromarray(sample_image(size=320 + 40 * seed, seed=seed)).save(images / f"sample_{seed}.png")
+    captions = out.parent / "demo-captions.jsonl"
+    captions.unlink(missing_ok=True)
+    with Pipeline.load(out, threads=args.threads) as pipe:
+        summary = run_caption_job(pipe, images, captions, question=DEFAULT_QUESTION, batch_size=2,
+                                  max_new_tokens=args.max_new_tokens or 16)
+    records = [json.loads(line) for line in captions.read_text().splitlines()]
+    print(f"captions of {len(records)} images in {images} (seeded random weights: the text is noise, "
+          f"the tokens match PyTorch's) -> {captions}")
+    for r in records:
+        print(f"  {r['id']:<16} {r.get('caption', r.get('error'))!r}")
+    stages = [k for k in records[0]["timings_ms"] if k != "per_image"]
+    print(f"\nper-stage latency, ms (batch 2; {summary.images_per_s:.2f} images/s)")
+    print("stage".ljust(18) + "".join(r["id"][:12].rjust(14) for r in records))
+    for stage in stages:
+        print(stage.ljust(18) + "".join(f"{r['timings_ms'].get(stage, 0):14.1f}" for r in records))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,7 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--json", action="store_true")
     x.set_defaults(func=cmd_experts)
 
-    d = sub.add_parser("demo", help="build the tiny MoAI package if missing and ask about a sample image")
+    c = sub.add_parser("caption", help="caption a folder (or list file) of images into JSON lines, resumable")
+    c.add_argument("input", help="a folder (searched recursively) or a text file with one image path per line")
+    c.add_argument("--engine", required=True)
+    c.add_argument("--out", required=True, help="JSONL file: one record per image (id, caption or error, timings_ms)")
+    c.add_argument("--batch-size", type=int, default=1)
+    c.add_argument("--question", default="Describe this image in detail.")
+    c.add_argument("--resume", action="store_true", help="skip the ids already in --out and append the rest")
+    c.add_argument("--max-new-tokens", type=int)
+    c.add_argument("--threads", type=int, default=0)
+    c.set_defaults(func=cmd_caption)
+
+    d = sub.add_parser("demo", help="build the tiny MoAI package if missing and caption generated sample images")
     d.add_argument("--engine", default=str(DEFAULT_DEMO_DIR))
     runtime_args(d)
     d.set_defaults(func=cmd_demo)

@@ -1,0 +1,139 @@
+"""The full pipeline (experts -> backbone) and the caption job on tiny packages of both families."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from moai_edge.runtime.caption_job import collect_inputs, recorded_ids, run_caption_job
+from moai_edge.runtime.pipeline import Pipeline
+from moai_edge.runtime.samples import sample_image
+
+FAMILIES = ("collavo", "moai")
+QUESTION = "What is in the image?"
+
+
+def four_images() -> list[np.ndarray]:
+    return [sample_image(size=s, seed=seed) for seed, s in enumerate((490, 320, 600, 410))]
+
+
+@pytest.fixture(scope="module")
+def pipelines(tiny_packages):
+    pipes = {fam: Pipeline.load(path, threads=2) for fam, path in tiny_packages.items()}
+    yield pipes
+    for p in pipes.values():
+        p.close()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pipeline_equals_the_pytorch_reference_given_the_experts(pipelines, tiny_packages, tiny_references, family):
+    """Greedy tokens of the whole pipeline == the PyTorch reference pipeline fed the same expert outputs."""
+    pytest.importorskip("torch")
+    from moai_edge.export.reference_pipeline import ReferencePipeline
+    from moai_edge.runtime.generation import DecodingConfig
+
+    pipe = pipelines[family]
+    ref = ReferencePipeline(tiny_references[family], tiny_packages[family] / "checkpoint" / "tokenizer.model")
+    batch = pipe.ask_batch(four_images(), [QUESTION] * 4, decoding="greedy", max_new_tokens=10)
+    for img, got in zip(four_images(), batch):
+        pixels = pipe.expert_input(img)
+        experts = pipe.experts.run([pixels])[0]
+        aux = pipe.experts.aux_inputs(experts)
+        cfg = DecodingConfig(strategy="greedy", max_new_tokens=10, eos_token_ids=(pipe.model.dims.eos_id,))
+        assert got.tokens == ref.ask(pixels, QUESTION, aux=aux, decoding=cfg)
+        assert got.experts == experts.to_json()
+        assert got.verbalized == (aux.verbalized if family == "moai" else aux.segment_text)
+    assert {"experts", "vision", "prefill", "decode", "total"} <= set(batch[0].timings_ms)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_concurrent_experts_and_batches_equal_sequential_single_images(pipelines, tiny_packages, family):
+    with Pipeline.load(tiny_packages[family], threads=2, concurrent=False) as sequential:
+        singles = [sequential.ask(img, QUESTION, max_new_tokens=8) for img in four_images()]
+    batch = pipelines[family].ask_batch(four_images(), [QUESTION] * 4, max_new_tokens=8)
+    for one, row in zip(singles, batch):
+        assert one.tokens == row.tokens and one.experts == row.experts and one.verbalized == row.verbalized
+
+
+def test_pipeline_is_safe_to_share_between_threads(pipelines):
+    pipe = pipelines["moai"]
+    expected = [pipe.ask(img, QUESTION, max_new_tokens=6).tokens for img in four_images()[:2]]
+    got = {}
+
+    def worker(i, img):
+        got[i] = pipe.ask(img, QUESTION, max_new_tokens=6).tokens
+
+    threads = [threading.Thread(target=worker, args=(i, img)) for i, img in enumerate(four_images()[:2])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[0], got[1]] == expected
+
+
+def make_folder(root):
+    (root / "sub").mkdir(parents=True)
+    for i, size in enumerate((300, 420)):
+        Image.fromarray(sample_image(size=size, seed=i)).save(root / f"good_{i}.png")
+    Image.fromarray(sample_image(size=200, seed=5)).save(root / "sub" / "nested.jpg")
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "text.png").write_text("this is not an image")
+    good = (root / "good_0.png").read_bytes()
+    (root / "sub" / "truncated.png").write_bytes(good[: len(good) // 3])
+    (root / "notes.txt").write_text("not an image extension: not an input")
+    return {"good_0.png", "good_1.png", "sub/nested.jpg", "empty.jpg", "text.png", "sub/truncated.png"}
+
+
+def test_caption_job_writes_one_record_per_file_and_bad_files_become_errors(pipelines, tmp_path):
+    ids = make_folder(tmp_path / "in")
+    out = tmp_path / "captions.jsonl"
+    summary = run_caption_job(pipelines["moai"], tmp_path / "in", out, question=QUESTION, batch_size=4, max_new_tokens=4)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == sorted(ids)
+    errors = {r["id"] for r in records if "error" in r}
+    assert errors == {"empty.jpg", "text.png", "sub/truncated.png"}
+    assert all("caption" in r and "timings_ms" in r for r in records if r["id"] not in errors)
+    assert (summary.captioned, summary.errors, summary.skipped) == (3, 3, 0)
+    with pytest.raises(Exception, match="--resume"):
+        run_caption_job(pipelines["moai"], tmp_path / "in", out, question=QUESTION)
+
+
+def test_list_file_inputs_and_partial_last_line(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "list.txt").write_text("a.png\nmissing.jpg\n\n")
+    assert [i for i, _ in collect_inputs(tmp_path / "list.txt")] == ["a.png", "missing.jpg"]
+    out = tmp_path / "o.jsonl"
+    out.write_text('{"id": "a.png", "caption": "x"}\n{"id": "missing.j')
+    assert recorded_ids(out) == {"a.png"}
+    assert out.read_text() == '{"id": "a.png", "caption": "x"}\n'
+
+
+def test_caption_job_killed_and_resumed_has_exactly_one_record_per_image(tiny_packages, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(8):
+        Image.fromarray(sample_image(size=240, seed=i)).save(folder / f"img_{i}.png")
+    out = tmp_path / "captions.jsonl"
+    cmd = [sys.executable, "-m", "moai_edge.runtime.cli", "caption", str(folder), "--engine", str(tiny_packages["moai"]),
+           "--out", str(out), "--max-new-tokens", "4", "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 2):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = out.read_text().count("\n")
+    assert 2 <= before < 8, "the job should have been killed part-way"
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert sorted(ids) == [f"img_{i}.png" for i in range(8)]  # every image once: none lost, none twice
