@@ -24,7 +24,7 @@ from moai_edge.engines.errors import InputError, MoaiEdgeError
 from moai_edge.engines.manifest import Manifest
 from moai_edge.engines.ort_engine import OrtOptions
 
-from .experts.runner import ExpertResults, Experts
+from .experts.runner import Experts
 from .generation import DecodingConfig
 from .images import _describe, load_image, resize_bilinear
 from .model import Model, RuntimeOptions, Timer

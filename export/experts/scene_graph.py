@@ -93,7 +93,6 @@ def sine_position_embedding(ones: torch.Tensor, num_feats: int) -> torch.Tensor:
     x = x / (x[:, :, -1:] + eps) * scale
     dim_t = torch.arange(num_feats, dtype=torch.float32)
     dim_t = 10000 ** (2 * (dim_t // 2) / num_feats)
-    b, h, w = ones.shape
     pos_x = x[..., None] / dim_t
     pos_y = y[..., None] / dim_t
     pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)

@@ -20,6 +20,7 @@ import numpy as np
 
 from moai_edge.engines.errors import require
 
+from .panoptic import _softmax as softmax
 from .relations import select_relations
 
 
@@ -96,8 +97,7 @@ def resize_nearest(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
-    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+    return softmax(x.astype(np.float64)).astype(np.float32)  # as close to torch's float32 as numpy gets
 
 
 def _iou_over(base: np.ndarray, others: np.ndarray) -> np.ndarray:
