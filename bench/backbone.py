@@ -97,7 +97,7 @@ def measure_latency(engine_dir: Path, *, threads: int, runs: int, new_tokens: in
     image, question = sample_image(), "Describe this image in detail."
     pixels = preprocess_batch([image], manifest.preprocess)[0]
     t_pixels = reference_pixels(image, manifest.model.image_size)
-    request = model.prepare([image], [question], [AuxInputs()], None, Timer())
+    request = model.prepare(model.encode_images([image]), [question], [AuxInputs()], None, Timer())
     feeds = assemble_prefill(request, model.embed_table, max_context=model.dims.max_context)
     extra_key = "aux_tokens" if manifest.family == "moai" else "seg_features"
 

@@ -34,11 +34,14 @@ def export_checkpoint(checkpoint: str | Path, out_dir: Path, *, family: str | No
 
 
 def export_tiny(family: str, out_dir: Path, *, preset: str = "tiny", seed: int = 0, validate: bool = True,
-                with_experts: bool = True):
-    """Seeded checkpoints (VLM in `out_dir/checkpoint`, experts in `out_dir/experts`) exported through the real loading code."""
+                with_experts: bool = True, labels: dict[str, list[str]] | None = None):
+    """Seeded checkpoints (VLM in `out_dir/checkpoint`, experts in `out_dir/experts`) exported through the real loading code.
+    `labels` may replace the detector's queries / the scene graph's predicates (e.g. MoAI's 1847 queries for `small`)."""
     out_dir = Path(out_dir)
     ckpt = build_tiny_checkpoint(family, out_dir / "checkpoint", preset=preset, seed=seed)
     experts = build_tiny_experts(family, out_dir / "experts", preset=preset, seed=seed) if with_experts else None
+    if experts and family == "moai" and labels:
+        experts.update(labels)
     manifest = export_checkpoint(ckpt, out_dir, family=family, validate=validate, experts=experts, with_experts=with_experts)
     manifest.source.update({"preset": preset, "seed": seed})
     manifest.save(out_dir)

@@ -18,21 +18,20 @@ def cmd_export(args) -> int:
     require("torch", "export")
     from moai_edge.export.build import export_checkpoint, export_tiny
 
+    labels = {}
+    if args.labels or args.moai_repo:
+        from moai_edge.export.experts.detector import read_labels
+
+        read = read_labels(args.labels, args.moai_repo)
+        labels = {"queries": read["detector_queries"], **({"predicates": read["psg_predicates"]} if "psg_predicates" in read else {})}
     if args.tiny:
         m = export_tiny(args.tiny, Path(args.out), preset=args.preset, seed=args.seed, validate=not args.no_validate,
-                        with_experts=not args.no_experts)
+                        with_experts=not args.no_experts, labels=labels)
     else:
         experts = {k: v for k, v in (("panoptic", args.panoptic), ("detector", args.detector),
                                      ("scene_graph", args.scene_graph)) if v}
-        if args.labels or args.moai_repo:
-            from moai_edge.export.experts.detector import read_labels
-
-            labels = read_labels(args.labels, args.moai_repo)
-            experts["queries"] = labels["detector_queries"]
-            if "psg_predicates" in labels:
-                experts["predicates"] = labels["psg_predicates"]
         m = export_checkpoint(args.checkpoint, Path(args.out), family=args.family, validate=not args.no_validate,
-                              experts=experts, with_experts=not args.no_experts)
+                              experts={**experts, **labels}, with_experts=not args.no_experts)
     print(f"engine package written to {args.out} ({m.family}, {len(m.components)} components)")
     for name, diff in m.source.get("validation_max_abs_diff", {}).items():
         print(f"  {name:<12} max abs diff vs PyTorch {diff:.2e}")

@@ -134,14 +134,18 @@ class Model:
     def ask_batch(self, images: list, questions: list[str], *, aux: list[AuxInputs | None] | None = None,
                   decoding: DecodingConfig | str | None = None, max_new_tokens: int | None = None,
                   seed: int | None = None, template: str | None = None,
-                  on_token: Callable[[int, int], None] | None = None) -> list[Answer]:
+                  on_token: Callable[[int, int], None] | None = None,
+                  image_features: np.ndarray | None = None, timer: "Timer | None" = None) -> list[Answer]:
+        """`image_features` (from `encode_images`, e.g. computed while the experts ran) skips the vision tower on the images."""
         if len(images) != len(questions):
             raise InputError(f"{len(images)} images but {len(questions)} questions: expected one question per image")
         aux = aux or [None] * len(images)
         aux = [a or AuxInputs() for a in aux]
         cfg = self.decoding(decoding, max_new_tokens, seed)
-        timer = Timer()
-        requests = self.prepare(images, questions, aux, template, timer)
+        timer = timer or Timer()
+        if image_features is None:
+            image_features = self.encode_images(images, timer)
+        requests = self.prepare(image_features, questions, aux, template, timer)
         runner = DecoderRunner(prefill=self.engines["prefill"], decode=self.engines["decode"],
                                embed_table=self.embed_table, dims=self.dims)
         with timer("prefill"):
@@ -159,24 +163,26 @@ class Model:
         return answers
 
     # ---- the steps before prefill ------------------------------------------------------
-    def prepare(self, images, questions, aux: list[AuxInputs], template, timer: Timer) -> list[PrefillRequest]:
+    def encode_images(self, images, timer: Timer | None = None) -> np.ndarray:
+        """Preprocessing + vision tower: (B, grid*grid, hidden). Needs nothing from the experts."""
+        timer = timer or Timer()
         with timer("preprocess"):
             pixels, errors = preprocess_batch(images, self.manifest.preprocess)
             bad = [e for e in errors if e is not None]
             if bad:
                 raise bad[0]
-        family = self.dims.family
-        if family == "moai":
+        with timer("vision"):
+            return self.engines["vision"].run({"pixel_values": pixels})["image_features"]
+
+    def prepare(self, image_features: np.ndarray, questions, aux: list[AuxInputs], template, timer: Timer) -> list[PrefillRequest]:
+        if self.dims.family == "moai":
             with timer("preprocess"):
                 maps = np.stack([self.colour_map_pixels(a) for a in aux])
-            with timer("vision"):
-                feats = self.engines["vision"].run({"pixel_values": np.concatenate([pixels, maps])})["image_features"]
-            image_features, map_features = feats[: len(images)], feats[len(images):]
+            with timer("vision"):  # MoAI runs its colour maps through the same tower
+                map_features = self.engines["vision"].run({"pixel_values": maps})["image_features"]
             with timer("aux"):
                 extra = [dict(aux_tokens=self.compress(a, m)) for a, m in zip(aux, map_features)]
         else:
-            with timer("vision"):
-                image_features = self.engines["vision"].run({"pixel_values": pixels})["image_features"]
             with timer("aux"):
                 seg = self.crayon_features(aux)
                 extra = [dict(seg_features=s) for s in seg]

@@ -63,7 +63,8 @@ class Pipeline:
         self.model = Model(manifest, RuntimeOptions(providers=PROVIDERS[device], threads=threads))
         expert_threads = 1 if concurrent else threads
         self.experts = Experts(manifest, OrtOptions(providers=PROVIDERS[device], intra_op_threads=expert_threads))
-        self.pool = ThreadPoolExecutor(max_workers=len(self.experts.steps()), thread_name_prefix="expert") if concurrent else None
+        workers = len(self.experts.steps()) + 1  # + the vision tower
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="expert") if concurrent else None
         self.lock = threading.Lock()
 
     @classmethod
@@ -103,19 +104,27 @@ class Pipeline:
         if len(images) != len(questions):
             raise InputError(f"{len(images)} images but {len(questions)} questions: expected one question per image")
         with self.lock:
-            timer = Timer()
+            t0, timer = time.perf_counter(), Timer()
             with timer("load"):
                 pixels = [self.expert_input(img) for img in images]
-            with timer("experts"):
-                results = self.experts.run(pixels, pool=self.pool, timings=timer.ms)
+            if self.pool is not None:  # the vision tower needs nothing from the experts: it runs beside them
+                features = self.pool.submit(self.model.encode_images, pixels, timer)
+                with timer("experts"):
+                    results = self.experts.run(pixels, pool=self.pool, timings=timer.ms)
+                features = features.result()
+            else:
+                with timer("experts"):
+                    results = self.experts.run(pixels, timings=timer.ms)
+                features = self.model.encode_images(pixels, timer)
             with timer("verbalize"):
                 aux = [self.experts.aux_inputs(r) for r in results]
             answers = self.model.ask_batch(pixels, questions, aux=aux, decoding=decoding, max_new_tokens=max_new_tokens,
-                                           seed=seed, template=template, on_token=on_token)
+                                           seed=seed, template=template, on_token=on_token, image_features=features,
+                                           timer=timer)
+            total = (time.perf_counter() - t0) * 1e3
         out = []
         for r, a, ans in zip(results, aux, answers):
-            timings = {**timer.ms, **ans.timings_ms}
-            timings["total"] = sum(v for k, v in timings.items() if k in STAGES)
+            timings = {**ans.timings_ms, "total": total}
             out.append(PipelineResult(ans.answer, ans.tokens, r.to_json(),
                                       a.verbalized if self.family == "moai" else a.segment_text, timings))
         return out
@@ -165,5 +174,3 @@ class Pipeline:
         for (i, _), r in zip(good, results):
             records[i] = CaptionRecord(i, caption=r.answer, timings_ms={**r.timings_ms, "per_image": per_image})
 
-
-STAGES = ("load", "experts", "verbalize", "preprocess", "vision", "aux", "tokenize", "prefill", "decode")

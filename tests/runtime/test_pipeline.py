@@ -137,3 +137,39 @@ def test_caption_job_killed_and_resumed_has_exactly_one_record_per_image(tiny_pa
     assert done.returncode == 0, done.stderr
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert sorted(ids) == [f"img_{i}.png" for i in range(8)]  # every image once: none lost, none twice
+
+
+def test_latest_frame_wins(pipelines):
+    """Frames arriving faster than the pipeline answers: the newest is answered, the older ones dropped and counted."""
+    from moai_edge.runtime.live import LatestFrameRunner
+
+    pipe = pipelines["moai"]
+    frames = [sample_image(size=200, seed=s) for s in range(8)]
+    expected_last = pipe.ask(frames[-1], QUESTION, decoding="greedy", max_new_tokens=4).tokens
+    answered = []
+    with LatestFrameRunner(pipe, question=QUESTION, max_new_tokens=4, on_result=answered.append) as live:
+        ids = [live.submit(f) for f in frames[:-1]]
+        ids += [live.submit(b"not an image"), live.submit(frames[-1])]
+    stats = live.stats()
+    assert ids == list(range(9)) and stats.submitted == 9
+    assert stats.processed + stats.failed + stats.dropped == 9 and stats.dropped >= 5
+    done = [r.frame_id for r in answered]
+    assert done == sorted(done) and done[-1] == 8  # in order, and the newest frame always gets its answer
+    assert answered[-1].result.tokens == expected_last
+    assert all(r.total_ms >= r.inference_ms > 0 for r in answered)
+    assert set(stats.percentiles("total")) == {"p50", "p90", "p99"}
+    with pytest.raises(Exception, match="closed"):
+        live.submit(frames[0])
+
+
+def test_a_bad_frame_is_reported_and_the_next_one_answered(pipelines):
+    from moai_edge.runtime.live import LatestFrameRunner
+
+    answered = []
+    with LatestFrameRunner(pipelines["collavo"], question=QUESTION, max_new_tokens=2, on_result=answered.append,
+                           max_pending=4) as live:
+        live.submit(b"\x89PNG truncated")
+        live.submit(sample_image(size=120))
+    assert [r.frame_id for r in answered] == [0, 1]
+    assert answered[0].error and "frame 0" in answered[0].error and answered[0].result is None
+    assert answered[1].error is None and live.stats().failed == 1
