@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from moai_edge.engines.cuda_streams import CudaStreams
 from moai_edge.engines.errors import InputError
 from moai_edge.engines.manifest import Manifest
 from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
@@ -78,7 +79,8 @@ class Timer:
 
 
 class Model:
-    def __init__(self, manifest: Manifest, options: RuntimeOptions):
+    def __init__(self, manifest: Manifest, options: RuntimeOptions, *, streams: CudaStreams | None = None):
+        """`streams`: on a GPU, each graph's session runs on its own CUDA stream (the vision tower beside the experts)."""
         self.manifest, self.options = manifest, options
         self.dims = manifest.model
         ort = OrtOptions(providers=list(options.providers), intra_op_threads=options.threads,
@@ -89,7 +91,8 @@ class Model:
             comp = manifest.components.get(name)
             if comp is not None:
                 shared = self.shared.get(comp.shared_weights) if comp.shared_weights else None
-                self.engines[name] = OrtEngine.load(manifest.path(comp.file), options=ort, shared=shared, name=name)
+                opts = replace(ort, providers=streams.providers_for(name, ort.providers)) if streams else ort
+                self.engines[name] = OrtEngine.load(manifest.path(comp.file), options=opts, shared=shared, name=name)
         self.embed_table = np.load(manifest.path(manifest.component("embedding").file), mmap_mode="r")
         self.tokenizer = Tokenizer.load(manifest.path(manifest.tokenizer["file"]), image_token=manifest.prompts.image_token)
         if self.tokenizer.image_token_id != self.dims.image_token_id:

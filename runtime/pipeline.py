@@ -4,9 +4,10 @@
         result = pipe.ask("photo.jpg", "Describe this image.", on_token=print)
         records = pipe.caption(["a.jpg", "b.png"], batch_size=8)
 
-The experts of one image run concurrently on a thread pool, each session with one intra-op
-thread and spinning off (`concurrent=True`); sequentially, every session gets `threads`. Calls are
-serialized by a lock, so one Pipeline may be shared between threads.
+The experts of one image and the vision tower run concurrently on a thread pool (`concurrent=True`):
+on CPU each expert session has one intra-op thread and spinning off; on a GPU (`device="cuda"` or
+`"tensorrt"`) each session has its own CUDA stream (engines.cuda_streams). Sequentially, every
+session gets `threads`. Calls are serialized by a lock, so one Pipeline may be shared between threads.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from moai_edge.engines.cuda_streams import CudaStreams
 from moai_edge.engines.errors import InputError, MoaiEdgeError
 from moai_edge.engines.manifest import Manifest
 from moai_edge.engines.ort_engine import OrtOptions
@@ -60,9 +62,11 @@ class Pipeline:
         if not manifest.experts:
             raise InputError(f"the package in {manifest.root} has no experts (exported with --no-experts): use Model")
         self.manifest = manifest
-        self.model = Model(manifest, RuntimeOptions(providers=PROVIDERS[device], threads=threads))
+        self.streams = CudaStreams() if device != "cpu" and concurrent else None  # one per concurrent session
+        self.model = Model(manifest, RuntimeOptions(providers=PROVIDERS[device], threads=threads), streams=self.streams)
         expert_threads = 1 if concurrent else threads
-        self.experts = Experts(manifest, OrtOptions(providers=PROVIDERS[device], intra_op_threads=expert_threads))
+        self.experts = Experts(manifest, OrtOptions(providers=PROVIDERS[device], intra_op_threads=expert_threads),
+                               streams=self.streams)
         workers = len(self.experts.steps()) + 1  # + the vision tower
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="expert") if concurrent else None
         self.lock = threading.Lock()
@@ -76,6 +80,8 @@ class Pipeline:
             self.pool.shutdown()
         self.experts.close()
         self.model.close()
+        if self.streams is not None:
+            self.streams.close()
 
     def __enter__(self):
         return self

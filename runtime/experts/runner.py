@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable
 
 import numpy as np
 
+from moai_edge.engines.cuda_streams import CudaStreams
 from moai_edge.engines.manifest import Manifest
 from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
 
@@ -52,8 +53,9 @@ def config_from(cls, section: dict):
 
 
 class Experts:
-    def __init__(self, manifest: Manifest, options: OrtOptions):
-        self.manifest = manifest
+    def __init__(self, manifest: Manifest, options: OrtOptions, *, streams: CudaStreams | None = None):
+        """`streams`: on a GPU, each expert's sessions run on that expert's own CUDA stream."""
+        self.manifest, self.streams = manifest, streams
         section = manifest.experts["panoptic"]
         self.panoptic_cfg = config_from(PanopticConfig, section)
         self.panoptic = self.engine(section["component"], options)
@@ -72,10 +74,14 @@ class Experts:
         if "ocr" in manifest.experts:
             o = manifest.experts["ocr"]
             det, cls, rec = (manifest.path(manifest.component(o[k]).file) for k in ("det", "cls", "rec"))
-            self.ocr = OcrReader.load(det, cls, rec, options=options, cfg=config_from(OcrConfig, o))
+            self.ocr = OcrReader.load(det, cls, rec, options=self.on_stream("ocr", options), cfg=config_from(OcrConfig, o))
+
+    def on_stream(self, name: str, options: OrtOptions) -> OrtOptions:
+        return replace(options, providers=self.streams.providers_for(name, options.providers)) if self.streams else options
 
     def engine(self, name: str, options: OrtOptions) -> OrtEngine:
-        return OrtEngine.load(self.manifest.path(self.manifest.component(name).file), options=options, name=name)
+        return OrtEngine.load(self.manifest.path(self.manifest.component(name).file), options=self.on_stream(name, options),
+                              name=name)
 
     def close(self) -> None:
         for part in (self.panoptic, self.detector, self.scene_graph, self.ocr):

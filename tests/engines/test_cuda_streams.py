@@ -1,0 +1,55 @@
+"""CUDA streams for concurrent sessions: the provider wiring everywhere, the real thing where a GPU is present."""
+
+from __future__ import annotations
+
+import pytest
+
+from moai_edge.engines.cuda_streams import uses_gpu, with_stream
+from moai_edge.engines.errors import MoaiEdgeError
+
+
+def gpu_present() -> bool:
+    try:
+        import onnxruntime as ort
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        return False
+    err, count = cudart.cudaGetDeviceCount()
+    return "CUDAExecutionProvider" in ort.get_available_providers() and err == cudart.cudaError_t.cudaSuccess and count > 0
+
+
+needs_gpu = pytest.mark.skipif(not gpu_present(), reason="needs an NVIDIA GPU, onnxruntime-gpu and cuda-python")
+
+
+def test_every_gpu_provider_gets_the_stream_and_keeps_its_options():
+    providers = [("TensorrtExecutionProvider", {"trt_fp16_enable": "1"}), "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert with_stream(providers, 1234) == [
+        ("TensorrtExecutionProvider", {"trt_fp16_enable": "1", "user_compute_stream": "1234"}),
+        ("CUDAExecutionProvider", {"user_compute_stream": "1234"}), "CPUExecutionProvider"]
+    assert with_stream(["CPUExecutionProvider"], 1234) == ["CPUExecutionProvider"]
+    assert uses_gpu(providers) and not uses_gpu(["CPUExecutionProvider"])
+
+
+@pytest.mark.skipif(gpu_present(), reason="checks the error a machine without a GPU gives")
+def test_asking_for_cuda_without_a_gpu_is_a_clear_error(tiny_packages):
+    from moai_edge.runtime.pipeline import Pipeline
+
+    with pytest.raises(MoaiEdgeError, match="CUDA|moai-edge\\[gpu\\]|not available"):
+        Pipeline.load(tiny_packages["moai"], device="cuda")
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_streams_are_distinct_and_the_gpu_pipeline_equals_cpu(tiny_packages):
+    from moai_edge.runtime.pipeline import Pipeline
+    from moai_edge.runtime.samples import sample_image
+
+    images = [sample_image(size=320, seed=s) for s in range(2)]
+    with Pipeline.load(tiny_packages["moai"]) as cpu:
+        expected = [r.tokens for r in cpu.ask_batch(images, ["What is in the image?"] * 2, max_new_tokens=8)]
+    with Pipeline.load(tiny_packages["moai"], device="cuda") as gpu:
+        handles = list(gpu.streams.streams)
+        assert {"panoptic", "detector", "scene_graph", "ocr", "vision"} <= set(handles)
+        assert len({gpu.streams.stream(n) for n in handles}) == len(handles)
+        got = [r.tokens for r in gpu.ask_batch(images, ["What is in the image?"] * 2, max_new_tokens=8)]
+    assert got == expected
