@@ -80,7 +80,7 @@ def measure_latency(engine_dir: Path, *, threads: int, runs: int, new_tokens: in
     import torch
 
     from moai_edge.export.checkpoint import load_checkpoint
-    from moai_edge.export.reference_pipeline import ReferencePipeline, reference_pixels
+    from moai_edge.bench.reference_pipeline import ReferencePipeline, reference_pixels
     from moai_edge.export.reference_prompt import build_reference_inputs
     from moai_edge.export.config import REFERENCE_PROMPTS
     from moai_edge.runtime.decoder import DecoderRunner

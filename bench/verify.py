@@ -14,7 +14,7 @@ from moai_edge.engines.manifest import Manifest
 from moai_edge.export.checkpoint import load_checkpoint
 from moai_edge.export.package import validate_package
 from moai_edge.runtime.generation import DecodingConfig
-from moai_edge.export.reference_pipeline import ReferencePipeline
+from moai_edge.bench.reference_pipeline import ReferencePipeline
 from moai_edge.runtime.images import load_image
 from moai_edge.runtime.model import Model
 from moai_edge.runtime.samples import sample_image

@@ -1,7 +1,7 @@
 """The generation loop: greedy, sampling and beam search over a prefill result and a decode step (numpy only).
 
 Semantics are Hugging Face transformers' `generate` (5.x): the warper order of `_sample` (temperature,
-top-k, top-p) and `_beam_search` with its helpers. `export/reference_generate.py` is the PyTorch twin.
+top-k, top-p) and `_beam_search` with its helpers. `bench/reference_generate.py` is the PyTorch twin.
 
 The caller owns the KV cache: `step(tokens (R,)) -> logits (R, V)` advances it one position and
 `select_rows(index (R',))` reorders, duplicates or drops its rows (new row j = old row index[j]).

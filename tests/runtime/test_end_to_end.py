@@ -14,7 +14,7 @@ from moai_edge.runtime.model import AuxInputs, Model
 
 pytest.importorskip("torch", reason="the PyTorch reference needs moai-edge[export]")
 from moai_edge.runtime.generation import DecodingConfig  # noqa: E402
-from moai_edge.export.reference_pipeline import ReferencePipeline  # noqa: E402
+from moai_edge.bench.reference_pipeline import ReferencePipeline  # noqa: E402
 
 FAMILIES = ("collavo", "moai")
 QUESTIONS = ["What is in the image?", "How many people are standing near the red car on the left?", "Describe it."]

@@ -53,7 +53,7 @@ def test_resize_matches_single_threaded_torch(shape):
 
 def test_preprocess_equals_the_reference_formula():
     pytest.importorskip("torch")
-    from moai_edge.export.reference_pipeline import reference_pixels
+    from moai_edge.bench.reference_pipeline import reference_pixels
 
     img = photo(333, 250)
     np.testing.assert_allclose(preprocess_image(img, CFG), reference_pixels(img, CFG.image_size)[0].numpy(), atol=1e-6)

@@ -38,7 +38,7 @@ def pipelines(tiny_packages):
 def test_pipeline_equals_the_pytorch_reference_given_the_experts(pipelines, tiny_packages, tiny_references, family):
     """Greedy tokens of the whole pipeline == the PyTorch reference pipeline fed the same expert outputs."""
     pytest.importorskip("torch")
-    from moai_edge.export.reference_pipeline import ReferencePipeline
+    from moai_edge.bench.reference_pipeline import ReferencePipeline
     from moai_edge.runtime.generation import DecodingConfig
 
     pipe = pipelines[family]

@@ -16,10 +16,11 @@ from moai_edge.runtime.experts.verbalize import EMPTY_VERBALIZATION, collavo_que
 from moai_edge.runtime.generation import DecodingConfig
 from moai_edge.runtime.model import AuxInputs
 
-from .config import CLIP_MEAN, CLIP_STD, REFERENCE_PROMPTS
-from .modeling.vlm import VLM
+from moai_edge.export.config import CLIP_MEAN, CLIP_STD, REFERENCE_PROMPTS
+from moai_edge.export.modeling.vlm import VLM
+from moai_edge.export.reference_prompt import ReferenceTokenizer, build_reference_inputs
+
 from .reference_generate import generate
-from .reference_prompt import ReferenceTokenizer, build_reference_inputs
 
 
 def reference_pixels(image: np.ndarray, size: int) -> torch.Tensor:
