@@ -1,7 +1,9 @@
 """`moai-edge verify`: every graph of a package and the runtime's greedy tokens against PyTorch.
 
-The PyTorch reference is rebuilt from the checkpoint recorded in the manifest, so a package can be
-checked on the machine that runs it, with the weights it came from.
+The PyTorch reference is rebuilt from the checkpoints recorded in the manifest, so a package can be
+checked on the machine that runs it, with the weights it came from. When the package has experts,
+the whole pipeline is checked per image: the experts' results (PyTorch experts with the reference's
+post-processing, bench.reference_experts), the verbalized text, and the final greedy tokens.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from moai_edge.engines.manifest import Manifest
 from moai_edge.export.checkpoint import load_checkpoint
 from moai_edge.export.package import validate_package
 from moai_edge.runtime.generation import DecodingConfig
-from moai_edge.bench.reference_pipeline import ReferencePipeline
 from moai_edge.runtime.images import load_image
 from moai_edge.runtime.model import Model
+from moai_edge.runtime.pipeline import Pipeline
 from moai_edge.runtime.samples import sample_image
+
+from .reference_pipeline import ReferencePipeline
 
 
 @dataclass
@@ -25,10 +29,35 @@ class TokenCheck:
     image: str
     runtime: list[int]
     reference: list[int]
+    expert_problems: list[str] = field(default_factory=list)  # where the experts' results differ
+    verbalized: tuple[str, str] | None = None  # (runtime, reference) text from the experts
 
     @property
     def same(self) -> bool:
-        return self.runtime == self.reference
+        text_same = self.verbalized is None or self.verbalized[0] == self.verbalized[1]
+        return self.runtime == self.reference and not self.expert_problems and text_same
+
+
+def compare_experts(ours: dict, ref: dict, *, score_atol: float = 1e-4, box_atol: float = 0.5) -> list[str]:
+    """Differences between two experts' JSON results (ExpertResults.to_json), by field. Labels, ids, relations
+    and OCR text must be equal; scores and boxes (pixels) agree within float32 noise."""
+    problems = []
+    for key, ident in (("segments", ("id", "label_id")), ("detections", ("label_id",))):
+        a, b = [[d[k] for k in ident] for d in ours[key]], [[d[k] for k in ident] for d in ref[key]]
+        if a != b:
+            problems.append(f"{key}: runtime {a}, reference {b}")
+            continue
+        for d, e in zip(ours[key], ref[key]):
+            if abs(d["score"] - e["score"]) > score_atol:
+                problems.append(f"{key}: score {d['score']} vs {e['score']}")
+            if key == "detections" and max(abs(x - y) for x, y in zip(d["box"], e["box"])) > box_atol:
+                problems.append(f"{key}: box {d['box']} vs {e['box']}")
+    for key in ("relations", "ocr"):
+        a = ours[key] if key == "relations" else [line["text"] for line in ours[key]]
+        b = ref[key] if key == "relations" else [line["text"] for line in ref[key]]
+        if a != b:
+            problems.append(f"{key}: runtime {a}, reference {b}")
+    return problems
 
 
 @dataclass
@@ -47,7 +76,12 @@ class VerifyReport:
         if self.component_error:
             lines.append(f"FAILED: {self.component_error}")
         for t in self.tokens:
-            mark = "identical" if t.same else f"DIFFER\n  runtime   {t.runtime}\n  reference {t.reference}"
+            if t.verbalized is not None:
+                lines.append(f"experts on {t.image}: " + ("identical" if not t.expert_problems else "DIFFER\n  " + "\n  ".join(t.expert_problems)))
+                same = t.verbalized[0] == t.verbalized[1]
+                lines.append(f"verbalized text on {t.image}: " + ("identical" if same else
+                             f"DIFFER\n  runtime   {t.verbalized[0]!r}\n  reference {t.verbalized[1]!r}"))
+            mark = "identical" if t.runtime == t.reference else f"DIFFER\n  runtime   {t.runtime}\n  reference {t.reference}"
             lines.append(f"greedy tokens on {t.image}: {len(t.runtime)} tokens, {mark}")
         lines.append("OK" if self.ok else "MISMATCH")
         return "\n".join(lines)
@@ -66,10 +100,32 @@ def verify_package(engine_dir: Path, *, images: list[str], question: str, max_ne
         report.component_error = str(exc)
     reference = ReferencePipeline(torch_model, root / "tokenizer.model", template=manifest.prompts.default_template)
     sources = [(p, load_image(p)) for p in images] or [("built-in sample", sample_image())]
+    decoding = DecodingConfig(strategy="greedy", max_new_tokens=max_new_tokens, eos_token_ids=(manifest.model.eos_id,))
+    if manifest.experts:
+        report.tokens = check_pipeline(engine_dir, manifest, reference, sources, question, decoding)
+        return report
     with Model.load(engine_dir) as runtime:
         for name, img in sources:
             ours = runtime.ask(img, question, decoding="greedy", max_new_tokens=max_new_tokens).tokens
-            ref = reference.ask(img, question, decoding=DecodingConfig(strategy="greedy", max_new_tokens=max_new_tokens,
-                                                                      eos_token_ids=(manifest.model.eos_id,)))
-            report.tokens.append(TokenCheck(str(name), ours, [int(t) for t in ref]))
+            report.tokens.append(TokenCheck(str(name), ours, reference.ask(img, question, decoding=decoding)))
     return report
+
+
+def check_pipeline(engine_dir: Path, manifest: Manifest, reference: ReferencePipeline, sources, question: str,
+                   decoding: DecodingConfig) -> list[TokenCheck]:
+    """Image -> runtime pipeline, and image -> PyTorch experts -> verbalizer -> PyTorch reference model."""
+    from .reference_experts import ReferenceExperts
+
+    checks = []
+    ref_experts = ReferenceExperts(manifest)
+    with Pipeline.load(engine_dir) as pipe:
+        for name, img in sources:
+            ours = pipe.ask(img, question, decoding="greedy", max_new_tokens=decoding.max_new_tokens)
+            pixels = pipe.expert_input(img)
+            ref_results = ref_experts.run(pixels)
+            aux = pipe.experts.aux_inputs(ref_results)
+            ref_text = aux.verbalized if manifest.family == "moai" else aux.segment_text
+            tokens = reference.ask(pixels, question, aux=aux, decoding=decoding)
+            checks.append(TokenCheck(str(name), ours.tokens, tokens, compare_experts(ours.experts, ref_results.to_json()),
+                                     (ours.verbalized, ref_text)))
+    return checks

@@ -35,24 +35,41 @@ def pipelines(tiny_packages):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_pipeline_equals_the_pytorch_reference_given_the_experts(pipelines, tiny_packages, tiny_references, family):
-    """Greedy tokens of the whole pipeline == the PyTorch reference pipeline fed the same expert outputs."""
+def test_pipeline_equals_the_pytorch_reference_pipeline(pipelines, tiny_packages, tiny_references, family):
+    """Image -> runtime pipeline (batch of 4) == image -> PyTorch experts with the reference's post-processing
+    -> verbalizer -> PyTorch reference model: the experts' results, the verbalized text, the greedy tokens."""
     pytest.importorskip("torch")
+    from moai_edge.bench.reference_experts import ReferenceExperts
     from moai_edge.bench.reference_pipeline import ReferencePipeline
+    from moai_edge.bench.verify import compare_experts
     from moai_edge.runtime.generation import DecodingConfig
 
     pipe = pipelines[family]
     ref = ReferencePipeline(tiny_references[family], tiny_packages[family] / "checkpoint" / "tokenizer.model")
+    ref_experts = ReferenceExperts(pipe.manifest)
     batch = pipe.ask_batch(four_images(), [QUESTION] * 4, decoding="greedy", max_new_tokens=10)
+    cfg = DecodingConfig(strategy="greedy", max_new_tokens=10, eos_token_ids=(pipe.model.dims.eos_id,))
+    found = 0
     for img, got in zip(four_images(), batch):
         pixels = pipe.expert_input(img)
-        experts = pipe.experts.run([pixels])[0]
+        experts = ref_experts.run(pixels)
         aux = pipe.experts.aux_inputs(experts)
-        cfg = DecodingConfig(strategy="greedy", max_new_tokens=10, eos_token_ids=(pipe.model.dims.eos_id,))
-        assert got.tokens == ref.ask(pixels, QUESTION, aux=aux, decoding=cfg)
-        assert got.experts == experts.to_json()
+        assert compare_experts(got.experts, experts.to_json()) == []
         assert got.verbalized == (aux.verbalized if family == "moai" else aux.segment_text)
+        assert got.tokens == ref.ask(pixels, QUESTION, aux=aux, decoding=cfg)
+        found += len(got.experts["segments"]) + len(got.experts["detections"]) + len(got.experts["relations"])
+    assert found > 0  # the experts found something, so the comparison could fail
     assert {"experts", "vision", "prefill", "decode", "total"} <= set(batch[0].timings_ms)
+
+
+def test_verify_covers_experts_verbalization_and_tokens(tiny_packages, tmp_path):
+    from moai_edge.bench.verify import verify_package
+
+    Image.fromarray(sample_image(size=300, seed=2)).save(tmp_path / "a.png")
+    report = verify_package(tiny_packages["moai"], images=[str(tmp_path / "a.png")], question=QUESTION, max_new_tokens=6)
+    text = report.render()
+    assert report.ok, text
+    assert "experts on" in text and "verbalized text on" in text and "greedy tokens on" in text
 
 
 @pytest.mark.parametrize("family", FAMILIES)

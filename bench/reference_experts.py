@@ -1,0 +1,104 @@
+"""The experts as the reference runs them: PyTorch models and the reference's own post-processing.
+
+- panoptic: transformers' Mask2Former with its image processor (384) and `post_process_panoptic_segmentation`;
+- detector: the full OWLv2 forward with the text queries encoded again for every image, as MoAI does,
+  `post_process_object_detection(threshold=0.1)`, then MoAI's own 0.5 cut;
+- scene graph: PSGTR in PyTorch and OpenPSG's post-processing (export.experts.scene_graph_reference);
+  mmdet's resize/pad is not installable here, so the pixels come from the runtime's transcription of it,
+  which tests/experts/test_scene_graph.py checks;
+- OCR: the package's PP-OCR graphs through the runtime's reader (PaddleOCR is not installable here;
+  tests/experts/test_ocr.py compares the reader with rapidocr).
+
+The results are the runtime's own types, so one verbalizer (golden-tested on its own) turns both into text.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from moai_edge.engines.manifest import Manifest
+from moai_edge.engines.ort_engine import OrtOptions
+from moai_edge.export.experts import scene_graph as psgtr
+from moai_edge.export.experts.detector import load_detector, query_tokens
+from moai_edge.export.experts.panoptic import load_panoptic
+from moai_edge.export.experts.scene_graph_reference import reference_scene_graph
+from moai_edge.runtime.experts.ocr import OcrReader
+from moai_edge.runtime.experts.panoptic import PanopticResult, Segment
+from moai_edge.runtime.experts.runner import ExpertResults, config_from
+from moai_edge.runtime.experts.scene_graph import SceneGraphConfig, SceneGraphResult, mask_size, preprocess_scene_graph, relations_of
+from moai_edge.runtime.experts.verbalize import Detection
+
+SCENE_GRAPH_HEADS = ("sub_logits", "obj_logits", "rel_logits", "sub_masks", "obj_masks")
+
+
+class ReferenceExperts:
+    def __init__(self, manifest: Manifest):
+        import transformers
+
+        self.manifest = manifest
+        ex = manifest.experts
+        self.panoptic_section = ex["panoptic"]
+        self.panoptic = load_panoptic(self.panoptic_section["source"]).eval()
+        size = self.panoptic_section["image_size"]
+        self.panoptic_processor = transformers.Mask2FormerImageProcessor(size={"height": size, "width": size})
+        self.detector = None
+        if "detector" in ex:
+            self.detector_section = ex["detector"]
+            self.detector = load_detector(self.detector_section["source"]).eval()
+            self.query_ids, self.query_mask = query_tokens(self.detector, self.detector_section["labels"],
+                                                           self.detector_section["source"])
+            self.detector_processor = transformers.Owlv2ImageProcessor()
+        self.scene_graph = None
+        if "scene_graph" in ex:
+            self.scene_graph_cfg = config_from(SceneGraphConfig, ex["scene_graph"])
+            self.scene_graph = psgtr.load_scene_graph(ex["scene_graph"]["source"]).eval()
+        self.ocr = None
+        if "ocr" in ex:
+            from moai_edge.runtime.experts.ocr import OcrConfig
+
+            o = ex["ocr"]
+            det, cls, rec = (manifest.path(manifest.component(o[k]).file) for k in ("det", "cls", "rec"))
+            self.ocr = OcrReader.load(det, cls, rec, options=OrtOptions(), cfg=config_from(OcrConfig, o))
+
+    @torch.no_grad()
+    def run(self, image: np.ndarray) -> ExpertResults:
+        """image: the HxWx3 uint8 RGB image the experts see (490x490 in both reference models)."""
+        result = ExpertResults(self.run_panoptic(image), self.panoptic_section["labels"])
+        if self.detector is not None:
+            result.detections, result.detector_labels = self.run_detector(image), self.detector_section["labels"]
+        if self.scene_graph is not None:
+            result.scene_graph = self.run_scene_graph(image)
+        if self.ocr is not None:
+            result.ocr = self.ocr.keep_confident(self.ocr.read(image))
+        return result
+
+    def run_panoptic(self, image: np.ndarray) -> PanopticResult:
+        s = self.panoptic_section
+        out = self.panoptic(**self.panoptic_processor(images=[image], return_tensors="pt"))
+        t = s["target_size"]
+        ref = self.panoptic_processor.post_process_panoptic_segmentation(
+            out, threshold=s["threshold"], mask_threshold=s["mask_threshold"],
+            overlap_mask_area_threshold=s["overlap_mask_area_threshold"], label_ids_to_fuse=set(), target_sizes=[(t, t)])[0]
+        segments = [Segment(d["id"], d["label_id"], float(d["score"]), bool(d["was_fused"])) for d in ref["segments_info"]]
+        return PanopticResult(ref["segmentation"].numpy().astype(np.int32), segments)
+
+    def run_detector(self, image: np.ndarray) -> list[Detection]:
+        s = self.detector_section
+        pixels = self.detector_processor(images=[image], return_tensors="pt")["pixel_values"]
+        out = self.detector(input_ids=self.query_ids, attention_mask=self.query_mask, pixel_values=pixels)
+        t = s["target_size"]
+        ref = self.detector_processor.post_process_object_detection(out, threshold=s["threshold"], target_sizes=[(t, t)])[0]
+        keep = ref["scores"] >= s["keep_score"]
+        return [Detection(box.numpy().astype(np.float32), float(score), int(label))
+                for box, score, label in zip(ref["boxes"][keep], ref["scores"][keep], ref["labels"][keep])]
+
+    def run_scene_graph(self, image: np.ndarray) -> SceneGraphResult:
+        cfg = self.scene_graph_cfg
+        out = self.scene_graph(torch.from_numpy(preprocess_scene_graph(image, cfg))[None])
+        heads = dict(zip(psgtr.OUTPUTS, (t[0] for t in out)))
+        labels, dists, pairs = reference_scene_graph(*(heads[k] for k in SCENE_GRAPH_HEADS), mask_size(*image.shape[:2], cfg),
+                                                     num_relations=len(cfg.predicates), max_per_img=cfg.max_per_img)
+        graph = SceneGraphResult(labels=[int(v) for v in labels], rel_dists=dists, rel_pairs=pairs)
+        graph.relations = relations_of(graph, cfg)
+        return graph
