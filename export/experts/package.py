@@ -26,8 +26,10 @@ from .panoptic import IMAGE_SIZE, PANOPTIC, build_tiny_panoptic, labels_of, load
 # pixels that sit on the threshold and moves a query's logits by up to ~2e-3 of their range (seen on random
 # inputs), where the rest of the graph agrees to ~1e-6.
 TOLERANCES = {"panoptic": Tolerance(atol=1e-4, rtol=1e-2, of_max=True),
-              # the best query is an argmax: near-tied logits may pick another query on a few boxes
-              "detector": Tolerance(atol=1e-4, rtol=1e-3, of_max=True, index_agreement=0.99),
+              # the best query is an argmax: near-tied logits may pick another query on a few boxes. With full-size
+              # random weights (the `small` preset) PyTorch's own fp32 boxes are 1.9e-3 off a float64 run, where
+              # onnxruntime's are 0.9e-3 off, so the two fp32 runs may differ by ~3e-3 of the image.
+              "detector": Tolerance(atol=1e-4, rtol=5e-3, of_max=True, index_agreement=0.99),
               "scene_graph": Tolerance(atol=1e-4, rtol=1e-3, of_max=True)}
 
 
