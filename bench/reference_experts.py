@@ -28,6 +28,7 @@ from moai_edge.runtime.experts.panoptic import PanopticResult, Segment
 from moai_edge.runtime.experts.runner import ExpertResults, config_from
 from moai_edge.runtime.experts.scene_graph import SceneGraphConfig, SceneGraphResult, mask_size, preprocess_scene_graph, relations_of
 from moai_edge.runtime.experts.verbalize import Detection
+from moai_edge.runtime.model import Timer
 
 SCENE_GRAPH_HEADS = ("sub_logits", "obj_logits", "rel_logits", "sub_masks", "obj_masks")
 
@@ -62,15 +63,22 @@ class ReferenceExperts:
             self.ocr = OcrReader.load(det, cls, rec, options=OrtOptions(), cfg=config_from(OcrConfig, o))
 
     @torch.no_grad()
-    def run(self, image: np.ndarray) -> ExpertResults:
-        """image: the HxWx3 uint8 RGB image the experts see (490x490 in both reference models)."""
-        result = ExpertResults(self.run_panoptic(image), self.panoptic_section["labels"])
-        if self.detector is not None:
-            result.detections, result.detector_labels = self.run_detector(image), self.detector_section["labels"]
-        if self.scene_graph is not None:
-            result.scene_graph = self.run_scene_graph(image)
-        if self.ocr is not None:
-            result.ocr = self.ocr.keep_confident(self.ocr.read(image))
+    def run(self, image: np.ndarray, timer: Timer | None = None) -> ExpertResults:
+        """image: the HxWx3 uint8 RGB image the experts see (490x490 in both reference models). The experts run
+        one after another, as in the reference; `timer` gets `expert_<name>` and `experts`."""
+        timer = timer or Timer()
+        with timer("experts"):
+            with timer("expert_panoptic"):
+                result = ExpertResults(self.run_panoptic(image), self.panoptic_section["labels"])
+            if self.detector is not None:
+                with timer("expert_detector"):
+                    result.detections, result.detector_labels = self.run_detector(image), self.detector_section["labels"]
+            if self.scene_graph is not None:
+                with timer("expert_scene_graph"):
+                    result.scene_graph = self.run_scene_graph(image)
+            if self.ocr is not None:
+                with timer("expert_ocr"):
+                    result.ocr = self.ocr.keep_confident(self.ocr.read(image))
         return result
 
     def run_panoptic(self, image: np.ndarray) -> PanopticResult:

@@ -14,7 +14,7 @@ import torch
 
 from moai_edge.runtime.experts.verbalize import EMPTY_VERBALIZATION, collavo_question
 from moai_edge.runtime.generation import DecodingConfig
-from moai_edge.runtime.model import AuxInputs
+from moai_edge.runtime.model import AuxInputs, Timer
 
 from moai_edge.export.config import CLIP_MEAN, CLIP_STD, REFERENCE_PROMPTS
 from moai_edge.export.modeling.vlm import VLM
@@ -46,26 +46,31 @@ class ReferencePipeline:
 
     @torch.no_grad()
     def ask(self, image: np.ndarray, question: str, *, aux: AuxInputs | None = None,
-            decoding: DecodingConfig = DecodingConfig()) -> list[int]:
+            decoding: DecodingConfig = DecodingConfig(), timer: Timer | None = None) -> list[int]:
+        """`timer` (optional) gets the stages the runtime reports: vision, aux, prefill, decode."""
         m, cfg = self.model, self.model.cfg
         aux = aux or AuxInputs()
-        image_features = m.encode_image(reference_pixels(image, cfg.vision.image_size))
+        timer = timer or Timer()
+        with timer("vision"):
+            image_features = m.encode_image(reference_pixels(image, cfg.vision.image_size))
         extra = {}
-        if cfg.family == "collavo":
-            g = cfg.vision.grid
-            cls = torch.as_tensor(aux.class_map if aux.class_map is not None else np.zeros((g, g)), dtype=torch.long)
-            num = torch.as_tensor(aux.number_map if aux.number_map is not None else np.zeros((g, g)), dtype=torch.long)
-            seg = m.crayon_features(cls.reshape(1, -1), num.reshape(1, -1))
-            question = collavo_question(aux.segment_text, question)
-        else:
-            extra["aux_tokens"] = self.aux_tokens(aux)
+        with timer("aux"):
+            if cfg.family == "collavo":
+                g = cfg.vision.grid
+                cls = torch.as_tensor(aux.class_map if aux.class_map is not None else np.zeros((g, g)), dtype=torch.long)
+                num = torch.as_tensor(aux.number_map if aux.number_map is not None else np.zeros((g, g)), dtype=torch.long)
+                seg = m.crayon_features(cls.reshape(1, -1), num.reshape(1, -1))
+                question = collavo_question(aux.segment_text, question)
+            else:
+                extra["aux_tokens"] = self.aux_tokens(aux)
         inputs = build_reference_inputs(question, self.tokenizer, m.embed, image_features,
                                         prompts=REFERENCE_PROMPTS, template=self.template)
         if cfg.family == "collavo":
             seq = torch.zeros_like(inputs.embeds)
             seq[inputs.im_mask] = seg.reshape(-1, seg.shape[-1])
             extra["seg_features"] = seq
-        logits, kv = m.prefill(inputs.embeds, inputs.attention_mask, inputs.position_ids, inputs.im_mask, **extra)
+        with timer("prefill"):
+            logits, kv = m.prefill(inputs.embeds, inputs.attention_mask, inputs.position_ids, inputs.im_mask, **extra)
         state = {"kv": kv, "mask": inputs.attention_mask, "pos": inputs.attention_mask.sum(-1, keepdim=True)}
 
         def step(tokens: torch.Tensor) -> torch.Tensor:
@@ -79,7 +84,10 @@ class ReferencePipeline:
             state["kv"] = [(k[index], v[index]) for k, v in state["kv"]]
             state["mask"], state["pos"] = state["mask"][index], state["pos"][index]
 
-        return generate(logits, step, select_rows, decoding)[0]
+        with timer("decode"):
+            tokens = generate(logits, step, select_rows, decoding)[0]
+        timer.ms["decode_per_token"] = timer.ms["decode"] / max(1, len(tokens) - 1)
+        return tokens
 
     def aux_tokens(self, aux: AuxInputs) -> torch.Tensor:
         """MoAI: verbalized text embedded with BOS ++ the colour map through CLIP + projector (fp16 input), compressed."""

@@ -144,6 +144,28 @@ def cmd_verify(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_bench(args) -> int:
+    from moai_edge.bench.pipeline_bench import BenchConfig, PipelineBench
+    from moai_edge.bench.report import summary, write_report
+    from moai_edge.engines.errors import InputError, require
+
+    try:
+        sizes = tuple(int(v) for v in args.batch_sizes.split(","))
+    except ValueError:
+        raise InputError(f"--batch-sizes: expected comma-separated integers like 1,2,4,8, found '{args.batch_sizes}'") from None
+    if not sizes or min(sizes) < 1 or args.runs < 1 or args.warmup < 0:
+        raise InputError(f"expected batch sizes >= 1, --runs >= 1, --warmup >= 0; found {sizes}, {args.runs}, {args.warmup}")
+    if args.reference:
+        require("torch", "export")
+    cfg = BenchConfig(engine_dir=Path(args.engine), batch_sizes=sizes, warmup=args.warmup, runs=args.runs,
+                      reference=args.reference, threads=args.threads, max_new_tokens=args.max_new_tokens, images=args.images)
+    report = PipelineBench(cfg).run()
+    files = write_report(report, Path(args.out))
+    print(summary(report))
+    print("report: " + ", ".join(str(f) for f in files))
+    return 0
+
+
 def cmd_demo(args) -> int:
     """The built-in default: a tiny MoAI package built on the spot captions a folder of generated images."""
     out = Path(args.engine)
@@ -241,6 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-new-tokens", type=int)
     c.add_argument("--threads", type=int, default=0)
     c.set_defaults(func=cmd_caption)
+
+    b = sub.add_parser("bench", help="per-stage latency, memory, roofline and (--reference) PyTorch side by side")
+    b.add_argument("--engine", required=True)
+    b.add_argument("--batch-sizes", default="1,2,4,8", help="comma-separated, e.g. 1,8")
+    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--runs", type=int, default=5)
+    b.add_argument("--reference", action="store_true", help="also time the PyTorch reference (needs moai-edge[export])")
+    b.add_argument("--out", default="bench-report", help="folder for report.json, report.md and the plots")
+    b.add_argument("--max-new-tokens", type=int, default=32, help="decoded per answer, end-of-sequence ignored")
+    b.add_argument("--images", nargs="*", default=[], help="default: generated sample images")
+    b.add_argument("--threads", type=int, default=0)
+    b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="build the tiny MoAI package if missing and caption generated sample images")
     d.add_argument("--engine", default=str(DEFAULT_DEMO_DIR))

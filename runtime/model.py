@@ -61,13 +61,16 @@ class Answer:
     tokens: list[int]
     text: str
     timings_ms: dict[str, float]
+    kv_cache_bytes: int = 0  # the batch's KV cache, allocated once for prompt + max_new_tokens
 
 
 class Timer:
-    """Accumulates wall-clock milliseconds per named stage."""
+    """Accumulates wall-clock milliseconds per named stage, and keeps each span (stage, start, end) in
+    `time.perf_counter` seconds so that a memory sampler can attribute its samples to stages."""
 
     def __init__(self):
         self.ms: dict[str, float] = {}
+        self.spans: list[tuple[str, float, float]] = []
 
     @contextmanager
     def __call__(self, stage: str):
@@ -75,7 +78,9 @@ class Timer:
         try:
             yield
         finally:
-            self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - t0) * 1e3
+            t1 = time.perf_counter()
+            self.ms[stage] = self.ms.get(stage, 0.0) + (t1 - t0) * 1e3
+            self.spans.append((stage, t0, t1))
 
 
 class Model:
@@ -162,7 +167,7 @@ class Model:
         for ids in rows:
             text = self.tokenizer.decode(ids)
             answers.append(Answer(answer=cut_answer(text, self.manifest.prompts), tokens=list(map(int, ids)),
-                                  text=text, timings_ms=dict(timer.ms)))
+                                  text=text, timings_ms=dict(timer.ms), kv_cache_bytes=runner.cache.nbytes()))
         return answers
 
     # ---- the steps before prefill ------------------------------------------------------

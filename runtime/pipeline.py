@@ -43,6 +43,8 @@ class PipelineResult:
     experts: dict  # the experts' structured results (segments, detections, relations, OCR lines)
     verbalized: str | None  # MoAI: the verbalized text; CoLLaVO: the segment text put before the question
     timings_ms: dict[str, float]
+    kv_cache_bytes: int = 0
+    spans: list[tuple[str, float, float]] = field(default_factory=list)  # (stage, start, end) in perf_counter seconds
 
 
 @dataclass
@@ -132,7 +134,8 @@ class Pipeline:
         for r, a, ans in zip(results, aux, answers):
             timings = {**ans.timings_ms, "total": total}
             out.append(PipelineResult(ans.answer, ans.tokens, r.to_json(),
-                                      a.verbalized if self.family == "moai" else a.segment_text, timings))
+                                      a.verbalized if self.family == "moai" else a.segment_text, timings,
+                                      ans.kv_cache_bytes, timer.spans))
         return out
 
     def caption(self, images: list, *, question: str = DEFAULT_QUESTION, batch_size: int = 1,

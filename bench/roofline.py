@@ -1,0 +1,52 @@
+"""Decode's memory roofline: this machine's copy bandwidth, and what decode achieves against it.
+
+Decoding one token reads every decoder weight once (and the KV cache so far), so at batch 1 its
+speed is bounded by memory bandwidth: achieved GB/s = bytes read per token x tokens/s.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from moai_edge.engines.manifest import Manifest
+
+
+def copy_bandwidth_gbs(size_mb: int = 512, repeats: int = 5) -> float:
+    """Best of `repeats` copies of a `size_mb` array (larger than any cache): (read + write bytes) / s."""
+    src = np.ones(size_mb * 2**20 // 8)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # touch every page first
+    best = min(_timed_copy(dst, src) for _ in range(repeats))
+    return 2 * src.nbytes / best / 1e9
+
+
+def _timed_copy(dst: np.ndarray, src: np.ndarray) -> float:
+    t0 = time.perf_counter()
+    np.copyto(dst, src)
+    return time.perf_counter() - t0
+
+
+def decode_weight_bytes(manifest: Manifest) -> int:
+    """What one decode step reads: the decode graph file and the decoder weights it shares with prefill."""
+    total = manifest.path(manifest.component("decode").file).stat().st_size
+    shared = manifest.component("decode").shared_weights
+    if shared:
+        total += manifest.path(manifest.shared_weights[shared].file).stat().st_size
+    return total
+
+
+def kv_bytes_per_token(manifest: Manifest, context: int) -> int:
+    """K and V of every layer over `context` positions, float32, one row."""
+    d = manifest.model
+    return 2 * d.num_layers * d.num_kv_heads * d.head_dim * context * 4
+
+
+def roofline(manifest: Manifest, *, tokens_per_s: float, context: int, bandwidth_gbs: float) -> dict:
+    per_token = decode_weight_bytes(manifest) + kv_bytes_per_token(manifest, context)
+    achieved = float(per_token * tokens_per_s / 1e9)
+    percent = 100 * achieved / bandwidth_gbs
+    return {"bytes_per_token": per_token, "tokens_per_s": float(tokens_per_s), "achieved_gbs": achieved,
+            "machine_copy_gbs": bandwidth_gbs, "percent_of_bandwidth": percent,
+            "measurement_error": bool(percent > 100)}

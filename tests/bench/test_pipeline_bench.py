@@ -1,0 +1,57 @@
+"""`moai-edge bench` on a tiny package: every stage, the percentiles, memory, the roofline, the reference ratios."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from moai_edge.bench.roofline import roofline
+from moai_edge.engines.manifest import Manifest
+from moai_edge.runtime.cli import main
+
+STAGES = {"preprocessing", "expert_panoptic", "expert_detector", "expert_scene_graph", "expert_ocr", "experts", "verbalize",
+          "vision", "aux", "prefill", "decode_per_token", "total", "time_to_first_token"}
+
+
+def test_bench_with_reference_writes_every_figure(tiny_packages, tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "report"
+    assert main(["bench", "--engine", str(tiny_packages["moai"]), "--batch-sizes", "1,2", "--runs", "2", "--warmup", "1",
+                 "--max-new-tokens", "5", "--reference", "--out", str(out), "--threads", "2"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["batches"]) == {"1", "2"}
+    for entry in report["batches"].values():
+        assert set(entry["stages_ms"]) == STAGES
+        for s in entry["stages_ms"].values():
+            assert s["n"] == 2 and 0 <= s["p50"] <= s["p90"] <= s["p99"]
+        assert entry["images_per_s"] > 0 and entry["decode_tokens_per_s"] > 0
+        assert entry["kv_cache_mb"] > 0 and entry["peak_rss_mb"] > report["memory"]["rss_before_load_mb"]
+        assert {"experts", "prefill", "decode"} <= set(entry["stage_peak_rss_mb"])
+    assert report["batches"]["2"]["kv_cache_mb"] > report["batches"]["1"]["kv_cache_mb"]
+    mem = report["memory"]
+    assert mem["weights_mb"] > 1 and mem["peak_rss_mb"] >= mem["rss_after_load_mb"] and "skipped" in mem["gpu"]
+    assert 0 < report["roofline"]["percent_of_bandwidth"] and report["roofline"]["machine_copy_gbs"] > 0
+    assert report["machine"]["versions"]["onnxruntime"] and len(report["machine"]["engine_manifest_sha256"]) == 64
+    ref = report["reference"]
+    assert {"expert_panoptic", "experts", "vision", "prefill", "decode_per_token", "total"} <= set(ref)
+    for r in ref.values():
+        assert r["reference_ms"]["n"] == 2 and r["speedup_min"] <= r["speedup"] <= r["speedup_max"]
+    assert "batching_speedup" in report
+    md = (out / "report.md").read_text()
+    assert "## Against the PyTorch reference" in md and "| decode_per_token |" in md
+    for png in report["plots"]["files"]:
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert "vs reference total" in capsys.readouterr().out
+
+
+def test_roofline_flags_more_than_the_machine_can_move(tiny_packages):
+    m = Manifest.load(tiny_packages["collavo"])
+    fine = roofline(m, tokens_per_s=10, context=100, bandwidth_gbs=10.0)
+    assert not fine["measurement_error"] and fine["bytes_per_token"] > m.path(m.component("decode").file).stat().st_size
+    assert roofline(m, tokens_per_s=1e6, context=100, bandwidth_gbs=10.0)["measurement_error"]
+
+
+def test_bad_batch_sizes_are_named(tiny_packages, capsys):
+    assert main(["bench", "--engine", str(tiny_packages["moai"]), "--batch-sizes", "1,x"]) == 2
+    assert "--batch-sizes" in capsys.readouterr().err
