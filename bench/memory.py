@@ -42,7 +42,12 @@ class RssSampler:
         self.samples.append((time.perf_counter(), rss_mb()))
 
     def peak_mb(self, start: float = float("-inf"), end: float = float("inf")) -> float | None:
+        """The highest sample in [start, end]; a window shorter than the interval takes the samples around it."""
         inside = [mb for t, mb in self.samples if start <= t <= end]
+        if not inside:
+            before = [mb for t, mb in self.samples if t < start][-1:]
+            after = [mb for t, mb in self.samples if t > end][:1]
+            inside = before + after
         return max(inside) if inside else None
 
 

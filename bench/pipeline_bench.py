@@ -46,6 +46,7 @@ class BenchConfig:
     runs: int = 5
     reference: bool = False
     threads: int = 0
+    concurrent: bool = True  # False: experts and vision one after another, every session with `threads`
     max_new_tokens: int = 32
     question: str = "Describe this image in detail."
     images: list[str] = field(default_factory=list)  # none: generated sample images
@@ -88,13 +89,14 @@ class PipelineBench:
     def run(self) -> dict:
         cfg = self.cfg
         report = {"config": {"batch_sizes": list(cfg.batch_sizes), "warmup": cfg.warmup, "runs": cfg.runs,
+                             "concurrent": cfg.concurrent,
                              "max_new_tokens": cfg.max_new_tokens, "question": cfg.question,
                              "images": cfg.images or [f"generated {img.shape[1]}x{img.shape[0]}" for img in self.images]},
                   "machine": machine_info(threads=cfg.threads, engine_dir=cfg.engine_dir)}
         weights = package_bytes(self.manifest)
         base = rss_mb()
         with RssSampler() as sampler:
-            with Pipeline.load(cfg.engine_dir, threads=cfg.threads) as pipe:
+            with Pipeline.load(cfg.engine_dir, threads=cfg.threads, concurrent=cfg.concurrent) as pipe:
                 loaded = max(mb for _, mb in sampler.samples)
                 report["batches"] = {str(b): self.bench_batch(pipe, b, sampler) for b in cfg.batch_sizes}
         report["memory"] = {"weights_mb": weights / 2**20, "rss_before_load_mb": base, "rss_after_load_mb": loaded,
@@ -107,7 +109,7 @@ class PipelineBench:
         cache_len = one["kv_cache_mb"] * 2**20 / one["batch"] / (2 * d.num_layers * d.num_kv_heads * d.head_dim * 4)
         context = int(cache_len - cfg.max_new_tokens / 2)  # the mean length of the cache while decoding
         report["roofline"] = roofline(self.manifest, tokens_per_s=one["decode_tokens_per_s"] / one["batch"],
-                                      context=context, bandwidth_gbs=copy_bandwidth_gbs())
+                                      context=context, bandwidth_gbs=copy_bandwidth_gbs(threads=cfg.threads))
         b1, bmax = report["batches"].get("1"), report["batches"][str(max(cfg.batch_sizes))]
         if b1 and bmax is not b1:
             report["batching_speedup"] = bmax["images_per_s"] / b1["images_per_s"]
@@ -146,7 +148,7 @@ class PipelineBench:
         """Batch 1, runtime and PyTorch reference interleaved; ratios are reference / runtime per run pair."""
         from .reference_side import ReferenceRunner
 
-        with Pipeline.load(self.cfg.engine_dir, threads=self.cfg.threads) as pipe:
+        with Pipeline.load(self.cfg.engine_dir, threads=self.cfg.threads, concurrent=self.cfg.concurrent) as pipe:
             ref = ReferenceRunner(self.manifest, pipe, threads=self.cfg.threads)
             decoding = self.decoding(pipe)
             image = self.images[0]

@@ -27,7 +27,8 @@ def markdown(report: dict) -> str:
              f"{m['cpu']} ({m['arch']}), {m['logical_cores']} logical cores, {m['threads'] or 'default'} threads; "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
              + f"; manifest sha256 {m['engine_manifest_sha256'][:12]}", "",
-             f"{report['config']['runs']} runs after {report['config']['warmup']} warm-up, "
+             f"{report['config']['runs']} runs after {report['config']['warmup']} warm-up, experts "
+             f"{'concurrently' if report['config']['concurrent'] else 'one after another'}, "
              f"{report['config']['max_new_tokens']} new tokens per answer.", "", "## Latency by stage (ms)", ""]
     batches = report["batches"]
     for b, entry in batches.items():

@@ -158,7 +158,8 @@ def cmd_bench(args) -> int:
     if args.reference:
         require("torch", "export")
     cfg = BenchConfig(engine_dir=Path(args.engine), batch_sizes=sizes, warmup=args.warmup, runs=args.runs,
-                      reference=args.reference, threads=args.threads, max_new_tokens=args.max_new_tokens, images=args.images)
+                      reference=args.reference, threads=args.threads, concurrent=not args.sequential,
+                      max_new_tokens=args.max_new_tokens, images=args.images)
     report = PipelineBench(cfg).run()
     files = write_report(report, Path(args.out))
     print(summary(report))
@@ -274,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-new-tokens", type=int, default=32, help="decoded per answer, end-of-sequence ignored")
     b.add_argument("--images", nargs="*", default=[], help="default: generated sample images")
     b.add_argument("--threads", type=int, default=0)
+    b.add_argument("--sequential", action="store_true", help="experts one after another (default: concurrently)")
     b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="build the tiny MoAI package if missing and caption generated sample images")

@@ -36,3 +36,15 @@ def test_each_difference_is_named(path, value, field):
     target[path[-1]] = value
     problems = compare_experts(RESULT, changed)
     assert len(problems) == 1 and problems[0].startswith(field)
+
+
+def test_verbalized_numbers_may_differ_by_one_rounding_step_only():
+    from moai_edge.bench.verify import same_up_to_rounding
+
+    a = "boxes: [0.00, 1.00, 0.25, 0.50] person, and [0.10, 0.20, 0.30, 0.40] car."
+    assert same_up_to_rounding(a, a.replace("[0.00", "[-0.00"))
+    assert same_up_to_rounding(a, a.replace("0.25", "0.26"))
+    assert not same_up_to_rounding(a, a.replace("0.25", "0.27"))
+    assert not same_up_to_rounding(a, a.replace("person", "people"))
+    assert not same_up_to_rounding(a, a.replace(", and [0.10, 0.20, 0.30, 0.40] car", ""))
+    assert same_up_to_rounding(None, None) and not same_up_to_rounding(a, None)
