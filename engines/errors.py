@@ -37,6 +37,14 @@ class MissingExtraError(MoaiEdgeError, ImportError):
     """An optional dependency is not installed; the message names the extra that provides it."""
 
 
+def require_installed(module: str, extra: str) -> None:
+    """Fail early, naming the extra, when `module` is not installed, without importing it (and its memory)."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtraError(f"'{module}' is needed here but is not installed: pip install 'moai-edge[{extra}]'")
+
+
 def require(module: str, extra: str):
     """Import an optional heavy module lazily, or fail naming the extra to install."""
     import importlib

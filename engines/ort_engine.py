@@ -27,6 +27,7 @@ class OrtOptions:
     check_inputs: bool = True
     disable_prepacking: bool | None = None  # None: off exactly when weights are shared
     graph_optimization: str = "all"  # disable | basic | extended | all
+    memory_arena: bool = True  # False: activations go back to the system after each run instead of staying pooled
 
 
 def session_options(options: OrtOptions, shared: SharedWeights | None):
@@ -35,6 +36,7 @@ def session_options(options: OrtOptions, shared: SharedWeights | None):
     so = ort.SessionOptions()
     so.intra_op_num_threads = options.intra_op_threads
     so.inter_op_num_threads = options.inter_op_threads
+    so.enable_cpu_mem_arena = options.memory_arena
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.allow_spinning else "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "1" if options.allow_spinning else "0")
     levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

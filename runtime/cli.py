@@ -147,7 +147,7 @@ def cmd_verify(args) -> int:
 def cmd_bench(args) -> int:
     from moai_edge.bench.pipeline_bench import BenchConfig, PipelineBench
     from moai_edge.bench.report import summary, write_report
-    from moai_edge.engines.errors import InputError, require
+    from moai_edge.engines.errors import InputError, require_installed
 
     try:
         sizes = tuple(int(v) for v in args.batch_sizes.split(","))
@@ -155,8 +155,8 @@ def cmd_bench(args) -> int:
         raise InputError(f"--batch-sizes: expected comma-separated integers like 1,2,4,8, found '{args.batch_sizes}'") from None
     if not sizes or min(sizes) < 1 or args.runs < 1 or args.warmup < 0:
         raise InputError(f"expected batch sizes >= 1, --runs >= 1, --warmup >= 0; found {sizes}, {args.runs}, {args.warmup}")
-    if args.reference:
-        require("torch", "export")
+    if args.reference:  # checked, not imported: the runtime's memory is measured before torch loads
+        require_installed("torch", "export")
     cfg = BenchConfig(engine_dir=Path(args.engine), batch_sizes=sizes, warmup=args.warmup, runs=args.runs,
                       reference=args.reference, threads=args.threads, concurrent=not args.sequential,
                       max_new_tokens=args.max_new_tokens, images=args.images)

@@ -58,24 +58,31 @@ class CaptionRecord:
 
 
 class Pipeline:
-    def __init__(self, manifest: Manifest, *, device: str = "cpu", threads: int = 0, concurrent: bool = True):
+    def __init__(self, manifest: Manifest, *, device: str = "cpu", threads: int = 0, concurrent: bool = True,
+                 expert_batch: int | None = None):
+        """`expert_batch`: images per expert graph run. None: 1 on CPU, where the experts are compute-bound so
+        batching them gains nothing while their activations grow with the batch (the full-size MoAI experts need
+        over 20 GB at batch 8); the whole batch on a GPU. Prefill and decode always take the whole batch."""
         if device not in PROVIDERS:
             raise InputError(f"device must be one of {sorted(PROVIDERS)}, found '{device}'")
         if not manifest.experts:
             raise InputError(f"the package in {manifest.root} has no experts (exported with --no-experts): use Model")
         self.manifest = manifest
         self.streams = CudaStreams() if device != "cpu" and concurrent else None  # one per concurrent session
+        self.expert_batch = expert_batch if expert_batch is not None else (1 if device == "cpu" else None)
         self.model = Model(manifest, RuntimeOptions(providers=PROVIDERS[device], threads=threads), streams=self.streams)
         expert_threads = 1 if concurrent else threads
-        self.experts = Experts(manifest, OrtOptions(providers=PROVIDERS[device], intra_op_threads=expert_threads),
-                               streams=self.streams)
+        # the experts run once per image with large activations: returned to the system after each run, not pooled
+        self.experts = Experts(manifest, OrtOptions(providers=PROVIDERS[device], intra_op_threads=expert_threads,
+                                                    memory_arena=False), streams=self.streams)
         workers = len(self.experts.steps()) + 1  # + the vision tower
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="expert") if concurrent else None
         self.lock = threading.Lock()
 
     @classmethod
-    def load(cls, engine_dir: str | Path, *, device: str = "cpu", threads: int = 0, concurrent: bool = True) -> "Pipeline":
-        return cls(Manifest.load(engine_dir), device=device, threads=threads, concurrent=concurrent)
+    def load(cls, engine_dir: str | Path, *, device: str = "cpu", threads: int = 0, concurrent: bool = True,
+             expert_batch: int | None = None) -> "Pipeline":
+        return cls(Manifest.load(engine_dir), device=device, threads=threads, concurrent=concurrent, expert_batch=expert_batch)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -118,11 +125,11 @@ class Pipeline:
             if self.pool is not None:  # the vision tower needs nothing from the experts: it runs beside them
                 features = self.pool.submit(self.model.encode_images, pixels, timer)
                 with timer("experts"):
-                    results = self.experts.run(pixels, pool=self.pool, timings=timer.ms)
+                    results = self.experts.run(pixels, pool=self.pool, timings=timer.ms, max_batch=self.expert_batch)
                 features = features.result()
             else:
                 with timer("experts"):
-                    results = self.experts.run(pixels, timings=timer.ms)
+                    results = self.experts.run(pixels, timings=timer.ms, max_batch=self.expert_batch)
                 features = self.model.encode_images(pixels, timer)
             with timer("verbalize"):
                 aux = [self.experts.aux_inputs(r) for r in results]

@@ -67,7 +67,8 @@ def preprocess_detector(image: np.ndarray, cfg: DetectorConfig) -> np.ndarray:
 def post_process_detections(best_logit: np.ndarray, best_query: np.ndarray, boxes: np.ndarray,
                             cfg: DetectorConfig) -> list[Detection]:
     """One image: best_logit (N,), best_query (N,), boxes (N, 4) cx, cy, w, h in 0..1."""
-    scores = 1.0 / (1.0 + np.exp(-best_logit.astype(np.float32)))
+    with np.errstate(over="ignore"):  # a logit below -88 gives exp = inf and the score 0, as in torch
+        scores = 1.0 / (1.0 + np.exp(-best_logit.astype(np.float32)))
     cx, cy, w, h = boxes.T
     corners = np.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1) * np.float32(cfg.target_size)
     keep = (scores > cfg.threshold) & (scores >= cfg.keep_score)

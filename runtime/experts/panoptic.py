@@ -68,7 +68,8 @@ def post_process_panoptic(class_logits: np.ndarray, mask_logits: np.ndarray, cfg
     if not keep.any():
         return PanopticResult(np.full((t, t), -1, np.int32), [])
     masks = resize_planes(mask_logits[keep], HF_MASK_SIZE, HF_MASK_SIZE)
-    masks = 1.0 / (1.0 + np.exp(-masks))
+    with np.errstate(over="ignore"):  # exp(-x) overflows to inf for x < -88: the sigmoid is then 0, as in torch
+        masks = 1.0 / (1.0 + np.exp(-masks))
     masks = resize_planes(masks, t, t) * scores[keep][:, None, None]
     owner = masks.argmax(0)
     segmentation = np.zeros((t, t), np.int32)

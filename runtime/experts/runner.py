@@ -99,12 +99,17 @@ class Experts:
             steps["ocr"] = self.run_ocr
         return steps
 
-    def run(self, images: list[np.ndarray], *, pool: Executor | None = None,
-            timings: dict[str, float] | None = None) -> list[ExpertResults]:
-        """images: HxWx3 uint8 RGB arrays (see runtime.images.load_image). With a pool, the experts run concurrently."""
+    def run(self, images: list[np.ndarray], *, pool: Executor | None = None, timings: dict[str, float] | None = None,
+            max_batch: int | None = None) -> list[ExpertResults]:
+        """images: HxWx3 uint8 RGB arrays (see runtime.images.load_image). With a pool, the experts run concurrently.
+        Each expert takes at most `max_batch` images per graph run (None: all at once)."""
+        def in_chunks(fn):
+            step = max_batch or len(images)
+            return [r for i in range(0, len(images), step) for r in fn(images[i:i + step])]
+
         def timed(name, fn):
             t0 = time.perf_counter()
-            out = fn(images)
+            out = in_chunks(fn)
             if timings is not None:
                 timings[f"expert_{name}"] = (time.perf_counter() - t0) * 1e3
             return out

@@ -147,7 +147,8 @@ def post_process_scene_graph(sub_logits, obj_logits, rel_logits, sub_masks, obj_
 
     def masks_of(logits):  # fp16 -> nearest resize -> bf16; binary at sigmoid (in bf16) > bf16(0.85)
         m = to_bf16(resize_nearest(logits[triplet].astype(np.float16), size).astype(np.float32))
-        binary = to_bf16(1.0 / (1.0 + np.exp(-m))) > to_bf16(np.float32(cfg.mask_threshold))
+        with np.errstate(over="ignore"):  # exp overflow: the sigmoid is 0, as in torch
+            binary = to_bf16(1.0 / (1.0 + np.exp(-m))) > to_bf16(np.float32(cfg.mask_threshold))
         return m, binary.reshape(len(m), -1)
 
     s_logit_masks, s_bin = masks_of(sub_masks)

@@ -77,8 +77,11 @@ def test_concurrent_experts_and_batches_equal_sequential_single_images(pipelines
     with Pipeline.load(tiny_packages[family], threads=2, concurrent=False) as sequential:
         singles = [sequential.ask(img, QUESTION, max_new_tokens=8) for img in four_images()]
     batch = pipelines[family].ask_batch(four_images(), [QUESTION] * 4, max_new_tokens=8)
-    for one, row in zip(singles, batch):
+    with Pipeline.load(tiny_packages[family], threads=2, expert_batch=4) as whole:  # experts batched too
+        batch_experts = whole.ask_batch(four_images(), [QUESTION] * 4, max_new_tokens=8)
+    for one, row, other in zip(singles, batch, batch_experts):
         assert one.tokens == row.tokens and one.experts == row.experts and one.verbalized == row.verbalized
+        assert other.tokens == one.tokens and other.experts == one.experts
 
 
 def test_pipeline_is_safe_to_share_between_threads(pipelines):
