@@ -51,8 +51,9 @@ class ReferencePipeline:
         m, cfg = self.model, self.model.cfg
         aux = aux or AuxInputs()
         timer = timer or Timer()
-        with timer("vision"):
+        with timer("vision"):  # MoAI's colour map goes through the same tower: timed here, as in the runtime
             image_features = m.encode_image(reference_pixels(image, cfg.vision.image_size))
+            maps = self.colour_map_features(aux) if cfg.family == "moai" else None
         extra = {}
         with timer("aux"):
             if cfg.family == "collavo":
@@ -62,7 +63,7 @@ class ReferencePipeline:
                 seg = m.crayon_features(cls.reshape(1, -1), num.reshape(1, -1))
                 question = collavo_question(aux.segment_text, question)
             else:
-                extra["aux_tokens"] = self.aux_tokens(aux)
+                extra["aux_tokens"] = self.aux_tokens(aux, maps)
         inputs = build_reference_inputs(question, self.tokenizer, m.embed, image_features,
                                         prompts=REFERENCE_PROMPTS, template=self.template)
         if cfg.family == "collavo":
@@ -89,12 +90,15 @@ class ReferencePipeline:
         timer.ms["decode_per_token"] = timer.ms["decode"] / max(1, len(tokens) - 1)
         return tokens
 
-    def aux_tokens(self, aux: AuxInputs) -> torch.Tensor:
-        """MoAI: verbalized text embedded with BOS ++ the colour map through CLIP + projector (fp16 input), compressed."""
+    def colour_map_features(self, aux: AuxInputs) -> torch.Tensor:
+        """MoAI: the colour map through CLIP + projector, fed as fp16 like the reference."""
         m, size = self.model, self.model.cfg.vision.image_size
-        text = aux.verbalized if aux.verbalized is not None else EMPTY_VERBALIZATION
-        verb = m.embed(torch.tensor([self.tokenizer(text)]))  # BOS first
         cmap = aux.colour_map if aux.colour_map is not None else np.zeros((size, size, 3), np.float32)
         cmap = torch.from_numpy(np.asarray(cmap, np.float32)).permute(2, 0, 1)[None].half()
-        maps = m.encode_image(normalise(cmap.float()))
-        return m.compress(torch.cat([verb, maps], dim=1))
+        return m.encode_image(normalise(cmap.float()))
+
+    def aux_tokens(self, aux: AuxInputs, maps: torch.Tensor) -> torch.Tensor:
+        """MoAI: verbalized text embedded with BOS ++ the colour-map features, compressed."""
+        text = aux.verbalized if aux.verbalized is not None else EMPTY_VERBALIZATION
+        verb = self.model.embed(torch.tensor([self.tokenizer(text)]))  # BOS first
+        return self.model.compress(torch.cat([verb, maps], dim=1))
