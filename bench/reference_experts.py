@@ -23,7 +23,7 @@ from moai_edge.export.experts import scene_graph as psgtr
 from moai_edge.export.experts.detector import load_detector, query_tokens
 from moai_edge.export.experts.panoptic import load_panoptic
 from moai_edge.export.experts.scene_graph_reference import reference_scene_graph
-from moai_edge.runtime.experts.ocr import OcrReader
+from moai_edge.runtime.experts.ocr import OcrConfig, OcrReader
 from moai_edge.runtime.experts.panoptic import PanopticResult, Segment
 from moai_edge.runtime.experts.runner import ExpertResults, config_from
 from moai_edge.runtime.experts.scene_graph import SceneGraphConfig, SceneGraphResult, mask_size, preprocess_scene_graph, relations_of
@@ -56,8 +56,6 @@ class ReferenceExperts:
             self.scene_graph = psgtr.load_scene_graph(ex["scene_graph"]["source"]).eval()
         self.ocr = None
         if "ocr" in ex:
-            from moai_edge.runtime.experts.ocr import OcrConfig
-
             o = ex["ocr"]
             det, cls, rec = (manifest.path(manifest.component(o[k]).file) for k in ("det", "cls", "rec"))
             self.ocr = OcrReader.load(det, cls, rec, options=OrtOptions(), cfg=config_from(OcrConfig, o))
