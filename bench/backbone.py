@@ -28,8 +28,6 @@ MEMORY_PROBE = """
 import json, sys
 import numpy as np
 from moai_edge.engines.manifest import Manifest
-
-from .timing import timed_ms
 from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
 from moai_edge.engines.shared_weights import SharedWeights
 from moai_edge.runtime.decoder import DecoderRunner
