@@ -9,6 +9,7 @@ interleaved (A B A B) at batch 1, so machine noise hits both.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from moai_edge.runtime.samples import sample_image
 
 from .machine import machine_info
 from .memory import RssSampler, gpu_memory, jetson_memory, rss_mb
-from .roofline import copy_bandwidth_gbs, roofline
+from .roofline import copy_bandwidth_gbs, kv_bytes_per_token, roofline
 
 # stage -> the timings_ms keys it sums (Pipeline and reference report the same keys)
 STAGES = {
@@ -95,26 +96,26 @@ class PipelineBench:
                   "machine": machine_info(threads=cfg.threads, engine_dir=cfg.engine_dir)}
         weights = package_bytes(self.manifest)
         base = rss_mb()
-        with RssSampler() as sampler:
-            with Pipeline.load(cfg.engine_dir, threads=cfg.threads, concurrent=cfg.concurrent) as pipe:
+        with ExitStack() as stack:
+            with RssSampler() as sampler:
+                pipe = stack.enter_context(Pipeline.load(cfg.engine_dir, threads=cfg.threads, concurrent=cfg.concurrent))
                 loaded = max(mb for _, mb in sampler.samples)
                 report["batches"] = {str(b): self.bench_batch(pipe, b, sampler) for b in cfg.batch_sizes}
+            if cfg.reference:  # after the memory figures: torch is imported from here on
+                report["reference"] = self.side_by_side(pipe)
         report["memory"] = {"weights_mb": weights / 2**20, "rss_before_load_mb": base, "rss_after_load_mb": loaded,
                             "peak_rss_mb": sampler.peak_mb(), "gpu": gpu_memory(), "jetson": jetson_memory(),
                             "timeline": [(round(t - sampler.samples[0][0], 3), round(mb, 1)) for t, mb in sampler.samples[::10]]}
         for b, entry in report["batches"].items():
             entry["peak_rss_vs_weights_plus_kv"] = entry["peak_rss_mb"] / (weights / 2**20 + entry["kv_cache_mb"])
         one = report["batches"].get("1") or next(iter(report["batches"].values()))
-        d = self.manifest.model
-        cache_len = one["kv_cache_mb"] * 2**20 / one["batch"] / (2 * d.num_layers * d.num_kv_heads * d.head_dim * 4)
+        cache_len = one["kv_cache_mb"] * 2**20 / one["batch"] / kv_bytes_per_token(self.manifest, context=1)
         context = int(cache_len - cfg.max_new_tokens / 2)  # the mean length of the cache while decoding
         report["roofline"] = roofline(self.manifest, tokens_per_s=one["decode_tokens_per_s"] / one["batch"],
                                       context=context, bandwidth_gbs=copy_bandwidth_gbs(threads=cfg.threads))
         b1, bmax = report["batches"].get("1"), report["batches"][str(max(cfg.batch_sizes))]
         if b1 and bmax is not b1:
             report["batching_speedup"] = bmax["images_per_s"] / b1["images_per_s"]
-        if cfg.reference:
-            report["reference"] = self.side_by_side()
         return report
 
     def bench_batch(self, pipe: Pipeline, batch: int, sampler: RssSampler) -> dict:
@@ -144,24 +145,23 @@ class PipelineBench:
                 "kv_cache_mb": results[0].kv_cache_bytes / 2**20, "peak_rss_mb": sampler.peak_mb(start, end),
                 "stage_peak_rss_mb": stage_peaks}
 
-    def side_by_side(self) -> dict:
+    def side_by_side(self, pipe: Pipeline) -> dict:
         """Batch 1, runtime and PyTorch reference interleaved; ratios are reference / runtime per run pair."""
         from .reference_side import ReferenceRunner
 
-        with Pipeline.load(self.cfg.engine_dir, threads=self.cfg.threads, concurrent=self.cfg.concurrent) as pipe:
-            ref = ReferenceRunner(self.manifest, pipe, threads=self.cfg.threads)
-            decoding = self.decoding(pipe)
-            image = self.images[0]
+        ref = ReferenceRunner(self.manifest, pipe, threads=self.cfg.threads)
+        decoding = self.decoding(pipe)
+        image = self.images[0]
 
-            def ours() -> dict[str, float]:
-                return stage_values(pipe.ask(image, self.cfg.question, decoding=decoding).timings_ms)
+        def ours() -> dict[str, float]:
+            return stage_values(pipe.ask(image, self.cfg.question, decoding=decoding).timings_ms)
 
-            def theirs() -> dict[str, float]:
-                return stage_values(ref.ask(image, self.cfg.question, max_new_tokens=self.cfg.max_new_tokens))
+        def theirs() -> dict[str, float]:
+            return stage_values(ref.ask(image, self.cfg.question, max_new_tokens=self.cfg.max_new_tokens))
 
-            for _ in range(self.cfg.warmup):
-                ours(), theirs()
-            pairs = [(ours(), theirs()) for _ in range(self.cfg.runs)]
+        for _ in range(self.cfg.warmup):
+            ours(), theirs()
+        pairs = [(ours(), theirs()) for _ in range(self.cfg.runs)]
         # preprocessing and verbalization run the same runtime code on both sides (the reference's own resize
         # and normalisation are inside its vision stage), so they are not compared
         stages = [s for s in pairs[0][0] if s in pairs[0][1] and s not in ("preprocessing", "verbalize")]

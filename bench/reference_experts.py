@@ -23,15 +23,12 @@ from moai_edge.export.experts import scene_graph as psgtr
 from moai_edge.export.experts.detector import load_detector, query_tokens
 from moai_edge.export.experts.panoptic import load_panoptic
 from moai_edge.export.experts.scene_graph_reference import reference_scene_graph
-from moai_edge.runtime.experts.ocr import OcrConfig, OcrReader
 from moai_edge.runtime.experts.panoptic import PanopticResult, Segment
-from moai_edge.runtime.experts.runner import ExpertResults, config_from
-from moai_edge.runtime.experts.scene_graph import SceneGraphConfig, SceneGraphResult, mask_size, preprocess_scene_graph, relations_of
+from moai_edge.runtime.experts.runner import ExpertResults, config_from, load_ocr
+from moai_edge.runtime.experts.scene_graph import (HEADS, SceneGraphConfig, SceneGraphResult, mask_size, preprocess_scene_graph,
+                                                   relations_of)
 from moai_edge.runtime.experts.verbalize import Detection
 from moai_edge.runtime.model import Timer
-
-SCENE_GRAPH_HEADS = ("sub_logits", "obj_logits", "rel_logits", "sub_masks", "obj_masks")
-
 
 class ReferenceExperts:
     def __init__(self, manifest: Manifest):
@@ -54,11 +51,7 @@ class ReferenceExperts:
         if "scene_graph" in ex:
             self.scene_graph_cfg = config_from(SceneGraphConfig, ex["scene_graph"])
             self.scene_graph = psgtr.load_scene_graph(ex["scene_graph"]["source"]).eval()
-        self.ocr = None
-        if "ocr" in ex:
-            o = ex["ocr"]
-            det, cls, rec = (manifest.path(manifest.component(o[k]).file) for k in ("det", "cls", "rec"))
-            self.ocr = OcrReader.load(det, cls, rec, options=OrtOptions(), cfg=config_from(OcrConfig, o))
+        self.ocr = load_ocr(manifest, OrtOptions()) if "ocr" in ex else None
 
     @torch.no_grad()
     def run(self, image: np.ndarray, timer: Timer | None = None) -> ExpertResults:
@@ -103,7 +96,7 @@ class ReferenceExperts:
         cfg = self.scene_graph_cfg
         out = self.scene_graph(torch.from_numpy(preprocess_scene_graph(image, cfg))[None])
         heads = dict(zip(psgtr.OUTPUTS, (t[0] for t in out)))
-        labels, dists, pairs = reference_scene_graph(*(heads[k] for k in SCENE_GRAPH_HEADS), mask_size(*image.shape[:2], cfg),
+        labels, dists, pairs = reference_scene_graph(*(heads[k] for k in HEADS), mask_size(*image.shape[:2], cfg),
                                                      num_relations=len(cfg.predicates), max_per_img=cfg.max_per_img)
         graph = SceneGraphResult(labels=[int(v) for v in labels], rel_dists=dists, rel_pairs=pairs)
         graph.relations = relations_of(graph, cfg)

@@ -143,7 +143,7 @@ class Model:
                   decoding: DecodingConfig | str | None = None, max_new_tokens: int | None = None,
                   seed: int | None = None, template: str | None = None,
                   on_token: Callable[[int, int], None] | None = None,
-                  image_features: np.ndarray | None = None, timer: "Timer | None" = None) -> list[Answer]:
+                  image_features: np.ndarray | None = None, timer: Timer | None = None) -> list[Answer]:
         """`image_features` (from `encode_images`, e.g. computed while the experts ran) skips the vision tower on the images."""
         if len(images) != len(questions):
             raise InputError(f"{len(images)} images but {len(questions)} questions: expected one question per image")

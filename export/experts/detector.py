@@ -132,10 +132,6 @@ def read_labels(labels_file: str | Path | None = None, moai_repo: str | Path | N
     return {k: labels[k] for k in ("detector_queries", "psg_predicates") if k in labels}
 
 
-def read_queries(labels_file: str | Path | None = None, moai_repo: str | Path | None = None) -> list[str]:
-    return read_labels(labels_file, moai_repo)["detector_queries"]
-
-
 class DetectorGraph(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()

@@ -53,15 +53,17 @@ def preprocess_panoptic(image: np.ndarray, cfg: PanopticConfig) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+def softmax_f32(x: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis in float64, returned as float32: as close to torch's float32 as numpy gets."""
+    x = x.astype(np.float64)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
 
 
 def post_process_panoptic(class_logits: np.ndarray, mask_logits: np.ndarray, cfg: PanopticConfig) -> PanopticResult:
     """class_logits (Q, C+1), mask_logits (Q, h, w) for one image."""
     num_labels = class_logits.shape[-1] - 1
-    probs = _softmax(class_logits.astype(np.float64)).astype(np.float32)  # as close to torch's float32 as numpy gets
+    probs = softmax_f32(class_logits)
     scores, labels = probs.max(-1), probs.argmax(-1)
     keep = (labels != num_labels) & (scores > cfg.threshold)
     t = cfg.target_size

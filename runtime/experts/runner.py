@@ -17,6 +17,7 @@ from ..model import AuxInputs
 from .detector import DetectorConfig, post_process_detections, preprocess_detector
 from .ocr import OcrConfig, OcrLine, OcrReader
 from .panoptic import PanopticConfig, PanopticResult, post_process_panoptic, preprocess_panoptic
+from .scene_graph import HEADS as SCENE_GRAPH_HEADS
 from .scene_graph import (SceneGraphConfig, SceneGraphResult, mask_size, post_process_scene_graph, preprocess_scene_graph,
                           relations_of)
 from .verbalize import (Detection, clean_class, colour_map, crayon_maps, crayon_text, join_parts, segment_boxes,
@@ -52,6 +53,13 @@ def config_from(cls, section: dict):
     return cls(**{k: v for k, v in section.items() if k in names})
 
 
+def load_ocr(manifest: Manifest, options: OrtOptions) -> OcrReader:
+    """The package's three PP-OCR graphs with the manifest's OCR settings."""
+    o = manifest.experts["ocr"]
+    det, cls, rec = (manifest.path(manifest.component(o[k]).file) for k in ("det", "cls", "rec"))
+    return OcrReader.load(det, cls, rec, options=options, cfg=config_from(OcrConfig, o))
+
+
 class Experts:
     def __init__(self, manifest: Manifest, options: OrtOptions, *, streams: CudaStreams | None = None):
         """`streams`: on a GPU, each expert's sessions run on that expert's own CUDA stream."""
@@ -70,11 +78,7 @@ class Experts:
             g = manifest.experts["scene_graph"]
             self.scene_graph_cfg = config_from(SceneGraphConfig, g)
             self.scene_graph = self.engine(g["component"], options)
-        self.ocr = None
-        if "ocr" in manifest.experts:
-            o = manifest.experts["ocr"]
-            det, cls, rec = (manifest.path(manifest.component(o[k]).file) for k in ("det", "cls", "rec"))
-            self.ocr = OcrReader.load(det, cls, rec, options=self.on_stream("ocr", options), cfg=config_from(OcrConfig, o))
+        self.ocr = load_ocr(manifest, self.on_stream("ocr", options)) if "ocr" in manifest.experts else None
 
     def on_stream(self, name: str, options: OrtOptions) -> OrtOptions:
         return replace(options, providers=self.streams.providers_for(name, options.providers)) if self.streams else options
@@ -154,7 +158,7 @@ class Experts:
             idx = [i for i, p in enumerate(pixels) if p.shape == shape]
             out = self.scene_graph.run({"pixel_values": np.stack([pixels[i] for i in idx])})
             for row, i in enumerate(idx):
-                heads = (out[k][row] for k in ("sub_logits", "obj_logits", "rel_logits", "sub_masks", "obj_masks"))
+                heads = (out[k][row] for k in SCENE_GRAPH_HEADS)
                 graph = post_process_scene_graph(*heads, mask_size(*images[i].shape[:2], cfg), cfg)
                 graph.relations = relations_of(graph, cfg)
                 results[i] = graph

@@ -20,7 +20,7 @@ import numpy as np
 
 from moai_edge.engines.errors import require
 
-from .panoptic import _softmax as softmax
+from .panoptic import softmax_f32
 from .relations import select_relations
 
 
@@ -39,6 +39,9 @@ class SceneGraphConfig:
     keep_score: float = 0.8
     labels: list[str] = field(default_factory=list)  # the 133 COCO panoptic classes
     predicates: list[str] = field(default_factory=list)  # the 56 PSG predicates
+
+
+HEADS = ("sub_logits", "obj_logits", "rel_logits", "sub_masks", "obj_masks")  # the graph outputs post-processing takes
 
 
 @dataclass
@@ -96,10 +99,6 @@ def resize_nearest(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return planes[:, index(planes.shape[1], size[0])][:, :, index(planes.shape[2], size[1])]
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    return softmax(x.astype(np.float64)).astype(np.float32)  # as close to torch's float32 as numpy gets
-
-
 def _iou_over(base: np.ndarray, others: np.ndarray) -> np.ndarray:
     """The reference's mask IoU: float32 intersection / union count (0/0 is NaN, which never passes)."""
     inter = (others & base).sum(-1).astype(np.float32)
@@ -134,10 +133,10 @@ def group_things(ids: list[int], masks: np.ndarray) -> list[list[int]]:
 def post_process_scene_graph(sub_logits, obj_logits, rel_logits, sub_masks, obj_masks, size: tuple[int, int],
                              cfg: SceneGraphConfig) -> SceneGraphResult:
     """One image's graph outputs -> entities and relations; `size` is `mask_size` of the input image."""
-    s_probs, o_probs = _softmax(sub_logits)[:, :-1], _softmax(obj_logits)[:, :-1]
+    s_probs, o_probs = softmax_f32(sub_logits)[:, :-1], softmax_f32(obj_logits)[:, :-1]
     s_scores, s_labels = s_probs.max(-1), s_probs.argmax(-1) + 1
     o_scores, o_labels = o_probs.max(-1), o_probs.argmax(-1) + 1
-    r_probs = _softmax(rel_logits)
+    r_probs = softmax_f32(rel_logits)
     num_rel = r_probs.shape[-1] - 1
     flat = r_probs[:, 1:].reshape(-1)
     top = np.argsort(-flat, kind="stable")[: min(cfg.max_per_img, flat.size)]

@@ -12,7 +12,7 @@ from moai_edge.runtime.samples import sample_image
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-from moai_edge.export.experts.detector import load_detector, query_tokens, read_queries  # noqa: E402
+from moai_edge.export.experts.detector import load_detector, query_tokens, read_labels  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,6 @@ def test_queries_from_a_moai_clone_are_read_as_data(tmp_path):
     utils = tmp_path / "utils"
     utils.mkdir()
     (utils / "constants.py").write_text("import os\nADE20K_847 = ['wall', 'sky']\nIMAGENET_CLASSES = ['tench']\nos.system('false')\n")
-    assert read_queries(moai_repo=tmp_path) == ["wall", "sky", "tench"]
+    assert read_labels(moai_repo=tmp_path)["detector_queries"] == ["wall", "sky", "tench"]
     (tmp_path / "q.json").write_text('["a", "b"]')
-    assert read_queries(labels_file=tmp_path / "q.json") == ["a", "b"]
+    assert read_labels(labels_file=tmp_path / "q.json")["detector_queries"] == ["a", "b"]

@@ -10,7 +10,7 @@ from moai_edge.engines.errors import CheckpointError, InputError
 from moai_edge.engines.manifest import Manifest
 from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
 from moai_edge.runtime.experts.runner import Experts, config_from
-from moai_edge.runtime.experts.scene_graph import (SceneGraphConfig, mask_size, post_process_scene_graph,
+from moai_edge.runtime.experts.scene_graph import (HEADS, SceneGraphConfig, mask_size, post_process_scene_graph,
                                                    preprocess_scene_graph, relations_of, scaled_size, to_bf16)
 from moai_edge.runtime.experts.verbalize import verbalize_relations
 from moai_edge.runtime.samples import sample_image
@@ -20,8 +20,6 @@ cv2 = pytest.importorskip("cv2")
 from moai_edge.export.experts import scene_graph as psgtr  # noqa: E402
 from moai_edge.export.experts.detector import read_labels  # noqa: E402
 from moai_edge.export.experts.scene_graph_reference import reference_scene_graph  # noqa: E402
-
-HEADS = ("sub_logits", "obj_logits", "rel_logits", "sub_masks", "obj_masks")
 
 
 @pytest.fixture(scope="module")
