@@ -90,7 +90,8 @@ def measure_latency(engine_dir: Path, *, threads: int, runs: int, new_tokens: in
     torch.set_num_threads(threads)
     manifest = Manifest.load(engine_dir, verify=False)
     model = Model.load(engine_dir, options=RuntimeOptions(threads=threads, verify_hashes=False))
-    ref_model, root = load_checkpoint(manifest.source["checkpoint"], family=manifest.family)
+    ref_model, root = load_checkpoint(manifest.source["checkpoint"], family=manifest.family,
+                                     vision_config=manifest.source.get("vision_config"))
     ref = ReferencePipeline(ref_model, root / "tokenizer.model")
     image, question = sample_image(), "Describe this image in detail."
     pixels = preprocess_batch([image], manifest.preprocess)[0]

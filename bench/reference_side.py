@@ -23,7 +23,8 @@ class ReferenceRunner:
     def __init__(self, manifest: Manifest, pipe: Pipeline, *, threads: int):
         if threads:
             torch.set_num_threads(threads)
-        model, root = load_checkpoint(manifest.source["checkpoint"], family=manifest.family)
+        model, root = load_checkpoint(manifest.source["checkpoint"], family=manifest.family,
+                                      vision_config=manifest.source.get("vision_config"))
         self.pipe, self.manifest = pipe, manifest
         self.experts = ReferenceExperts(manifest)
         self.model = ReferencePipeline(model, root / "tokenizer.model", template=manifest.prompts.default_template)

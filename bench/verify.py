@@ -111,7 +111,7 @@ def verify_package(engine_dir: Path, *, images: list[str], question: str, max_ne
     ckpt = manifest.source.get("checkpoint")
     if not ckpt:
         raise CheckpointError(f"{engine_dir}/manifest.json records no source checkpoint to rebuild the reference from")
-    torch_model, root = load_checkpoint(ckpt, family=manifest.family)
+    torch_model, root = load_checkpoint(ckpt, family=manifest.family, vision_config=manifest.source.get("vision_config"))
     report = VerifyReport()
     try:
         report.component_diffs = validate_package(manifest, torch_model)

@@ -1,20 +1,33 @@
 """The engine-package format: one folder, one manifest.json naming every file with its sha256.
 
-Export writes it, the runtime reads it; the runtime never guesses anything from file names.
+Export writes it, the runtime reads it; the runtime never guesses anything from file names. Loading
+checks every field (type, range, the components the experts name), keeps every path inside the
+package folder before any file is read, then checks the files: present, shared-weight ranges inside
+their file, sha256, npy headers. Every refusal is a ManifestError naming the field or file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import numpy as np
 
 from .errors import IntegrityError, ManifestError
+from .manifest_fields import (NAME, NON_NEGATIVE, NORM_MEAN, NORM_STD, NUMBER, POSITIVE, SIZE_PAIR, TEXT, Check, anything, boolean,
+                              check_section, check_weight_ranges, fail, integer, is_int, list_of, mapping_of,
+                              number, one_of, optional, refuse, sha256_hex, shown, template, tensor_spec,
+                              weight_tensor)
 from .protocol import TensorSpec
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+FAMILIES = ("collavo", "moai")
+COMPONENT_KINDS = ("onnx", "npy")
+DECODING_STRATEGIES = ("greedy", "sample", "beam")
 
 
 def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
@@ -45,11 +58,17 @@ class Component:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "Component":
+    def from_json(cls, d: dict, where: str = "component") -> "Component":
+        check_section(d, where, COMPONENT_RULES, required=required_fields(cls))
         d = dict(d)
         d["inputs"] = [TensorSpec.from_json(s) for s in d.get("inputs", [])]
         d["outputs"] = [TensorSpec.from_json(s) for s in d.get("outputs", [])]
         return cls(**d)
+
+
+COMPONENT_RULES = {"file": NAME, "sha256": sha256_hex, "kind": one_of(COMPONENT_KINDS), "inputs": list_of(tensor_spec),
+                   "outputs": list_of(tensor_spec), "precision": NAME, "shared_weights": optional(NAME),
+                   "extra_files": mapping_of(sha256_hex)}
 
 
 @dataclass
@@ -115,17 +134,159 @@ class GenerationDefaults:
     eos_token_ids: list[int] = field(default_factory=lambda: [2])
 
 
-def _build(cls, d: dict, where: str):
-    names = {f.name for f in fields(cls)}
-    unknown = set(d) - names
+SECTION_RULES: dict[type, dict[str, Check]] = {
+    SharedWeights: {"file": NAME, "sha256": sha256_hex, "tensors": mapping_of(weight_tensor)},
+    ModelDims: {"family": one_of(FAMILIES),
+                **{k: POSITIVE for k in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "vocab_size",
+                                         "max_context", "image_size", "patch_size", "grid", "num_image_tokens")},
+                **{k: NON_NEGATIVE for k in ("image_token_id", "num_aux_tokens", "num_seg_classes", "num_seg_numbers",
+                                             "bos_id", "eos_id", "pad_id")}},
+    PromptConfig: {"system": TEXT, "image_token": NAME, "templates": mapping_of(template, nonempty=True),
+                   "default_template": NAME, "answer_stop": NAME},
+    PreprocessConfig: {"image_size": POSITIVE, "mean": NORM_MEAN, "std": NORM_STD, "scale": number(above=0),
+                       "resize": NAME, "antialias": boolean},
+    GenerationDefaults: {"decoding": one_of(DECODING_STRATEGIES), "max_new_tokens": POSITIVE, "temperature": number(above=0),
+                         "top_p": number(above=0, at_most=1), "top_k": NON_NEGATIVE, "num_beams": POSITIVE,
+                         "length_penalty": NUMBER, "eos_token_ids": list_of(NON_NEGATIVE, nonempty=True)},
+}
+TOKENIZER_RULES = {"file": NAME, "sha256": sha256_hex, "add_bos": boolean}
+
+# Each expert section names its graphs (and the detector its query embeddings) among the components
+# and carries the settings of the runtime's config for it; settings not listed here are ignored.
+EXPERT_COMPONENTS = {"panoptic": {"component": "onnx"}, "detector": {"component": "onnx", "queries": "npy"},
+                     "scene_graph": {"component": "onnx"}, "ocr": {"det": "onnx", "cls": "onnx", "rec": "onnx"}}
+EXPERT_SETTINGS: dict[str, Check] = {
+    "source": TEXT, "labels": list_of(TEXT, nonempty=True), "predicates": list_of(TEXT, nonempty=True),
+    "mean": NORM_MEAN, "std": NORM_STD, "det_mean": NORM_MEAN, "det_std": NORM_STD,
+    "scale": SIZE_PAIR, "cls_shape": SIZE_PAIR, "rec_shape": SIZE_PAIR,
+    **{k: POSITIVE for k in ("image_size", "target_size", "size_divisor", "max_per_img", "num_things", "num_rel",
+                             "limit_side_len", "max_candidates", "min_size", "batch")},
+    **{k: NUMBER for k in ("threshold", "mask_threshold", "overlap_mask_area_threshold", "keep_score", "entity_score",
+                           "relation_score", "thresh", "box_thresh", "unclip_ratio", "cls_thresh", "drop_score",
+                           "min_confidence")},
+}
+
+
+def required_fields(cls) -> set[str]:
+    return {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+
+
+def build_section(cls, d, where: str):
+    check_section(d, where, SECTION_RULES[cls], required=required_fields(cls))
+    return cls(**d)
+
+
+def component_reference(value, where: str, components: dict[str, Component], kind: str) -> None:
+    if value is MISSING:
+        refuse(where, f"the name of a component of kind '{kind}'", "no such key")
+    if not isinstance(value, str) or value not in components:
+        fail(where, f"the name of a component of kind '{kind}', one of {sorted(components)}", value)
+    if components[value].kind != kind:
+        refuse(where, f"a component of kind '{kind}'", f"'{value}' of kind '{components[value].kind}'")
+
+
+def check_experts(experts, components: dict[str, Component]) -> None:
+    """Empty (a package exported with --no-experts), or a panoptic section and any of the others."""
+    if not isinstance(experts, dict):
+        fail("experts", "an object of expert sections", experts)
+    unknown = sorted(set(experts) - set(EXPERT_COMPONENTS))
     if unknown:
-        raise ManifestError(f"manifest section '{where}': unexpected keys {sorted(unknown)}, expected {sorted(names)}")
+        refuse("experts", f"sections among {sorted(EXPERT_COMPONENTS)}", f"unexpected sections {unknown}")
+    if experts and "panoptic" not in experts:
+        refuse("experts", "a 'panoptic' section whenever experts are packaged", f"sections {sorted(experts)}")
+    for name, section in experts.items():
+        if not isinstance(section, dict):
+            fail(f"experts.{name}", "an object", section)
+        for key, kind in EXPERT_COMPONENTS[name].items():
+            component_reference(section.get(key, MISSING), f"experts.{name}.{key}", components, kind)
+        for key, value in section.items():
+            if key in EXPERT_SETTINGS:
+                EXPERT_SETTINGS[key](value, f"experts.{name}.{key}")
+
+
+def check_agreement(m: "Manifest") -> None:
+    """Fields that must agree with each other."""
+    d = m.model
+    pairs = [("model.family", m.family, d.family), ("model.grid", d.image_size // d.patch_size, d.grid),
+             ("model.num_image_tokens", d.grid * d.grid, d.num_image_tokens),
+             ("preprocess.image_size", d.image_size, m.preprocess.image_size)]
+    for where, expected, found in pairs:
+        if expected != found:
+            fail(where, f"{expected!r} to agree with the rest of the manifest", found)
+    if d.num_heads % d.num_kv_heads:
+        fail("model.num_kv_heads", f"a divisor of num_heads {d.num_heads}", d.num_kv_heads)
+    for where, token in [("model.bos_id", d.bos_id), ("model.eos_id", d.eos_id), ("model.pad_id", d.pad_id),
+                         *((f"generation.eos_token_ids[{i}]", t) for i, t in enumerate(m.generation.eos_token_ids))]:
+        if token >= d.vocab_size:
+            fail(where, f"a token id below vocab_size {d.vocab_size}", token)
+    if d.image_token_id > d.vocab_size:
+        fail("model.image_token_id", f"at most vocab_size {d.vocab_size} (the extra embedding row)", d.image_token_id)
+    if m.prompts.default_template not in m.prompts.templates:
+        fail("prompts.default_template", f"one of the templates {sorted(m.prompts.templates)}", m.prompts.default_template)
+    for name, c in m.components.items():
+        if c.shared_weights is not None and c.shared_weights not in m.shared_weights:
+            fail(f"components.{name}.shared_weights", f"one of the shared weights {sorted(m.shared_weights)}",
+                 c.shared_weights)
+
+
+# ---- package files -------------------------------------------------------------------------
+def package_file(root: Path, relative, where: str) -> Path:
+    """root/relative after checking it stays inside root: relative, no '..', no symlink leading out. Reads nothing."""
+    if not isinstance(relative, str) or not relative or "\0" in relative:
+        fail(where, "a relative path inside the package folder", relative)
+    as_posix, as_windows = PurePosixPath(relative), PureWindowsPath(relative)
+    if as_posix.is_absolute() or as_windows.is_absolute() or as_windows.drive or as_windows.root:
+        fail(where, "a path relative to the package folder", relative)
+    if ".." in as_windows.parts:  # both separators
+        fail(where, "a path inside the package folder, without '..'", relative)
+    base = Path(root).resolve()
     try:
-        return cls(**d)
-    except TypeError as exc:
-        raise ManifestError(f"manifest section '{where}': {exc}") from exc
+        target = (base / relative).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise ManifestError(f"manifest field '{where}': path '{relative}' cannot be resolved: {exc}") from exc
+    if not target.is_relative_to(base):
+        refuse(where, f"a file inside the package folder {base}", f"'{relative}' leading to {target} (a symlink out)")
+    return Path(root) / relative
 
 
+def check_npy_file(path: Path, component: Component, where: str) -> None:
+    """Reading only the header: a plain array of the declared dtype and shape, with all its bytes present."""
+    dtype, shape, data_bytes = read_npy_header(path, f"{where}.file")
+    check_npy_array(dtype, shape, component, where)
+    expected = math.prod(shape) * dtype.itemsize
+    if data_bytes < expected:
+        refuse(f"{where}.file", f"{expected} bytes of array data in '{component.file}'", f"{data_bytes} (truncated)")
+
+
+def read_npy_header(path: Path, where: str) -> tuple[np.dtype, tuple, int]:
+    """(dtype, shape, bytes after the header) of an .npy file."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in readers:
+                raise ValueError(f"npy format version {version}, expected 1.0 or 2.0")
+            shape, _, dtype = readers[version](f)
+            start = f.tell()
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise ManifestError(f"manifest field '{where}': expected an .npy array in '{path.name}', found unreadable "
+                            f"content: {exc}") from exc
+    return dtype, shape, path.stat().st_size - start
+
+
+def check_npy_array(dtype: np.dtype, shape: tuple, component: Component, where: str) -> None:
+    """A plain numeric array (never pickled objects) of the dtype and shape the component declares."""
+    if dtype.hasobject:
+        refuse(where, "a plain numeric array (pickled Python objects are refused)", f"dtype {dtype} in '{component.file}'")
+    if component.outputs:
+        spec = component.outputs[0]
+        fixed = [a if isinstance(a, int) else None for a in spec.shape]
+        if str(dtype) != spec.dtype or len(shape) != len(fixed) or any(a not in (None, b) for a, b in zip(fixed, shape)):
+            refuse(where, f"{spec.dtype} {list(spec.shape)} as its outputs declare",
+                   f"{dtype} {list(shape)} in '{component.file}'")
+
+
+# ---- the manifest ----------------------------------------------------------------------------
 @dataclass
 class Manifest:
     family: str
@@ -142,25 +303,46 @@ class Manifest:
     root: Path | None = None
 
     # ---- paths -------------------------------------------------------------------
-    def path(self, relative: str) -> Path:
+    def path(self, relative: str, where: str = "path") -> Path:
+        """The package's file `relative`, refused unless it stays inside the package folder."""
         if self.root is None:
             raise ManifestError("manifest has no root folder; load it with Manifest.load(folder)")
-        return self.root / relative
+        return package_file(self.root, relative, where)
 
     def component(self, name: str) -> Component:
         if name not in self.components:
             raise ManifestError(f"engine package has no component '{name}'; it has {sorted(self.components)}")
         return self.components[name]
 
+    def file_fields(self) -> list[tuple[str, str, str]]:
+        """(manifest field, relative path, sha256) of every file the package needs."""
+        out = [("tokenizer.file", self.tokenizer["file"], self.tokenizer["sha256"])]
+        for name, c in self.components.items():
+            out.append((f"components.{name}.file", c.file, c.sha256))
+            out += [(f"components.{name}.extra_files", rel, digest) for rel, digest in c.extra_files.items()]
+        out += [(f"shared_weights.{name}.file", w.file, w.sha256) for name, w in self.shared_weights.items()]
+        return out
+
     def files(self) -> dict[str, str]:
         """Every file the package needs, relative path -> sha256."""
-        out = {self.tokenizer["file"]: self.tokenizer["sha256"]}
-        for c in self.components.values():
-            out[c.file] = c.sha256
-            out.update(c.extra_files)
-        for w in self.shared_weights.values():
-            out[w.file] = w.sha256
-        return out
+        return {rel: digest for _, rel, digest in self.file_fields()}
+
+    def load_array(self, name: str, *, mmap: bool = False) -> np.ndarray:
+        """The `kind="npy"` component `name` (memory-mapped read-only with `mmap`); never unpickles anything."""
+        c, where = self.component(name), f"components.{name}"
+        if c.kind != "npy":
+            fail(f"{where}.kind", "'npy' for an array component", c.kind)
+        path = self.path(c.file, f"{where}.file")
+        try:
+            array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ManifestError(f"engine package file '{c.file}' (component '{name}'): expected a plain .npy array, "
+                                f"found content numpy cannot load as one without unpickling: {exc}") from exc
+        if not isinstance(array, np.ndarray):  # an .npz archive
+            array.close()
+            refuse(f"{where}.file", "an .npy array", f"an .npz archive '{c.file}'")
+        check_npy_array(array.dtype, array.shape, c, where)
+        return array
 
     # ---- save / load -------------------------------------------------------------
     def to_json(self) -> dict:
@@ -187,45 +369,85 @@ class Manifest:
 
     @classmethod
     def load(cls, root: str | Path, *, verify: bool = True) -> "Manifest":
+        """Parse and check manifest.json, then the package's files (their sha256 too unless `verify=False`)."""
         root = Path(root)
         path = root / MANIFEST_NAME
-        if not path.is_file():
-            raise ManifestError(f"no {MANIFEST_NAME} in '{root}': expected an engine package folder made by 'moai-edge export'")
+        d = read_manifest_json(path)
         try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
-        version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ManifestError(f"{path}: schema_version {version!r}, this moai-edge reads schema {SCHEMA_VERSION}; re-export the package")
-        try:
-            m = cls(
-                schema_version=version,
-                family=d["family"],
-                source=d.get("source", {}),
-                model=_build(ModelDims, d["model"], "model"),
-                components={k: Component.from_json(c) for k, c in d["components"].items()},
-                shared_weights={k: _build(SharedWeights, w, f"shared_weights.{k}") for k, w in d.get("shared_weights", {}).items()},
-                tokenizer=d["tokenizer"],
-                prompts=_build(PromptConfig, d["prompts"], "prompts"),
-                preprocess=_build(PreprocessConfig, d["preprocess"], "preprocess"),
-                generation=_build(GenerationDefaults, d["generation"], "generation"),
-                experts=d.get("experts", {}),
-                root=root,
-            )
-        except KeyError as exc:
-            raise ManifestError(f"{path}: missing key {exc}") from exc
+            m = cls.from_json(d, root)
+        except ManifestError as exc:
+            raise ManifestError(f"{path}: {exc}") from exc
         m.check_files(verify_hashes=verify)
         return m
 
+    @classmethod
+    def from_json(cls, d: dict, root: Path | None = None) -> "Manifest":
+        check_schema_version(d)
+        check_section(d, "", TOP_LEVEL_RULES, required=TOP_LEVEL_REQUIRED)
+        check_section(d["tokenizer"], "tokenizer", TOKENIZER_RULES, required=("file", "sha256"))
+        components = {k: Component.from_json(c, f"components.{k}") for k, c in d["components"].items()}
+        check_experts(d.get("experts", {}), components)
+        m = cls(
+            schema_version=d["schema_version"], family=d["family"], source=d.get("source", {}),
+            model=build_section(ModelDims, d["model"], "model"), components=components,
+            shared_weights={k: build_section(SharedWeights, w, f"shared_weights.{k}")
+                            for k, w in d.get("shared_weights", {}).items()},
+            tokenizer=d["tokenizer"], prompts=build_section(PromptConfig, d["prompts"], "prompts"),
+            preprocess=build_section(PreprocessConfig, d["preprocess"], "preprocess"),
+            generation=build_section(GenerationDefaults, d["generation"], "generation"),
+            experts=d.get("experts", {}), root=root,
+        )
+        check_agreement(m)
+        return m
+
     def check_files(self, *, verify_hashes: bool = True) -> None:
-        for rel, digest in self.files().items():
-            p = self.path(rel)
+        """Paths first (nothing is read before every path is known to stay inside the package), then presence,
+        shared-weight ranges, hashes (unless `verify_hashes=False`), npy headers."""
+        found = [(where, rel, digest, self.path(rel, where)) for where, rel, digest in self.file_fields()]
+        for where, rel, _, p in found:
             if not p.is_file():
-                raise ManifestError(f"engine package file '{rel}' named in the manifest is missing from {self.root}")
-            if verify_hashes:
-                found = sha256_of(p)
-                if found != digest:
-                    raise IntegrityError(
-                        f"engine package file '{rel}' is corrupted: sha256 {found[:16]}..., manifest expects {digest[:16]}..."
-                    )
+                raise ManifestError(f"engine package file '{rel}' ({where}) named in the manifest is missing from "
+                                    f"{self.root} (or is not a regular file)")
+        for name, w in self.shared_weights.items():
+            check_weight_ranges(w.file, w.tensors, self.path(w.file).stat().st_size, f"shared_weights.{name}")
+        if verify_hashes:
+            for where, rel, digest, p in found:
+                actual = sha256_of(p)
+                if actual != digest:
+                    raise IntegrityError(f"engine package file '{rel}' ({where}) is corrupted: sha256 {actual[:16]}..., "
+                                         f"manifest expects {digest[:16]}...")
+        for name, c in self.components.items():
+            if c.kind == "npy":
+                check_npy_file(self.path(c.file), c, f"components.{name}")
+
+
+def check_schema_version(d: dict) -> None:
+    version = d.get("schema_version")
+    if not is_int(version) or version != SCHEMA_VERSION:
+        raise ManifestError(f"manifest field 'schema_version': expected {SCHEMA_VERSION} (the schema this moai-edge reads; "
+                            f"re-export the package), found {shown(version)}")
+
+
+TOP_LEVEL_RULES: dict[str, Check] = {
+    "schema_version": integer(), "family": one_of(FAMILIES), **{k: mapping_of(anything) for k in (
+        "source", "components", "shared_weights", "experts")},
+    **{k: anything for k in ("model", "tokenizer", "prompts", "preprocess", "generation")}}
+TOP_LEVEL_REQUIRED = ("schema_version", "family", "model", "components", "tokenizer", "prompts", "preprocess", "generation")
+
+
+def read_manifest_json(path: Path) -> dict:
+    """The manifest as a JSON object, or a ManifestError saying why not."""
+    if not path.is_file():
+        raise ManifestError(f"no {MANIFEST_NAME} in '{path.parent}': expected an engine package folder made by "
+                            f"'moai-edge export'")
+    try:
+        d = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: expected UTF-8 JSON text, found a byte that is not UTF-8 ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, an integer of too many digits, nesting too deep
+        raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(d, dict):
+        kinds = {"list": "an array", "str": "a string", "bool": "a boolean", "NoneType": "null"}
+        kind = kinds.get(type(d).__name__, "a number")
+        raise ManifestError(f"{path}: expected a JSON object at the top, found {kind}")
+    return d

@@ -13,6 +13,8 @@ import numpy as np
 
 from .errors import ManifestError
 from .manifest import SharedWeights as SharedWeightsSpec
+from .manifest import package_file
+from .manifest_fields import check_weight_ranges, weight_tensor
 
 
 class SharedWeights:
@@ -25,19 +27,17 @@ class SharedWeights:
 
     @classmethod
     def open(cls, root: Path, spec: SharedWeightsSpec) -> "SharedWeights":
-        path = Path(root) / spec.file
+        """Every tensor entry is checked (dtype, nbytes = prod(shape) * itemsize, range inside the file) before mapping."""
+        path = package_file(Path(root), spec.file, "shared_weights.file")
         if not path.is_file():
             raise ManifestError(f"shared weights file '{spec.file}' named in the manifest is missing from {root}")
-        mapping = np.memmap(path, dtype=np.uint8, mode="r")
-        arrays = {}
         for name, t in spec.tensors.items():
-            start, nbytes = int(t["offset"]), int(t["nbytes"])
-            if start + nbytes > mapping.size:
-                raise ManifestError(
-                    f"shared weights '{spec.file}': tensor '{name}' spans bytes {start}..{start + nbytes}, "
-                    f"the file has {mapping.size}"
-                )
-            arrays[name] = mapping[start:start + nbytes].view(np.dtype(t["dtype"])).reshape(t["shape"])
+            weight_tensor(t, f"shared_weights.tensors.{name}")
+        size = path.stat().st_size
+        check_weight_ranges(spec.file, spec.tensors, size)
+        mapping = np.memmap(path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)  # mmap refuses empty files
+        arrays = {name: mapping[t["offset"]:t["offset"] + t["nbytes"]].view(np.dtype(t["dtype"])).reshape(t["shape"])
+                  for name, t in spec.tensors.items()}
         return cls(path, arrays)
 
     def add_to(self, session_options) -> None:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 from moai_edge.engines.errors import CheckpointError
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint_with_report
 from .experts.package import build_tiny_experts
 from .experts.detector import REFERENCE_ID as DETECTOR_ID
 from .experts.panoptic import REFERENCE_IDS
 from .package import build_package
 from .tiny import build_tiny_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 def reference_experts(family: str) -> dict[str, str]:
@@ -19,16 +23,35 @@ def reference_experts(family: str) -> dict[str, str]:
     return {"panoptic": REFERENCE_IDS[family], **({"detector": DETECTOR_ID} if family == "moai" else {})}
 
 
+def parse_vision_config(text: str | dict | None) -> dict | None:
+    """--vision-config: a JSON object of vision tower fields no tensor gives, e.g. '{"num_heads": 12}'."""
+    if text is None or isinstance(text, dict):
+        return text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"--vision-config: expected a JSON object such as '{{\"num_heads\": 12}}', found {text!r} ({exc})") from exc
+    if not isinstance(value, dict):
+        raise CheckpointError(f"--vision-config: expected a JSON object such as '{{\"num_heads\": 12}}', found {text!r}")
+    return value
+
+
 def export_checkpoint(checkpoint: str | Path, out_dir: Path, *, family: str | None = None, validate: bool = True,
-                      experts: dict[str, str | Path] | None = None, with_experts: bool = True):
-    """`experts` names each expert's checkpoint (folder or hub id); left out, the reference's hub ids."""
-    model, root = load_checkpoint(checkpoint, family=family)
+                      experts: dict[str, str | Path] | None = None, with_experts: bool = True,
+                      vision_config: str | dict | None = None):
+    """`experts` names each expert's checkpoint (folder or hub id); left out, the reference's hub ids.
+    `vision_config`: the vision tower's fields no tensor gives (its head count), a dict or its JSON text."""
+    vision_config = parse_vision_config(vision_config)
+    model, root, report = load_checkpoint_with_report(checkpoint, family=family, vision_config=vision_config)
+    for note in report.notes:
+        log.info("%s: %s", checkpoint, note)
     tok = root / "tokenizer.model"
     if not tok.is_file():
         raise CheckpointError(f"no tokenizer.model in checkpoint folder '{root}'")
     if with_experts:
         experts = {**reference_experts(model.cfg.family), **(experts or {})}
-    source = {"checkpoint": str(Path(root).resolve()), "checkpoint_arg": str(checkpoint)}
+    source = {"checkpoint": str(Path(root).resolve()), "checkpoint_arg": str(checkpoint), "load_notes": report.notes,
+              **({"vision_config": vision_config} if vision_config else {})}  # reloads (bench) need it again
     return build_package(model, tokenizer_file=tok, out_dir=out_dir, source=source, validate=validate,
                          experts=experts if with_experts else None)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,16 @@ def build_package(model: VLM, *, tokenizer_file: Path, out_dir: Path, source: di
     return manifest
 
 
+def graph_tolerance(name: str, model: VLM, tol: Tolerance) -> Tolerance:
+    """MoAI's prefill rounds its gate weights through fp16 as the reference does. Where the graph's and
+    PyTorch's fp32 noise put a gate logit on two sides of an fp16 rounding boundary, that position's gate
+    weight differs by one fp16 step (~2e-4) from there on: a difference on the scale of the whole output,
+    not of each element, so the bound is relative to each output's largest magnitude."""
+    if name == "prefill" and model.cfg.decoder.mixer_layers:
+        return replace(tol, of_max=True)
+    return tol
+
+
 def validate_package(manifest: Manifest, model: VLM, *, tol: Tolerance = Tolerance()) -> dict[str, float]:
     """Every graph, loaded as the runtime loads it (shared weights included), against PyTorch."""
     shared = {k: SharedWeights.open(manifest.root, s) for k, s in manifest.shared_weights.items()}
@@ -116,6 +127,6 @@ def validate_package(manifest: Manifest, model: VLM, *, tol: Tolerance = Toleran
         engine = OrtEngine.load(manifest.path(comp.file), options=OrtOptions(),
                                 shared=shared.get(comp.shared_weights) if comp.shared_weights else None, name=name)
         with engine:
-            diffs = validate_graph(TARGETS[name], model, engine.run, tol=tol)
+            diffs = validate_graph(TARGETS[name], model, engine.run, tol=graph_tolerance(name, model, tol))
         worst[name] = max(diffs.values())
     return worst

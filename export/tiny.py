@@ -17,7 +17,6 @@ from .config import ModelConfig, preset_config
 from .modeling.vlm import VLM
 
 
-
 def init_weights(model: VLM, generator: torch.Generator) -> None:
     def normal_(t: torch.Tensor, std: float, mean: float = 0.0):
         with torch.no_grad():
@@ -48,6 +47,14 @@ def source_position_table(model: VLM, generator: torch.Generator) -> torch.Tenso
     return torch.randn((1 + g * g, v.hidden_size), generator=generator) * 0.5
 
 
+def unused_w2_seg_tensors(cfg: ModelConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """CoLLaVO's reference saves a `feed_forward.w2.Plora_seg_A/B` pair per layer that its forward never uses."""
+    d = cfg.decoder
+    shapes = {"A": (d.plora_rank, d.intermediate_size), "B": (d.hidden_size, d.plora_rank)}
+    return {f"model.layers.{i}.feed_forward.w2.Plora_seg_{ab}.weight": torch.randn(shape, generator=generator) / math.sqrt(shape[1])
+            for i in range(d.num_layers) for ab, shape in shapes.items()}
+
+
 def build_tiny_checkpoint(family: str, out_dir: Path, *, preset: str = "tiny", seed: int = 0) -> Path:
     """Write a checkpoint folder (config.json, fp16 safetensors shards, tokenizer.model) and return it."""
     out_dir = Path(out_dir)
@@ -66,5 +73,7 @@ def build_tiny_checkpoint(family: str, out_dir: Path, *, preset: str = "tiny", s
     tensors[POS_KEY] = source_position_table(model, gen)
     tensors.pop("vit.vision_tower.vision_model.embeddings.position_ids", None)
     tensors["model.tok_embeddings.weight"] = tensors["model.tok_embeddings.weight"][:vocab]  # "<image>" is added at load
+    if cfg.decoder.seg_branch:
+        tensors.update(unused_w2_seg_tensors(cfg, gen))
     save_checkpoint(tensors, cfg, out_dir)
     return out_dir

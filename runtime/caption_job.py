@@ -1,14 +1,12 @@
 """`moai-edge caption`: a folder (or list file) of images -> one JSON line per image, resumable.
 
-Each record is written with one `write` of a whole line, then flushed and fsynced, so a job killed at
-any moment leaves at most one partial last line. `--resume` drops that line, skips every id already
-recorded and appends the rest: no image is lost or written twice.
+The job holds an exclusive lock on its output, so two jobs never write the same file. `--resume`
+keeps every captioned id and retries the images whose record is an error, once per run; the file
+ends with exactly one record per input, the latest (see caption_output for how records are written).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -16,50 +14,31 @@ from pathlib import Path
 
 from moai_edge.engines.errors import InputError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+from .caption_inputs import InputScan, collect_inputs
+from .caption_output import OutputLock, RecordWriter, prepare_resume
+from .limits import check_batch_size, check_generation
 
 
 @dataclass
 class JobSummary:
     total: int
-    skipped: int  # already in the output (resume)
+    skipped: int  # already captioned in the output (resume)
     captioned: int
     errors: int
     seconds: float
+    retried: int = 0  # images whose earlier error record was tried again
+    ignored: str = ""  # files found but not inputs, with reasons (InputScan.skipped_text)
 
     @property
     def images_per_s(self) -> float:
         done = self.captioned + self.errors
         return done / self.seconds if self.seconds > 0 else 0.0
 
-
-def collect_inputs(source: str | Path) -> list[tuple[str, Path]]:
-    """(id, path) pairs: a folder's image files, recursively and sorted, with ids relative to it; or the lines
-    of a text file, ids as written (relative paths are taken from the file's folder)."""
-    source = Path(source)
-    if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        return [(p.relative_to(source).as_posix(), p) for p in files]
-    if source.is_file():
-        lines = [line.strip() for line in source.read_text().splitlines()]
-        return [(line, (source.parent / line) if not Path(line).is_absolute() else Path(line)) for line in lines if line]
-    raise InputError(f"caption input '{source}' is neither a folder nor a text file of image paths")
-
-
-def recorded_ids(out: Path) -> set[str]:
-    """Ids already in `out`; a partial last line (the job was killed mid-write) is cut off first."""
-    if not out.exists():
-        return set()
-    data = out.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[: data.rfind(b"\n") + 1]
-        with open(out, "r+b") as f:
-            f.truncate(len(data))
-    ids = set()
-    for line in data.decode("utf-8").splitlines():
-        if line.strip():
-            ids.add(json.loads(line)["id"])
-    return ids
+    def line(self, out: Path | str) -> str:
+        retried = f" ({self.retried} earlier errors retried)" if self.retried else ""
+        ignored = f"; {self.ignored}" if self.ignored else ""
+        return (f"{self.total} images: {self.captioned} captioned, {self.errors} errors{retried}, {self.skipped} already "
+                f"done{ignored}; {self.images_per_s:.2f} images/s -> {out}")
 
 
 def progress_bar(total: int, initial: int):
@@ -73,33 +52,73 @@ def progress_bar(total: int, initial: int):
     return tqdm(total=total, initial=initial, unit="img", file=sys.stderr)
 
 
-def run_caption_job(pipe, source: str | Path, out: str | Path, *, question: str, batch_size: int = 1,
-                    resume: bool = False, max_new_tokens: int | None = None) -> JobSummary:
-    out = Path(out)
-    inputs = collect_inputs(source)
-    if out.exists() and out.stat().st_size > 0 and not resume:
-        raise InputError(f"{out} already exists: pass --resume to continue that job, or choose another --out")
-    done = recorded_ids(out) if resume else set()
-    todo = [(i, p) for i, p in inputs if i not in done]
-    bar = progress_bar(len(inputs), len(inputs) - len(todo))
-    counts = {"caption": 0, "error": 0}
-    t0 = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "a", encoding="utf-8") as f:
+class CaptionJob:
+    """A caption job's output locked and its work planned, before any model is loaded:
+
+        with CaptionJob.open(source, out, resume=True) as job, Pipeline.load(pkg) as pipe:
+            summary = job.run(pipe, question=..., batch_size=8)
+    """
+
+    def __init__(self, scan: InputScan, out: Path, lock: OutputLock, todo: list[tuple[str, Path]], retried: int):
+        self.scan, self.out, self.lock, self.todo, self.retried = scan, out, lock, todo, retried
+
+    @classmethod
+    def open(cls, source: str | Path, out: str | Path, *, resume: bool) -> "CaptionJob":
+        out = Path(out)
+        scan = collect_inputs(source)
+        lock = OutputLock(out).acquire()
+        try:
+            if not resume:
+                if out.exists() and out.stat().st_size > 0:
+                    raise InputError(f"{out} already exists: pass --resume to continue that job, or choose another --out")
+                return cls(scan, out, lock, scan.items, 0)
+            done, errored = prepare_resume(out)
+            todo = [(i, p) for i, p in scan.items if i not in done]
+            return cls(scan, out, lock, todo, sum(i in errored for i, _ in todo))
+        except BaseException:
+            lock.release()
+            raise
+
+    def close(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> "CaptionJob":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def run(self, pipe, *, question: str, batch_size: int = 1, max_new_tokens: int | None = None) -> JobSummary:
+        check_batch_size(batch_size)
+        check_generation(pipe.model.dims, max_new_tokens=max_new_tokens, rows=batch_size)
+        total, todo = len(self.scan.items), self.todo
+        bar = progress_bar(total, total - len(todo))
+        counts = {"caption": 0, "error": 0}
+        t0 = time.perf_counter()
+        writer = RecordWriter(self.out)
+
         def write(record) -> None:
-            image_id = todo[record.index][0]
-            line = {"id": image_id}
+            line = {"id": todo[record.index][0]}
             line.update({"caption": record.caption} if record.error is None else {"error": record.error})
             line["timings_ms"] = {k: round(v, 2) for k, v in record.timings_ms.items()}
-            f.write(json.dumps(line, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            writer.write(line)
             counts["caption" if record.error is None else "error"] += 1
             if bar is not None:
                 bar.update(1)
 
-        pipe.caption([str(p) for _, p in todo], question=question, batch_size=batch_size,
-                     max_new_tokens=max_new_tokens, on_record=write)
-    if bar is not None:
-        bar.close()
-    return JobSummary(len(inputs), len(inputs) - len(todo), counts["caption"], counts["error"], time.perf_counter() - t0)
+        try:
+            pipe.caption([p for _, p in todo], question=question, batch_size=batch_size,
+                         max_new_tokens=max_new_tokens, on_record=write)
+        finally:
+            writer.close()
+            if bar is not None:
+                bar.close()
+        return JobSummary(total, total - len(todo), counts["caption"], counts["error"], time.perf_counter() - t0,
+                          self.retried, self.scan.skipped_text())
+
+
+def run_caption_job(pipe, source: str | Path, out: str | Path, *, question: str, batch_size: int = 1,
+                    resume: bool = False, max_new_tokens: int | None = None) -> JobSummary:
+    check_batch_size(batch_size)
+    with CaptionJob.open(source, out, resume=resume) as job:
+        return job.run(pipe, question=question, batch_size=batch_size, max_new_tokens=max_new_tokens)

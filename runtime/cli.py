@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from moai_edge.engines.errors import MoaiEdgeError
@@ -31,8 +33,11 @@ def cmd_export(args) -> int:
         experts = {k: v for k, v in (("panoptic", args.panoptic), ("detector", args.detector),
                                      ("scene_graph", args.scene_graph)) if v}
         m = export_checkpoint(args.checkpoint, Path(args.out), family=args.family, validate=not args.no_validate,
-                              experts={**experts, **labels}, with_experts=not args.no_experts)
+                              experts={**experts, **labels}, with_experts=not args.no_experts,
+                              vision_config=args.vision_config)
     print(f"engine package written to {args.out} ({m.family}, {len(m.components)} components)")
+    for note in m.source.get("load_notes", []):
+        print(f"  note: {note}")
     for name, diff in m.source.get("validation_max_abs_diff", {}).items():
         print(f"  {name:<12} max abs diff vs PyTorch {diff:.2e}")
     return 0
@@ -72,14 +77,16 @@ def cmd_ask(args) -> int:
 
 
 def cmd_caption(args) -> int:
-    from .caption_job import run_caption_job
+    from .caption_job import CaptionJob
+    from .limits import check_batch_size, check_threads
     from .pipeline import Pipeline
 
-    with Pipeline.load(args.engine, threads=args.threads) as pipe:
-        s = run_caption_job(pipe, args.input, args.out, question=args.question, batch_size=args.batch_size,
-                            resume=args.resume, max_new_tokens=args.max_new_tokens)
-    print(f"{s.total} images: {s.captioned} captioned, {s.errors} errors, {s.skipped} already done; "
-          f"{s.images_per_s:.2f} images/s -> {args.out}", file=sys.stderr)
+    check_batch_size(args.batch_size)  # everything that can be refused is, before the package loads
+    check_threads(args.threads)
+    with CaptionJob.open(args.input, args.out, resume=args.resume) as job, \
+            Pipeline.load(args.engine, threads=args.threads) as pipe:
+        s = job.run(pipe, question=args.question, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    print(s.line(args.out), file=sys.stderr)
     return 0
 
 
@@ -222,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scene-graph", help="OpenPSG's PSGTR checkpoint file, psgtr_r50_epoch_60.pth (MoAI; required)")
     e.add_argument("--labels", help="the detector's text queries: a JSON list or one per line, or a JSON object with "
                                     "'detector_queries' and 'psg_predicates' (MoAI)")
+    e.add_argument("--vision-config", help="with --checkpoint: JSON object of vision tower fields no tensor gives, "
+                                           "e.g. '{\"num_heads\": 12}' (needed when the tower is not CLIP-L's width)")
     e.add_argument("--moai-repo", help="a local clone of ByungKwanLee/MoAI to read the detector queries from, as data")
     e.set_defaults(func=cmd_export)
 
@@ -263,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--resume", action="store_true", help="skip the ids already in --out and append the rest")
     c.add_argument("--max-new-tokens", type=int)
     c.add_argument("--threads", type=int, default=0)
-    c.set_defaults(func=cmd_caption)
+    c.set_defaults(func=cmd_caption, interrupted="the records finished so far are kept: run again with --resume")
 
     b = sub.add_parser("bench", help="per-stage latency, memory, roofline and (--reference) PyTorch side by side")
     b.add_argument("--engine", required=True)
@@ -285,13 +294,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt is for SIGINT."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 1 an operating-system error (disk, permissions), 2 bad input, 130 SIGINT, 143 SIGTERM."""
     args = build_parser().parse_args(argv)
+    in_main = threading.current_thread() is threading.main_thread()  # only there may signal handlers be set
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main else None
     try:
         return args.func(args)
     except MoaiEdgeError as exc:
         print(f"moai-edge: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"moai-edge: error: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, Terminated) as exc:
+        name, code = ("SIGINT", 130) if isinstance(exc, KeyboardInterrupt) else ("SIGTERM", 143)
+        hint = getattr(args, "interrupted", "")
+        print(f"moai-edge: interrupted by {name}" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        return code
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

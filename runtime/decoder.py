@@ -13,6 +13,7 @@ from moai_edge.engines.manifest import ModelDims
 from moai_edge.engines.protocol import Engine
 
 from .kv_cache import KVCache
+from .limits import check_context
 
 
 class DecoderRunner:
@@ -30,6 +31,7 @@ class DecoderRunner:
         mask = feeds["attention_mask"]
         rows, seq = mask.shape
         d = self.dims
+        check_context(seq, max_new_tokens, d.max_context)
         self.cache = KVCache(num_layers=d.num_layers, rows=rows, kv_heads=d.num_kv_heads, head_dim=d.head_dim,
                              max_len=seq + max_new_tokens)
         out = self.prefill_engine.run(feeds)

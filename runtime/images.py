@@ -7,7 +7,9 @@ reproduces that computation, then the first three channels are normalised in 0-2
 
 from __future__ import annotations
 
+import errno
 import io
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +30,8 @@ def _from_pil(img, name: str) -> np.ndarray:
     try:
         img.load()
         img = ImageOps.exif_transpose(img)
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"{name} could not be decoded: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types on corrupt input
+        raise ImageError(f"{name} could not be decoded: {type(exc).__name__}: {exc}") from exc
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img)
@@ -54,9 +56,27 @@ def _from_array(arr: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr[..., :3])
 
 
+def open_path(path: Path, name: str):
+    """A readable regular file, or an ImageError that says what the path is instead."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageError(f"{name} is a symlink loop") from exc
+        kind = "a dangling symlink" if path.is_symlink() else "no such file"
+        raise ImageError(f"{name}: {kind}") from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError(f"{name} is a directory, expected an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(f"{name} is not a regular file")
+    if st.st_size == 0:
+        raise ImageError(f"{name} is an empty file (0 bytes)")
+    return path
+
+
 def load_image(src, *, name: str | None = None) -> np.ndarray:
     """A path, bytes, PIL image or array -> HxWx3 uint8 RGB, EXIF orientation applied."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     name = name or _describe(src)
     if isinstance(src, np.ndarray):
@@ -66,19 +86,18 @@ def load_image(src, *, name: str | None = None) -> np.ndarray:
     if isinstance(src, (bytes, bytearray, memoryview)):
         fp = io.BytesIO(bytes(src))
     elif isinstance(src, (str, Path)):
-        path = Path(src)
-        if not path.is_file():
-            raise ImageError(f"{name}: no such file")
-        if path.stat().st_size == 0:
-            raise ImageError(f"{name} is an empty file (0 bytes)")
-        fp = path
+        fp = open_path(Path(src), name)
     else:
         raise ImageError(f"{name}: expected a path, bytes, PIL image or uint8 array, found {type(src).__name__}")
     try:
         with Image.open(fp) as img:
             return _from_pil(img, name)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"{name} is not a readable image: {exc}") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{name} is refused as a decompression bomb: {exc}") from exc
+    except ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types (struct.error, IndexError, ...) on corrupt input
+        raise ImageError(f"{name} is not a readable image: {type(exc).__name__}: {exc}") from exc
 
 
 def _fma(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:

@@ -37,10 +37,15 @@ class FrameResult:
 
 @dataclass
 class LiveStats:
+    """Every submitted frame is in exactly one of: processed, failed, dropped, pending, in_flight."""
+
     submitted: int = 0
     processed: int = 0
     failed: int = 0
     dropped: int = 0
+    pending: int = 0
+    in_flight: int = 0
+    callback_errors: int = 0  # on_result raised (the frame still counts as processed)
     inference_ms: list[float] = field(default_factory=list)
     total_ms: list[float] = field(default_factory=list)
 
@@ -55,17 +60,21 @@ class LiveStats:
         def fmt(which):
             p = self.percentiles(which)
             return " ".join(f"{k} {v:.0f} ms" for k, v in p.items()) or "-"
-        return (f"{self.submitted} frames: {self.processed} answered, {self.failed} failed, {self.dropped} dropped; "
-                f"inference {fmt('inference')}; total {fmt('total')}")
+        callbacks = f", {self.callback_errors} on_result errors" if self.callback_errors else ""
+        return (f"{self.submitted} frames: {self.processed} answered, {self.failed} failed, {self.dropped} dropped"
+                f"{callbacks}; inference {fmt('inference')}; total {fmt('total')}")
 
 
 class LatestFrameRunner:
     def __init__(self, pipeline: Pipeline, *, question: str, max_new_tokens: int | None = None,
-                 on_result: Callable[[FrameResult], None] | None = None, max_pending: int = 1):
+                 on_result: Callable[[FrameResult], None] | None = None,
+                 on_error: Callable[[int, Exception], None] | None = None, max_pending: int = 1):
+        """`on_error(frame_id, exc)` hears of every frame that failed and every exception `on_result` raised;
+        neither stops the worker."""
         if max_pending < 1:
             raise InputError(f"max_pending must be >= 1, found {max_pending}")
         self.pipeline, self.question, self.max_new_tokens = pipeline, question, max_new_tokens
-        self.on_result = on_result
+        self.on_result, self.on_error = on_result, on_error
         self.pending: deque[tuple[int, float, object]] = deque()
         self.max_pending = max_pending
         self.cond = threading.Condition()
@@ -97,32 +106,55 @@ class LatestFrameRunner:
                 if not self.pending:
                     return
                 frame_id, submitted_at, frame = self.pending.popleft()  # in order; overflow already dropped the oldest
-            self.answer(frame_id, submitted_at, frame)
+                self.counts.in_flight += 1
+            done = self.answer(frame_id, submitted_at, frame)
+            self.deliver(done)
 
-    def answer(self, frame_id: int, submitted_at: float, frame) -> None:
+    def answer(self, frame_id: int, submitted_at: float, frame) -> FrameResult:
         start = time.perf_counter()
         result, error = None, None
         try:
             result = self.pipeline.ask(frame, self.question, decoding="greedy", max_new_tokens=self.max_new_tokens)
-        except MoaiEdgeError as exc:  # a bad frame is reported; the robot's next frame still gets an answer
-            error = f"frame {frame_id}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a bad frame is reported; the robot's next frame still gets an answer
+            error = f"frame {frame_id}: {exc}" if isinstance(exc, MoaiEdgeError) else \
+                f"frame {frame_id}: {type(exc).__name__}: {exc}"
+            self.report(frame_id, exc)
         end = time.perf_counter()
         done = FrameResult(frame_id, result, error, (end - start) * 1e3, (end - submitted_at) * 1e3)
         with self.cond:
             self.latest = done
+            self.counts.in_flight -= 1
             if error:
                 self.counts.failed += 1
             else:
                 self.counts.processed += 1
                 self.counts.inference_ms.append(done.inference_ms)
                 self.counts.total_ms.append(done.total_ms)
-        if self.on_result:
+        return done
+
+    def deliver(self, done: FrameResult) -> None:
+        if self.on_result is None:
+            return
+        try:
             self.on_result(done)
+        except Exception as exc:  # noqa: BLE001 - the caller's callback must not kill the worker
+            with self.cond:
+                self.counts.callback_errors += 1
+            self.report(done.frame_id, exc)
+
+    def report(self, frame_id: int, exc: Exception) -> None:
+        if self.on_error is None:
+            return
+        try:
+            self.on_error(frame_id, exc)
+        except Exception:  # noqa: BLE001 - nothing further to tell: the failure is already counted
+            pass
 
     def stats(self) -> LiveStats:
         with self.cond:
             c = self.counts
-            return LiveStats(c.submitted, c.processed, c.failed, c.dropped, list(c.inference_ms), list(c.total_ms))
+            return LiveStats(c.submitted, c.processed, c.failed, c.dropped, len(self.pending), c.in_flight,
+                             c.callback_errors, list(c.inference_ms), list(c.total_ms))
 
     def close(self, *, drain: bool = True) -> None:
         """Stop taking frames; with `drain`, the frames still pending are answered first, else dropped."""

@@ -26,6 +26,7 @@ from .experts.verbalize import EMPTY_VERBALIZATION, collavo_question
 from .generation import DecodingConfig, generate
 from .images import normalize_unit, preprocess_batch
 from .inputs import PrefillRequest, assemble_prefill
+from .limits import check_generation, check_threads
 from .prompts import build_prompt, cut_answer
 from .tokenizer import Tokenizer
 
@@ -86,6 +87,7 @@ class Timer:
 class Model:
     def __init__(self, manifest: Manifest, options: RuntimeOptions, *, streams: CudaStreams | None = None):
         """`streams`: on a GPU, each graph's session runs on its own CUDA stream (the vision tower beside the experts)."""
+        check_threads(options.threads)
         self.manifest, self.options = manifest, options
         self.dims = manifest.model
         ort = OrtOptions(providers=list(options.providers), intra_op_threads=options.threads,
@@ -98,7 +100,7 @@ class Model:
                 shared = self.shared.get(comp.shared_weights) if comp.shared_weights else None
                 opts = replace(ort, providers=streams.providers_for(name, ort.providers)) if streams else ort
                 self.engines[name] = OrtEngine.load(manifest.path(comp.file), options=opts, shared=shared, name=name)
-        self.embed_table = np.load(manifest.path(manifest.component("embedding").file), mmap_mode="r")
+        self.embed_table = manifest.load_array("embedding", mmap=True)
         self.tokenizer = Tokenizer.load(manifest.path(manifest.tokenizer["file"]), image_token=manifest.prompts.image_token)
         if self.tokenizer.image_token_id != self.dims.image_token_id:
             raise InputError(f"tokenizer gives '<image>' id {self.tokenizer.image_token_id}, the manifest expects {self.dims.image_token_id}")
@@ -150,6 +152,8 @@ class Model:
         aux = aux or [None] * len(images)
         aux = [a or AuxInputs() for a in aux]
         cfg = self.decoding(decoding, max_new_tokens, seed)
+        check_generation(self.dims, max_new_tokens=cfg.max_new_tokens,
+                         rows=len(images) * (cfg.num_beams if cfg.strategy == "beam" else 1))
         timer = timer or Timer()
         if image_features is None:
             image_features = self.encode_images(images, timer)

@@ -22,13 +22,14 @@ from typing import Callable
 import numpy as np
 
 from moai_edge.engines.cuda_streams import CudaStreams
-from moai_edge.engines.errors import InputError, MoaiEdgeError
+from moai_edge.engines.errors import EngineError, InputError, MoaiEdgeError
 from moai_edge.engines.manifest import Manifest
 from moai_edge.engines.ort_engine import OrtOptions
 
 from .experts.runner import Experts
 from .generation import DecodingConfig
 from .images import _describe, load_image, resize_bilinear
+from .limits import check_batch_size, check_threads
 from .model import Model, RuntimeOptions, Timer
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -67,6 +68,8 @@ class Pipeline:
             raise InputError(f"device must be one of {sorted(PROVIDERS)}, found '{device}'")
         if not manifest.experts:
             raise InputError(f"the package in {manifest.root} has no experts (exported with --no-experts): use Model")
+        check_threads(threads)
+        self.closed = False
         self.manifest = manifest
         self.streams = CudaStreams() if device != "cpu" and concurrent else None  # one per concurrent session
         self.expert_batch = expert_batch if expert_batch is not None else (1 if device == "cpu" else None)
@@ -77,7 +80,7 @@ class Pipeline:
                                                     memory_arena=False), streams=self.streams)
         workers = len(self.experts.steps()) + 1  # + the vision tower
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="expert") if concurrent else None
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # close() waits for a call in flight; a token callback may close
 
     @classmethod
     def load(cls, engine_dir: str | Path, *, device: str = "cpu", threads: int = 0, concurrent: bool = True,
@@ -85,12 +88,16 @@ class Pipeline:
         return cls(Manifest.load(engine_dir), device=device, threads=threads, concurrent=concurrent, expert_batch=expert_batch)
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
-        self.experts.close()
-        self.model.close()
-        if self.streams is not None:
-            self.streams.close()
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
+            self.experts.close()
+            self.model.close()
+            if self.streams is not None:
+                self.streams.close()
 
     def __enter__(self):
         return self
@@ -119,6 +126,8 @@ class Pipeline:
         if len(images) != len(questions):
             raise InputError(f"{len(images)} images but {len(questions)} questions: expected one question per image")
         with self.lock:
+            if self.closed:
+                raise EngineError("this Pipeline is closed: load the package again to ask more")
             t0, timer = time.perf_counter(), Timer()
             with timer("load"):
                 pixels = [self.expert_input(img) for img in images]
@@ -149,6 +158,7 @@ class Pipeline:
                 max_new_tokens: int | None = None, on_record: Callable[[CaptionRecord], None] | None = None
                 ) -> list[CaptionRecord]:
         """Greedy captions in batches; an image that cannot be read becomes an error record, the rest go on."""
+        check_batch_size(batch_size)
         records = []
         for start in range(0, len(images), batch_size):
             batch = list(enumerate(images[start:start + batch_size], start))

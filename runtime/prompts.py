@@ -35,6 +35,10 @@ def build_prompt(question: str, tokenizer: Tokenizer, prompts: PromptConfig, *, 
     return PromptIds(ids, int(pos[0]))
 
 
+ASSISTANT_TURN = "assistant\n"
+
+
 def cut_answer(text: str, prompts: PromptConfig) -> str:
-    """The model ends its turn with `[UNUSED_TOKEN_145]`; the reference keeps what precedes `[U`."""
-    return text.split(prompts.answer_stop)[0]
+    """The reference's `text.split('assistant\\n')[-1].strip().split('[U')[0]`: what follows the last
+    assistant turn, stripped, up to the stop string (the model ends its turn with `[UNUSED_TOKEN_145]`)."""
+    return text.split(ASSISTANT_TURN)[-1].strip().split(prompts.answer_stop)[0]

@@ -51,11 +51,12 @@ def build_tiny_detector(out_dir: Path, *, preset: str, seed: int) -> Path:
 
 
 def load_detector(path_or_id: str | Path) -> nn.Module:
+    from safetensors import SafetensorError
     from transformers import Owlv2ForObjectDetection
 
     try:
         return Owlv2ForObjectDetection.from_pretrained(str(path_or_id), attn_implementation="eager").eval()
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise CheckpointError(f"detector checkpoint '{path_or_id}' could not be loaded: {exc}") from exc
 
 

@@ -61,11 +61,12 @@ def build_tiny_panoptic(out_dir: Path, *, family: str, preset: str, labels: list
 
 
 def load_panoptic(path_or_id: str | Path) -> nn.Module:
+    from safetensors import SafetensorError
     from transformers import Mask2FormerForUniversalSegmentation
 
     try:
         model = Mask2FormerForUniversalSegmentation.from_pretrained(str(path_or_id), attn_implementation="eager")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise CheckpointError(f"panoptic checkpoint '{path_or_id}' could not be loaded: {exc}") from exc
     return model.eval()
 

@@ -300,8 +300,8 @@ def load_scene_graph(path: str | Path) -> Psgtr:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - weights_only refuses anything but tensors and plain containers
-        raise CheckpointError(f"{path}: not loadable with torch.load(weights_only=True) ({exc}); "
-                              "re-save its 'state_dict' alone to load it safely") from exc
+        raise CheckpointError(f"{path}: not loadable with torch.load(weights_only=True) ({exc}); if the file is "
+                              "whole (not truncated or corrupt), re-save its 'state_dict' alone to load it safely") from exc
     raw = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected an mmcv checkpoint dict with 'state_dict', found {type(ckpt).__name__}")

@@ -57,11 +57,25 @@ def key_bias(mask: torch.Tensor, dtype) -> torch.Tensor:
     return ((~mask).to(dtype) * torch.finfo(dtype).min)[:, None, None, :]
 
 
+def round_through_fp16(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to the nearest float16 value, kept in x's dtype (a Cast pair in the exported graph)."""
+    return x.to(torch.float16).to(x.dtype)
+
+
+def gate_weights(gate: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+    """(B,L,D) -> (B,L,3): the reference's `F.softmax(gate(h), dim=1, dtype=torch.float16)`.
+
+    That softmax rounds its input to fp16, computes in fp32 and rounds the result to fp16. Done here
+    in fp32 with explicit roundings: onnxruntime's fp16 Softmax does not round like PyTorch's.
+    """
+    return round_through_fp16(F.softmax(round_through_fp16(gate(h)), dim=-1))
+
+
 def mix(m: nn.Module, h, *, aux, im_mask, lang_mask):
     """h (B,L,D) RMS-normed hidden; aux (B,A,D) compressed aux tokens; masks (B,L) bool."""
     img_keys, lang_keys = key_bias(im_mask, h.dtype), key_bias(lang_mask, h.dtype)
-    w_img = F.softmax(m.moai_GA_img(h), dim=-1)
-    w_lang = F.softmax(m.moai_GA_lang(h), dim=-1)
+    w_img = gate_weights(m.moai_GA_img, h)
+    w_lang = gate_weights(m.moai_GA_lang, h)
     mix_img = (
         w_img[..., 0:1] * m.moai_CA_img_aux(h, aux)
         + w_img[..., 1:2] * m.moai_CA_img_lang(h, h, lang_keys)

@@ -9,7 +9,7 @@ the dictionary stored in the recogniser's metadata (blank first, space last). Mo
 with confidence >= 0.85. Like the reference, the image goes in as it comes: MoAI hands PaddleOCR
 RGB arrays where PaddleOCR expects BGR.
 
-Needs opencv and pyclipper: `pip install 'moai-edge[ocr]'`.
+Needs opencv and pyclipper, both in the base install.
 """
 
 from __future__ import annotations

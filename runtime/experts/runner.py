@@ -72,7 +72,7 @@ class Experts:
             d = manifest.experts["detector"]
             self.detector_cfg = config_from(DetectorConfig, d)
             self.detector = self.engine(d["component"], options)
-            self.query_embeds = np.load(manifest.path(manifest.component(d["queries"]).file))
+            self.query_embeds = manifest.load_array(d["queries"])
         self.scene_graph = self.scene_graph_cfg = None
         if "scene_graph" in manifest.experts:
             g = manifest.experts["scene_graph"]

@@ -33,11 +33,15 @@ def lora_attention(mod, q, k, v):
     return q + F.gelu(mod.linear_o(y))
 
 
+def gate(linear, h_part):
+    """The gating network of moai_eval.yaml: the softmax's dtype is float16."""
+    return F.softmax(linear(h_part), dim=1, dtype=torch.float16)
+
+
 def mixer(att, h, aux, im_mask, lang_mask):
     for b in range(h.shape[0]):
         h_im, h_lang = h[b][im_mask[b]], h[b][lang_mask[b]]
-        w_img = F.softmax(att.moai_GA_img(h_im), dim=1)
-        w_lang = F.softmax(att.moai_GA_lang(h_lang), dim=1)
+        w_img, w_lang = gate(att.moai_GA_img, h_im), gate(att.moai_GA_lang, h_lang)
         mix_img = (w_img[..., 0:1] * lora_attention(att.moai_CA_img_aux, h_im, aux[b], aux[b])
                    + w_img[..., 1:2] * lora_attention(att.moai_CA_img_lang, h_im, h_lang, h_lang)
                    + w_img[..., 2:3] * lora_attention(att.moai_SA_img, h_im, h_im, h_im))

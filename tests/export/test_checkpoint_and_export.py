@@ -63,7 +63,10 @@ def test_every_graph_was_validated_in_export(tiny_packages, family):
     graphs = {n for n, c in m.components.items() if c.kind == "onnx" and not n.startswith("ocr_")}  # PP-OCR is copied as is
     family_graphs = {"crayon"} if family == "collavo" else {"compressor", "detector", "scene_graph"}
     assert set(diffs) == graphs == {"vision", "prefill", "decode", "panoptic"} | family_graphs
-    assert max(v for k, v in diffs.items() if k not in ("panoptic", "detector", "scene_graph")) < 1e-4  # experts: TOLERANCES
+    assert max(v for k, v in diffs.items() if k not in ("panoptic", "detector", "scene_graph", "prefill")) < 1e-4  # experts: TOLERANCES
+    # MoAI's fp16 gate rounding: a gate logit that the fp32 noise puts across a rounding boundary moves by one
+    # fp16 step (export/package.py graph_tolerance)
+    assert diffs["prefill"] < (5e-3 if family == "moai" else 1e-4)
     assert diffs["panoptic"] < 1e-2  # Mask2Former's thresholded masked attention: see export/experts/package.py
 
 

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from moai_edge.runtime.caption_job import collect_inputs, recorded_ids, run_caption_job
+from moai_edge.runtime.caption_inputs import collect_inputs
+from moai_edge.runtime.caption_job import run_caption_job
+from moai_edge.runtime.caption_output import recorded_ids
 from moai_edge.runtime.pipeline import Pipeline
 from moai_edge.runtime.samples import sample_image
 
@@ -130,7 +132,7 @@ def test_caption_job_writes_one_record_per_file_and_bad_files_become_errors(pipe
 def test_list_file_inputs_and_partial_last_line(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     (tmp_path / "list.txt").write_text("a.png\nmissing.jpg\n\n")
-    assert [i for i, _ in collect_inputs(tmp_path / "list.txt")] == ["a.png", "missing.jpg"]
+    assert [i for i, _ in collect_inputs(tmp_path / "list.txt").items] == ["a.png", "missing.jpg"]
     out = tmp_path / "o.jsonl"
     out.write_text('{"id": "a.png", "caption": "x"}\n{"id": "missing.j')
     assert recorded_ids(out) == {"a.png"}
