@@ -10,14 +10,17 @@ interleaved (A B A B) at batch 1, so machine noise hits both.
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from moai_edge.engines.manifest import Manifest
+from moai_edge.engines.decoding import DecodingConfig
+from moai_edge.engines.manifest import Manifest, load_manifest
+from moai_edge.engines.options import RuntimeOptions
 from moai_edge.runtime.images import load_image
-from moai_edge.runtime.pipeline import Pipeline, PipelineResult
+from moai_edge.runtime.pipeline import Pipeline
+from moai_edge.runtime.request import Request, Result
 from moai_edge.runtime.samples import sample_image
 
 from .machine import machine_info
@@ -26,7 +29,7 @@ from .roofline import copy_bandwidth_gbs, kv_bytes_per_token, roofline
 
 # stage -> the timings_ms keys it sums (Pipeline and reference report the same keys)
 STAGES = {
-    "preprocessing": ("load", "preprocess", "tokenize"),
+    "preprocessing": ("load", "tokenize"),
     "expert_panoptic": ("expert_panoptic",), "expert_detector": ("expert_detector",),
     "expert_scene_graph": ("expert_scene_graph",), "expert_ocr": ("expert_ocr",),
     "experts": ("experts",),
@@ -46,8 +49,8 @@ class BenchConfig:
     warmup: int = 1
     runs: int = 5
     reference: bool = False
-    threads: int = 0
-    concurrent: bool = True  # False: experts and vision one after another, every session with `threads`
+    # threads per engine; concurrent=False: experts and vision one after another, every engine with `threads`
+    options: RuntimeOptions = field(default_factory=RuntimeOptions)
     max_new_tokens: int = 32
     question: str = "Describe this image in detail."
     images: list[str] = field(default_factory=list)  # none: generated sample images
@@ -81,28 +84,28 @@ def package_bytes(manifest: Manifest) -> int:
 class PipelineBench:
     def __init__(self, cfg: BenchConfig):
         self.cfg = cfg
-        self.manifest = Manifest.load(cfg.engine_dir)
+        self.manifest = load_manifest(cfg.engine_dir, verify_hashes=cfg.options.verify_hashes)
         self.images = bench_images(cfg)
 
-    def decoding(self, pipe: Pipeline):
-        return replace(pipe.model.decoding("greedy", self.cfg.max_new_tokens, None), eos_token_ids=())
+    def decoding(self, pipe: Pipeline) -> DecodingConfig:
+        return pipe.decoding("greedy", max_new_tokens=self.cfg.max_new_tokens).replace(eos_token_ids=())
 
     def run(self) -> dict:
         cfg = self.cfg
         report = {"config": {"batch_sizes": list(cfg.batch_sizes), "warmup": cfg.warmup, "runs": cfg.runs,
-                             "concurrent": cfg.concurrent,
+                             "concurrent": cfg.options.concurrent,
                              "max_new_tokens": cfg.max_new_tokens, "question": cfg.question,
                              "images": cfg.images or [f"generated {img.shape[1]}x{img.shape[0]}" for img in self.images]},
-                  "machine": machine_info(threads=cfg.threads, engine_dir=cfg.engine_dir)}
+                  "machine": machine_info(threads=cfg.options.threads, engine_dir=cfg.engine_dir)}
         weights = package_bytes(self.manifest)
         base = rss_mb()
         with ExitStack() as stack:
             with RssSampler() as sampler:
-                pipe = stack.enter_context(Pipeline.load(cfg.engine_dir, threads=cfg.threads, concurrent=cfg.concurrent))
+                pipe = stack.enter_context(Pipeline.load(cfg.engine_dir, cfg.options))
                 loaded = max(mb for _, mb in sampler.samples)
                 report["batches"] = {str(b): self.bench_batch(pipe, b, sampler) for b in cfg.batch_sizes}
             if cfg.reference:  # after the memory figures: torch is imported from here on
-                report["reference"] = self.side_by_side(pipe)
+                report["reference"], report["reference_differences"] = self.side_by_side(pipe)
         report["memory"] = {"weights_mb": weights / 2**20, "rss_before_load_mb": base, "rss_after_load_mb": loaded,
                             "peak_rss_mb": sampler.peak_mb(), "gpu": gpu_memory(), "jetson": jetson_memory(),
                             "timeline": [(round(t - sampler.samples[0][0], 3), round(mb, 1)) for t, mb in sampler.samples[::10]]}
@@ -112,7 +115,7 @@ class PipelineBench:
         cache_len = one["kv_cache_mb"] * 2**20 / one["batch"] / kv_bytes_per_token(self.manifest, context=1)
         context = int(cache_len - cfg.max_new_tokens / 2)  # the mean length of the cache while decoding
         report["roofline"] = roofline(self.manifest, tokens_per_s=one["decode_tokens_per_s"] / one["batch"],
-                                      context=context, bandwidth_gbs=copy_bandwidth_gbs(threads=cfg.threads))
+                                      context=context, bandwidth_gbs=copy_bandwidth_gbs(threads=cfg.options.threads))
         b1, bmax = report["batches"].get("1"), report["batches"][str(max(cfg.batch_sizes))]
         if b1 and bmax is not b1:
             report["batching_speedup"] = bmax["images_per_s"] / b1["images_per_s"]
@@ -122,7 +125,7 @@ class PipelineBench:
         images = [self.images[i % len(self.images)] for i in range(batch)]
         decoding = self.decoding(pipe)
 
-        def once() -> PipelineResult:
+        def once() -> Result:
             return pipe.ask_batch(images, [self.cfg.question] * batch, decoding=decoding)[0]
 
         for _ in range(self.cfg.warmup):
@@ -145,25 +148,21 @@ class PipelineBench:
                 "kv_cache_mb": results[0].kv_cache_bytes / 2**20, "peak_rss_mb": sampler.peak_mb(start, end),
                 "stage_peak_rss_mb": stage_peaks}
 
-    def side_by_side(self, pipe: Pipeline) -> dict:
-        """Batch 1, runtime and PyTorch reference interleaved; ratios are reference / runtime per run pair."""
-        from .reference_side import ReferenceRunner
+    def side_by_side(self, pipe: Pipeline) -> tuple[dict, list[str]]:
+        """Batch 1, runtime and PyTorch reference interleaved; ratios are reference / runtime per run pair. Also the
+        differences bench.compare finds between the two sides' answers of the first timed pair."""
+        from .compare import compare_results
+        from .reference.pipeline import ReferencePipeline
 
-        ref = ReferenceRunner(self.manifest, pipe, threads=self.cfg.threads)
-        decoding = self.decoding(pipe)
-        image = self.images[0]
-
-        def ours() -> dict[str, float]:
-            return stage_values(pipe.ask(image, self.cfg.question, decoding=decoding).timings_ms)
-
-        def theirs() -> dict[str, float]:
-            return stage_values(ref.ask(image, self.cfg.question, max_new_tokens=self.cfg.max_new_tokens))
-
-        for _ in range(self.cfg.warmup):
-            ours(), theirs()
-        pairs = [(ours(), theirs()) for _ in range(self.cfg.runs)]
-        # preprocessing and verbalization run the same runtime code on both sides (the reference's own resize
-        # and normalisation are inside its vision stage), so they are not compared
+        with ReferencePipeline.load(self.cfg.engine_dir, self.cfg.options) as ref:
+            request = [Request(self.images[0], self.cfg.question, self.decoding(pipe))]
+            for _ in range(self.cfg.warmup):
+                pipe.run(request), ref.run(request)
+            runs = [(pipe.run(request), ref.run(request)) for _ in range(self.cfg.runs)]
+        differences = compare_results(*runs[0])
+        pairs = [(stage_values(ours[0].timings_ms), stage_values(theirs[0].timings_ms)) for ours, theirs in runs]
+        # loading and verbalization run the same runtime code on both sides (the reference's own resize and
+        # normalisation are inside its vision stage), so they and preprocessing are not compared
         stages = [s for s in pairs[0][0] if s in pairs[0][1] and s not in ("preprocessing", "verbalize")]
         out = {}
         for s in stages:
@@ -172,5 +171,5 @@ class PipelineBench:
             out[s] = {"runtime_ms": summarize(a), "reference_ms": summarize(b),
                       "speedup": float(np.median(ratios)) if ratios else None,
                       "speedup_min": min(ratios, default=None), "speedup_max": max(ratios, default=None)}
-        return out
+        return out, differences
 

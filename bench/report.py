@@ -57,6 +57,9 @@ def markdown(report: dict) -> str:
                   "| stage | runtime p50 ms | reference p50 ms | speed-up (median) | spread (min-max) |", "|---|---:|---:|---:|---:|"]
         lines += [f"| {s} | {fmt(r['runtime_ms']['p50'])} | {fmt(r['reference_ms']['p50'])} | {fmt(r['speedup'], 2)}x | "
                   f"{fmt(r['speedup_min'], 2)}-{fmt(r['speedup_max'], 2)} |" for s, r in report["reference"].items()]
+        differences = report.get("reference_differences", [])
+        lines += ["", "Answers (experts, display text, tokens): " + ("identical to the reference." if not differences
+                  else "DIFFERENT from the reference:"), *(f"- {d}" for d in differences)]
     if report["plots"].get("skipped"):
         lines += ["", f"Plots: {report['plots']['skipped']}"]
     else:
@@ -124,6 +127,8 @@ def summary(report: dict) -> str:
                  f"{roof['machine_copy_gbs']:.2f} GB/s" + ("  (ABOVE 100%: measurement error)" if roof["measurement_error"] else ""))
     if "batching_speedup" in report:
         lines.append(f"batch {max(report['config']['batch_sizes'])} vs 1: {report['batching_speedup']:.2f}x images/s")
+    if report.get("reference_differences"):
+        lines.append("answers differ from the reference: " + "; ".join(report["reference_differences"]))
     for s, r in report.get("reference", {}).items():
         if r["speedup"] is not None:
             lines.append(f"vs reference {s:<20} {r['speedup']:.2f}x ({r['speedup_min']:.2f}-{r['speedup_max']:.2f})")

@@ -1,12 +1,12 @@
-"""One CUDA stream per engine that runs beside others (ONNX Runtime's CUDA / TensorRT EP `user_compute_stream`).
+"""One CUDA stream per engine on a GPU (ONNX Runtime's CUDA / TensorRT EP `user_compute_stream`).
 
 The pipeline runs the experts and the vision tower of an image at the same time from a thread pool.
-On a GPU each of those sessions gets its own non-blocking stream created here with cuda-python, so
-their kernels overlap instead of queueing on the legacy default stream. Synchronization: ONNX Runtime
-synchronizes a session's stream before `run` returns its outputs as host arrays, so each `run` is
-where that stream meets the host, and the pipeline's join of the concurrent futures is the one place
-where the streams meet each other. Nothing else waits on a stream; `synchronize()` is for `close()`
-and for benchmarks that read the clock.
+On a GPU each engine owns a non-blocking stream created here with cuda-python when it opens and
+destroyed when it closes, so the kernels of concurrent engines overlap instead of queueing on the
+legacy default stream. Synchronization: ONNX Runtime synchronizes a session's stream before `run`
+returns its outputs as host arrays, so each `run` is where that stream meets the host, and the
+pipeline's join of the concurrent futures is where the streams meet each other. Nothing else waits
+on a stream; `synchronize()` is for `close()` and for benchmarks that read the clock.
 """
 
 from __future__ import annotations
@@ -32,13 +32,15 @@ def uses_gpu(providers: list) -> bool:
     return any((p[0] if isinstance(p, tuple) else p) in STREAM_PROVIDERS for p in providers)
 
 
-class CudaStreams:
-    """Named non-blocking CUDA streams on one device, destroyed by `close()`."""
+class CudaStream:
+    """A non-blocking CUDA stream on one device, owned by one engine; `close()` synchronizes and destroys it."""
 
-    def __init__(self, device_id: int = 0):
+    def __init__(self, name: str, device_id: int = 0):
+        self.name = name
         self.cudart = require("cuda.bindings.runtime", "gpu")
         self.check(self.cudart.cudaSetDevice(device_id), f"select CUDA device {device_id}")
-        self.streams: dict[str, object] = {}
+        self.stream = self.check(self.cudart.cudaStreamCreateWithFlags(self.cudart.cudaStreamNonBlocking),
+                                 f"create a CUDA stream for '{name}'")
 
     def check(self, result, what: str):
         err, *value = result if isinstance(result, tuple) else (result,)
@@ -47,22 +49,20 @@ class CudaStreams:
             raise EngineError(f"could not {what}: CUDA error {int(err)} ({msg.decode() if isinstance(msg, bytes) else msg})")
         return value[0] if value else None
 
-    def stream(self, name: str) -> int:
-        """The handle of stream `name` (created on first use), as `user_compute_stream` takes it."""
-        if name not in self.streams:
-            self.streams[name] = self.check(self.cudart.cudaStreamCreateWithFlags(self.cudart.cudaStreamNonBlocking),
-                                            f"create a CUDA stream for '{name}'")
-        return int(self.streams[name])
-
-    def providers_for(self, name: str, providers: list) -> list:
-        return with_stream(providers, self.stream(name)) if uses_gpu(providers) else list(providers)
+    @property
+    def handle(self) -> int:
+        """The stream as `user_compute_stream` takes it."""
+        if self.stream is None:
+            raise EngineError(f"the CUDA stream of '{self.name}' is closed")
+        return int(self.stream)
 
     def synchronize(self) -> None:
-        for name, s in self.streams.items():
-            self.check(self.cudart.cudaStreamSynchronize(s), f"synchronize the stream of '{name}'")
+        if self.stream is not None:
+            self.check(self.cudart.cudaStreamSynchronize(self.stream), f"synchronize the stream of '{self.name}'")
 
     def close(self) -> None:
-        self.synchronize()
-        for name, s in self.streams.items():
-            self.check(self.cudart.cudaStreamDestroy(s), f"destroy the stream of '{name}'")
-        self.streams.clear()
+        if self.stream is None:
+            return
+        stream, self.stream = self.stream, None
+        self.check(self.cudart.cudaStreamSynchronize(stream), f"synchronize the stream of '{self.name}'")
+        self.check(self.cudart.cudaStreamDestroy(stream), f"destroy the stream of '{self.name}'")

@@ -3,34 +3,39 @@
 Export writes it, the runtime reads it; the runtime never guesses anything from file names. Loading
 checks every field (type, range, the components the experts name), keeps every path inside the
 package folder before any file is read, then checks the files: present, shared-weight ranges inside
-their file, sha256, npy headers. Every refusal is a ManifestError naming the field or file.
+their file, npy headers. Hashes are checked where a file is used (engines.integrity: at most once per
+process, on the bytes then used) or all at once by `verify_all`. Every refusal is a ManifestError
+naming the field or file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
+import threading
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
-from .errors import IntegrityError, ManifestError
+from . import integrity
+from .decoding import STRATEGIES, DecodingConfig
+from .errors import ManifestError
 from .manifest_fields import (NAME, NON_NEGATIVE, NORM_MEAN, NORM_STD, NUMBER, POSITIVE, SIZE_PAIR, TEXT, Check, anything, boolean,
                               check_section, check_weight_ranges, fail, integer, is_int, list_of, mapping_of,
                               number, one_of, optional, refuse, sha256_hex, shown, template, tensor_spec,
                               weight_tensor)
+from .npy import array_in, check_npy_file
 from .protocol import TensorSpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the generation section is a DecodingConfig; the model section has no eos_id / pad_id
 MANIFEST_NAME = "manifest.json"
 FAMILIES = ("collavo", "moai")
 COMPONENT_KINDS = ("onnx", "npy")
-DECODING_STRATEGIES = ("greedy", "sample", "beam")
 
 
 def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
+    """The sha256 of a file, for writers of packages (readers check through engines.integrity)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -98,9 +103,7 @@ class ModelDims:
     num_aux_tokens: int = 0
     num_seg_classes: int = 0
     num_seg_numbers: int = 0
-    bos_id: int = 1
-    eos_id: int = 2
-    pad_id: int = 2
+    bos_id: int = 1  # end-of-sequence and padding ids are the generation section's
 
 
 @dataclass
@@ -122,32 +125,21 @@ class PreprocessConfig:
     antialias: bool = False
 
 
-@dataclass
-class GenerationDefaults:
-    decoding: str = "greedy"
-    max_new_tokens: int = 128
-    temperature: float = 0.9
-    top_p: float = 0.95
-    top_k: int = 50
-    num_beams: int = 3
-    length_penalty: float = 1.0
-    eos_token_ids: list[int] = field(default_factory=lambda: [2])
-
-
 SECTION_RULES: dict[type, dict[str, Check]] = {
     SharedWeights: {"file": NAME, "sha256": sha256_hex, "tensors": mapping_of(weight_tensor)},
     ModelDims: {"family": one_of(FAMILIES),
                 **{k: POSITIVE for k in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "vocab_size",
                                          "max_context", "image_size", "patch_size", "grid", "num_image_tokens")},
                 **{k: NON_NEGATIVE for k in ("image_token_id", "num_aux_tokens", "num_seg_classes", "num_seg_numbers",
-                                             "bos_id", "eos_id", "pad_id")}},
+                                             "bos_id")}},
     PromptConfig: {"system": TEXT, "image_token": NAME, "templates": mapping_of(template, nonempty=True),
                    "default_template": NAME, "answer_stop": NAME},
     PreprocessConfig: {"image_size": POSITIVE, "mean": NORM_MEAN, "std": NORM_STD, "scale": number(above=0),
                        "resize": NAME, "antialias": boolean},
-    GenerationDefaults: {"decoding": one_of(DECODING_STRATEGIES), "max_new_tokens": POSITIVE, "temperature": number(above=0),
-                         "top_p": number(above=0, at_most=1), "top_k": NON_NEGATIVE, "num_beams": POSITIVE,
-                         "length_penalty": NUMBER, "eos_token_ids": list_of(NON_NEGATIVE, nonempty=True)},
+    DecodingConfig: {"strategy": one_of(STRATEGIES), "max_new_tokens": POSITIVE, "temperature": number(above=0),
+                     "top_p": number(above=0, at_most=1), "top_k": NON_NEGATIVE, "num_beams": POSITIVE,
+                     "length_penalty": NUMBER, "eos_token_ids": list_of(NON_NEGATIVE, nonempty=True),
+                     "pad_token_id": NON_NEGATIVE, "seed": optional(NON_NEGATIVE)},
 }
 TOKENIZER_RULES = {"file": NAME, "sha256": sha256_hex, "add_bos": boolean}
 
@@ -173,7 +165,7 @@ def required_fields(cls) -> set[str]:
 
 def build_section(cls, d, where: str):
     check_section(d, where, SECTION_RULES[cls], required=required_fields(cls))
-    return cls(**d)
+    return cls.from_json(d) if cls is DecodingConfig else cls(**d)
 
 
 def component_reference(value, where: str, components: dict[str, Component], kind: str) -> None:
@@ -215,7 +207,7 @@ def check_agreement(m: "Manifest") -> None:
             fail(where, f"{expected!r} to agree with the rest of the manifest", found)
     if d.num_heads % d.num_kv_heads:
         fail("model.num_kv_heads", f"a divisor of num_heads {d.num_heads}", d.num_kv_heads)
-    for where, token in [("model.bos_id", d.bos_id), ("model.eos_id", d.eos_id), ("model.pad_id", d.pad_id),
+    for where, token in [("model.bos_id", d.bos_id), ("generation.pad_token_id", m.generation.pad_token_id),
                          *((f"generation.eos_token_ids[{i}]", t) for i, t in enumerate(m.generation.eos_token_ids))]:
         if token >= d.vocab_size:
             fail(where, f"a token id below vocab_size {d.vocab_size}", token)
@@ -249,43 +241,6 @@ def package_file(root: Path, relative, where: str) -> Path:
     return Path(root) / relative
 
 
-def check_npy_file(path: Path, component: Component, where: str) -> None:
-    """Reading only the header: a plain array of the declared dtype and shape, with all its bytes present."""
-    dtype, shape, data_bytes = read_npy_header(path, f"{where}.file")
-    check_npy_array(dtype, shape, component, where)
-    expected = math.prod(shape) * dtype.itemsize
-    if data_bytes < expected:
-        refuse(f"{where}.file", f"{expected} bytes of array data in '{component.file}'", f"{data_bytes} (truncated)")
-
-
-def read_npy_header(path: Path, where: str) -> tuple[np.dtype, tuple, int]:
-    """(dtype, shape, bytes after the header) of an .npy file."""
-    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version not in readers:
-                raise ValueError(f"npy format version {version}, expected 1.0 or 2.0")
-            shape, _, dtype = readers[version](f)
-            start = f.tell()
-    except (ValueError, OSError, EOFError, SyntaxError) as exc:
-        raise ManifestError(f"manifest field '{where}': expected an .npy array in '{path.name}', found unreadable "
-                            f"content: {exc}") from exc
-    return dtype, shape, path.stat().st_size - start
-
-
-def check_npy_array(dtype: np.dtype, shape: tuple, component: Component, where: str) -> None:
-    """A plain numeric array (never pickled objects) of the dtype and shape the component declares."""
-    if dtype.hasobject:
-        refuse(where, "a plain numeric array (pickled Python objects are refused)", f"dtype {dtype} in '{component.file}'")
-    if component.outputs:
-        spec = component.outputs[0]
-        fixed = [a if isinstance(a, int) else None for a in spec.shape]
-        if str(dtype) != spec.dtype or len(shape) != len(fixed) or any(a not in (None, b) for a, b in zip(fixed, shape)):
-            refuse(where, f"{spec.dtype} {list(spec.shape)} as its outputs declare",
-                   f"{dtype} {list(shape)} in '{component.file}'")
-
-
 # ---- the manifest ----------------------------------------------------------------------------
 @dataclass
 class Manifest:
@@ -295,12 +250,13 @@ class Manifest:
     tokenizer: dict  # {"file", "sha256", "add_bos"}
     prompts: PromptConfig
     preprocess: PreprocessConfig
-    generation: GenerationDefaults
+    generation: DecodingConfig  # the package's decoding defaults
     shared_weights: dict[str, SharedWeights] = field(default_factory=dict)
     experts: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     root: Path | None = None
+    verify_hashes: bool = True  # files read through this manifest are hashed (once per process) before use
 
     # ---- paths -------------------------------------------------------------------
     def path(self, relative: str, where: str = "path") -> Path:
@@ -327,22 +283,33 @@ class Manifest:
         """Every file the package needs, relative path -> sha256."""
         return {rel: digest for _, rel, digest in self.file_fields()}
 
+    def file_check(self, relative: str) -> tuple[Path, str | None, str]:
+        """(path, sha256 to check it against or None where this manifest skips hashes, label for messages) of a
+        file the manifest names."""
+        for where, rel, digest in self.file_fields():
+            if rel == relative:
+                expected = digest if self.verify_hashes else None
+                return self.path(rel, where), expected, f"engine package file '{rel}' ({where})"
+        raise ManifestError(f"'{relative}' is not a file of the engine package; it has {sorted(self.files())}")
+
+    def read_file(self, relative: str) -> bytes:
+        """The bytes of a package file (the tokenizer's), hashed once per process before they are returned."""
+        return integrity.read_verified(*self.file_check(relative))
+
     def load_array(self, name: str, *, mmap: bool = False) -> np.ndarray:
-        """The `kind="npy"` component `name` (memory-mapped read-only with `mmap`); never unpickles anything."""
+        """The `kind="npy"` component `name` (a read-only view of the verified memory map with `mmap`, else a copy);
+        never unpickles anything."""
         c, where = self.component(name), f"components.{name}"
         if c.kind != "npy":
             fail(f"{where}.kind", "'npy' for an array component", c.kind)
-        path = self.path(c.file, f"{where}.file")
-        try:
-            array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise ManifestError(f"engine package file '{c.file}' (component '{name}'): expected a plain .npy array, "
-                                f"found content numpy cannot load as one without unpickling: {exc}") from exc
-        if not isinstance(array, np.ndarray):  # an .npz archive
-            array.close()
-            refuse(f"{where}.file", "an .npy array", f"an .npz archive '{c.file}'")
-        check_npy_array(array.dtype, array.shape, c, where)
-        return array
+        mapping, _ = integrity.map_verified(*self.file_check(c.file))
+        array = array_in(mapping, c, where)
+        return array if mmap else np.array(array)
+
+    def verify_all(self) -> None:
+        """Hash every file of the package (each at most once per process), whatever `verify_hashes` says."""
+        for where, rel, digest in self.file_fields():
+            integrity.map_verified(self.path(rel, where), digest, f"engine package file '{rel}' ({where})")
 
     # ---- save / load -------------------------------------------------------------
     def to_json(self) -> dict:
@@ -356,7 +323,7 @@ class Manifest:
             "tokenizer": self.tokenizer,
             "prompts": asdict(self.prompts),
             "preprocess": asdict(self.preprocess),
-            "generation": asdict(self.generation),
+            "generation": self.generation.to_json(),
             "experts": self.experts,
         }
 
@@ -369,7 +336,16 @@ class Manifest:
 
     @classmethod
     def load(cls, root: str | Path, *, verify: bool = True) -> "Manifest":
-        """Parse and check manifest.json, then the package's files (their sha256 too unless `verify=False`)."""
+        """Parse and check manifest.json and the package's files, hashing them all now unless `verify=False` (uncached;
+        the runtime uses `load_manifest`, which hashes each file where it is first used)."""
+        m = cls.parse(root, verify_hashes=verify)
+        if verify:
+            m.verify_all()
+        return m
+
+    @classmethod
+    def parse(cls, root: str | Path, *, verify_hashes: bool = True) -> "Manifest":
+        """manifest.json parsed and checked, and the package's files: paths, presence, sizes, npy headers; no hashes."""
         root = Path(root)
         path = root / MANIFEST_NAME
         d = read_manifest_json(path)
@@ -377,7 +353,8 @@ class Manifest:
             m = cls.from_json(d, root)
         except ManifestError as exc:
             raise ManifestError(f"{path}: {exc}") from exc
-        m.check_files(verify_hashes=verify)
+        m.verify_hashes = verify_hashes
+        m.check_files()
         return m
 
     @classmethod
@@ -394,15 +371,15 @@ class Manifest:
                             for k, w in d.get("shared_weights", {}).items()},
             tokenizer=d["tokenizer"], prompts=build_section(PromptConfig, d["prompts"], "prompts"),
             preprocess=build_section(PreprocessConfig, d["preprocess"], "preprocess"),
-            generation=build_section(GenerationDefaults, d["generation"], "generation"),
+            generation=build_section(DecodingConfig, d["generation"], "generation"),
             experts=d.get("experts", {}), root=root,
         )
         check_agreement(m)
         return m
 
-    def check_files(self, *, verify_hashes: bool = True) -> None:
+    def check_files(self) -> None:
         """Paths first (nothing is read before every path is known to stay inside the package), then presence,
-        shared-weight ranges, hashes (unless `verify_hashes=False`), npy headers."""
+        shared-weight ranges, npy headers."""
         found = [(where, rel, digest, self.path(rel, where)) for where, rel, digest in self.file_fields()]
         for where, rel, _, p in found:
             if not p.is_file():
@@ -410,12 +387,6 @@ class Manifest:
                                     f"{self.root} (or is not a regular file)")
         for name, w in self.shared_weights.items():
             check_weight_ranges(w.file, w.tensors, self.path(w.file).stat().st_size, f"shared_weights.{name}")
-        if verify_hashes:
-            for where, rel, digest, p in found:
-                actual = sha256_of(p)
-                if actual != digest:
-                    raise IntegrityError(f"engine package file '{rel}' ({where}) is corrupted: sha256 {actual[:16]}..., "
-                                         f"manifest expects {digest[:16]}...")
         for name, c in self.components.items():
             if c.kind == "npy":
                 check_npy_file(self.path(c.file), c, f"components.{name}")
@@ -451,3 +422,27 @@ def read_manifest_json(path: Path) -> dict:
         kind = kinds.get(type(d).__name__, "a number")
         raise ManifestError(f"{path}: expected a JSON object at the top, found {kind}")
     return d
+
+
+# ---- once per process ------------------------------------------------------------------------
+_cache_lock = threading.Lock()
+_cache: dict[tuple[Path, bool], tuple[tuple[int, int], Manifest]] = {}
+
+
+def load_manifest(root: str | Path, *, verify_hashes: bool = True) -> Manifest:
+    """The package's manifest, parsed once per process (again only when manifest.json changes): checked as
+    `Manifest.parse` checks it; with `verify_hashes` each file is hashed where it is first opened through the
+    engines layer. The object is shared: treat it as read-only."""
+    resolved = Path(root).resolve()
+    try:
+        st = (resolved / MANIFEST_NAME).stat()
+    except OSError:
+        return Manifest.parse(root, verify_hashes=verify_hashes)  # the same message as an uncached load
+    key, signature = (resolved, verify_hashes), (st.st_size, st.st_mtime_ns)
+    with _cache_lock:
+        cached = _cache.get(key)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        m = Manifest.parse(root, verify_hashes=verify_hashes)
+        _cache[key] = (signature, m)
+        return m

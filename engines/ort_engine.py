@@ -1,16 +1,30 @@
-"""The ONNX Runtime backend of the Engine protocol (anchor: Polygraphy's OnnxrtRunner)."""
+"""The ONNX Runtime backend of the Engine protocol (anchor: Polygraphy's OnnxrtRunner).
+
+RuntimeOptions are translated here: the device becomes execution providers (on a GPU with the
+engine's own CUDA stream), threads the intra-op pool, memory_arena the CPU arena; spinning threads
+are off (they burn the cores other sessions need), and prepacking is off exactly when weights are
+shared (or each session keeps its own repacked copy).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .cuda_streams import CudaStream, with_stream
 from .errors import EngineError
+from .options import DEVICES, RuntimeOptions
 from .protocol import TensorSpec, check_feeds
+from .registry import Graph, backend
 from .shared_weights import SharedWeights
 
+EXECUTION_PROVIDERS = {
+    "cpu": ("CPUExecutionProvider",),
+    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"  # onnxruntime >= 1.21
 _ORT_TYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
     "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
@@ -18,36 +32,35 @@ _ORT_TYPES = {
 }
 
 
-@dataclass
-class OrtOptions:
-    providers: list = field(default_factory=lambda: ["CPUExecutionProvider"])
-    intra_op_threads: int = 0  # 0 = onnxruntime's default (one per physical core)
-    inter_op_threads: int = 1
-    allow_spinning: bool = False  # spinning threads burn the cores other sessions need
-    check_inputs: bool = True
-    disable_prepacking: bool | None = None  # None: off exactly when weights are shared
-    graph_optimization: str = "all"  # disable | basic | extended | all
-    memory_arena: bool = True  # False: activations go back to the system after each run instead of staying pooled
+def providers(options: RuntimeOptions, stream: CudaStream | None) -> list:
+    """The execution providers of `options.device`, the GPU ones on `options.device_id` and the engine's stream."""
+    out = [(p, {"device_id": str(options.device_id)}) if p != "CPUExecutionProvider" else p
+           for p in EXECUTION_PROVIDERS[options.device]]
+    return with_stream(out, stream.handle) if stream is not None else out
 
 
-def session_options(options: OrtOptions, shared: SharedWeights | None):
+def bytes_with_external_data() -> bool:
+    """Whether this onnxruntime resolves the external data of a graph given as bytes in a folder we name."""
+    import onnxruntime as ort
+
+    major, minor = (int(part) for part in ort.__version__.split(".")[:2])
+    return (major, minor) >= (1, 21)
+
+
+def session_options(options: RuntimeOptions, shared: SharedWeights | None, folder: Path | None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.intra_op_num_threads = options.intra_op_threads
-    so.inter_op_num_threads = options.inter_op_threads
+    so.intra_op_num_threads = options.threads
+    so.inter_op_num_threads = 1
     so.enable_cpu_mem_arena = options.memory_arena
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.allow_spinning else "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if options.allow_spinning else "0")
-    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-    if options.graph_optimization not in levels:
-        raise EngineError(f"graph_optimization must be one of {sorted(levels)}, found '{options.graph_optimization}'")
-    so.graph_optimization_level = levels[options.graph_optimization]
-    no_prepack = shared is not None if options.disable_prepacking is None else options.disable_prepacking
-    if no_prepack:
-        so.add_session_config_entry("session.disable_prepacking", "1")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if folder is not None:
+        so.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(folder))
     if shared is not None:
+        so.add_session_config_entry("session.disable_prepacking", "1")
         shared.add_to(so)
     return so
 
@@ -57,33 +70,46 @@ def _spec(arg) -> TensorSpec:
     return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), dims)
 
 
+@backend("onnxruntime")
 class OrtEngine:
-    def __init__(self, session, *, name: str, check_inputs: bool, shared: SharedWeights | None):
+    devices = DEVICES
+
+    def __init__(self, session, *, name: str, check_inputs: bool, shared: SharedWeights | None,
+                 stream: CudaStream | None):
         self.session = session
         self.name = name
         self.check_inputs = check_inputs
         self.shared = shared  # held so the mapped weights outlive the session
+        self.stream = stream  # owned: synchronized and destroyed by close()
         self._inputs = [_spec(a) for a in session.get_inputs()]
         self._outputs = [_spec(a) for a in session.get_outputs()]
 
     @classmethod
-    def load(cls, path: str | Path, *, options: OrtOptions | None = None, shared: SharedWeights | None = None,
-             name: str | None = None) -> "OrtEngine":
+    def check(cls, options: RuntimeOptions) -> None:
         import onnxruntime as ort
 
-        options = options or OrtOptions()
-        path = Path(path)
-        if not path.is_file():
-            raise EngineError(f"ONNX file '{path}' does not exist")
-        available = ort.get_available_providers()
-        missing = [p for p in options.providers if (p[0] if isinstance(p, tuple) else p) not in available]
-        if missing:
-            raise EngineError(f"execution providers {missing} are not available in this onnxruntime build; it has {available}")
+        needed, available = EXECUTION_PROVIDERS[options.device][0], ort.get_available_providers()
+        if needed not in available:
+            raise EngineError(f"device '{options.device}' needs onnxruntime's {needed}, which this onnxruntime build "
+                              f"does not have (it has {available}); on a machine with an NVIDIA GPU install "
+                              f"'moai-edge[gpu]'")
+
+    @classmethod
+    def open(cls, graph: Graph, options: RuntimeOptions, *, shared: SharedWeights | None) -> "OrtEngine":
+        import onnxruntime as ort
+
+        by_path = graph.data is None or (graph.external_data and not bytes_with_external_data())
+        folder = graph.path.parent if graph.external_data and not by_path else None  # where its external data lies
+        stream = CudaStream(graph.name, options.device_id) if options.device != "cpu" else None
         try:
-            session = ort.InferenceSession(str(path), session_options(options, shared), providers=list(options.providers))
+            session = ort.InferenceSession(str(graph.path) if by_path else graph.data,
+                                           session_options(options, shared, folder),
+                                           providers=providers(options, stream))
         except Exception as exc:  # onnxruntime raises its own untyped errors (Fail, InvalidGraph, ...)
-            raise EngineError(f"onnxruntime could not load '{path}': {exc}") from exc
-        return cls(session, name=name or path.stem, check_inputs=options.check_inputs, shared=shared)
+            if stream is not None:
+                stream.close()
+            raise EngineError(f"onnxruntime could not load '{graph.path}' ({graph.name}): {exc}") from exc
+        return cls(session, name=graph.name, check_inputs=options.check_inputs, shared=shared, stream=stream)
 
     def inputs(self) -> list[TensorSpec]:
         return list(self._inputs)
@@ -105,10 +131,23 @@ class OrtEngine:
 
     def metadata(self) -> dict[str, str]:
         """The graph's custom metadata (e.g. PP-OCR's character dictionary)."""
+        if self.session is None:
+            raise EngineError(f"engine '{self.name}' is closed")
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
+    def synchronize(self) -> None:
+        if self.stream is not None:
+            self.stream.synchronize()
+
     def close(self) -> None:
+        """Waits for the engine's stream, releases the session, then destroys the stream."""
+        if self.stream is not None:
+            self.stream.synchronize()
         self.session = None
+        self.shared = None
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
 
     def __enter__(self):
         return self

@@ -26,6 +26,10 @@ class TensorSpec:
 
 @runtime_checkable
 class Engine(Protocol):
+    """What every backend opens (engines.registry.open_engine / open_file): I/O keyed by name."""
+
+    name: str
+
     def inputs(self) -> list[TensorSpec]: ...
 
     def outputs(self) -> list[TensorSpec]: ...
@@ -33,6 +37,10 @@ class Engine(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
     def close(self) -> None: ...
+
+    def metadata(self) -> dict[str, str]:
+        """The graph's custom metadata (PP-OCR's character dictionary)."""
+        ...
 
 
 def check_feeds(specs: list[TensorSpec], feeds: dict[str, np.ndarray], *, engine: str) -> None:

@@ -9,9 +9,8 @@ from pathlib import Path
 from moai_edge.engines.errors import CheckpointError
 
 from .checkpoint import load_checkpoint_with_report
-from .experts.package import build_tiny_experts
-from .experts.detector import REFERENCE_ID as DETECTOR_ID
-from .experts.panoptic import REFERENCE_IDS
+from .experts.package import build_tiny_experts, label_sources
+from .families import family_of
 from .package import build_package
 from .tiny import build_tiny_checkpoint
 
@@ -20,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def reference_experts(family: str) -> dict[str, str]:
     """The expert checkpoints the reference uses, by hub id."""
-    return {"panoptic": REFERENCE_IDS[family], **({"detector": DETECTOR_ID} if family == "moai" else {})}
+    return dict(family_of(family).reference_experts)
 
 
 def parse_vision_config(text: str | dict | None) -> dict | None:
@@ -38,9 +37,10 @@ def parse_vision_config(text: str | dict | None) -> dict | None:
 
 def export_checkpoint(checkpoint: str | Path, out_dir: Path, *, family: str | None = None, validate: bool = True,
                       experts: dict[str, str | Path] | None = None, with_experts: bool = True,
-                      vision_config: str | dict | None = None):
+                      vision_config: str | dict | None = None, decode_io_dtype: str = "float32"):
     """`experts` names each expert's checkpoint (folder or hub id); left out, the reference's hub ids.
-    `vision_config`: the vision tower's fields no tensor gives (its head count), a dict or its JSON text."""
+    `vision_config`: the vision tower's fields no tensor gives (its head count), a dict or its JSON text.
+    `decode_io_dtype`: "float16" for a decode graph with float16 inputs and outputs (export.package.build_package)."""
     vision_config = parse_vision_config(vision_config)
     model, root, report = load_checkpoint_with_report(checkpoint, family=family, vision_config=vision_config)
     for note in report.notes:
@@ -53,19 +53,21 @@ def export_checkpoint(checkpoint: str | Path, out_dir: Path, *, family: str | No
     source = {"checkpoint": str(Path(root).resolve()), "checkpoint_arg": str(checkpoint), "load_notes": report.notes,
               **({"vision_config": vision_config} if vision_config else {})}  # reloads (bench) need it again
     return build_package(model, tokenizer_file=tok, out_dir=out_dir, source=source, validate=validate,
-                         experts=experts if with_experts else None)
+                         experts=experts if with_experts else None, decode_io_dtype=decode_io_dtype)
 
 
 def export_tiny(family: str, out_dir: Path, *, preset: str = "tiny", seed: int = 0, validate: bool = True,
-                with_experts: bool = True, labels: dict[str, list[str]] | None = None):
+                with_experts: bool = True, labels: dict[str, list[str]] | None = None, decode_io_dtype: str = "float32"):
     """Seeded checkpoints (VLM in `out_dir/checkpoint`, experts in `out_dir/experts`) exported through the real loading code.
-    `labels` may replace the detector's queries / the scene graph's predicates (e.g. MoAI's 1847 queries for `small`)."""
+    `labels` may replace the detector's queries / the scene graph's predicates (e.g. MoAI's 1847 queries for `small`);
+    the lists the family's experts do not take are left out. `decode_io_dtype`: see export_checkpoint."""
     out_dir = Path(out_dir)
     ckpt = build_tiny_checkpoint(family, out_dir / "checkpoint", preset=preset, seed=seed)
     experts = build_tiny_experts(family, out_dir / "experts", preset=preset, seed=seed) if with_experts else None
-    if experts and family == "moai" and labels:
-        experts.update(labels)
-    manifest = export_checkpoint(ckpt, out_dir, family=family, validate=validate, experts=experts, with_experts=with_experts)
+    if experts is not None:
+        experts.update(label_sources(family, labels or {}))
+    manifest = export_checkpoint(ckpt, out_dir, family=family, validate=validate, experts=experts, with_experts=with_experts,
+                                 decode_io_dtype=decode_io_dtype)
     manifest.source.update({"preset": preset, "seed": seed})
     manifest.save(out_dir)
     return manifest

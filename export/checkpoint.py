@@ -18,11 +18,11 @@ import torch
 
 from moai_edge.engines.errors import CheckpointError
 
-from .config import CompressorConfig, CrayonConfig, DecoderConfig, ModelConfig, VisionConfig
+from .config import DecoderConfig, ModelConfig, VisionConfig
+from .families import family_of, infer_family
 from .modeling.vision import interpolate_position_table
 from .modeling.vlm import VLM
 
-ARCHITECTURES = {"moai": "MoAIModel", "collavo": "CoLLaVOModel"}
 CLIP_HUB_ID = "openai/clip-vit-large-patch14-336"  # the reference loads its vision tower by this id
 VIT = "vit.vision_tower.vision_model."
 POS_KEY = VIT + "embeddings.position_embedding.weight"
@@ -92,25 +92,11 @@ def read_tensors(root: Path) -> dict[str, torch.Tensor]:
 
 
 # ---- configuration from config.json + tensors ---------------------------------------
-def infer_family(config: dict, keys: set[str]) -> str:
-    for family, arch in ARCHITECTURES.items():
-        if arch in config.get("architectures", []):
-            return family
-    if any(k.startswith("moai_compressor.") for k in keys):
-        return "moai"
-    if "seg_prompt_embed.weight" in keys:
-        return "collavo"
-    raise CheckpointError("cannot tell the family: no MoAIModel/CoLLaVOModel architecture, compressor or crayon tensors")
-
-
 def infer_config(config: dict, shapes: dict[str, tuple[int, ...]], family: str | None, *,
                  vision_config: dict | None = None) -> ModelConfig:
     """`vision_config`: fields of VisionConfig given by the caller (`--vision-config`), e.g. {"num_heads": 12}."""
     keys = set(shapes)
-    found = infer_family(config, keys)
-    if family is not None and family != found:
-        raise CheckpointError(f"--family {family} was given but the checkpoint is a {found} checkpoint")
-    family = found
+    found = infer_family(config, keys, given=family)
     lora_a = "model.layers.0.attention.wqkv.Plora_A.weight"
     if lora_a not in shapes:
         raise CheckpointError(f"expected PLoRA tensors such as '{lora_a}'; found none (is this an InternLM-XComposer2-style checkpoint?)")
@@ -136,23 +122,8 @@ def infer_config(config: dict, shapes: dict[str, tuple[int, ...]], family: str |
         pad_id=config.get("pad_token_id", 2),
     )
     vision = infer_vision(config, shapes, vision_config)
-    compressor = crayon = None
-    if family == "moai":
-        depth = len({k.split(".")[2] for k in keys if k.startswith("moai_compressor.layers.")})
-        inner = shapes["moai_compressor.layers.0.0.to_q.weight"][0]
-        # head counts are not in any shape: published PerceiverResampler() uses dim_head 64, heads 4
-        dim_head = config.get("compressor_dim_head", 64)
-        if inner % dim_head:
-            raise CheckpointError(f"compressor to_q has {inner} rows, not a multiple of dim_head {dim_head}; "
-                                  f"set 'compressor_dim_head' in config.json")
-        compressor = CompressorConfig(
-            depth=depth, heads=inner // dim_head, dim_head=dim_head,
-            num_latents=shapes["moai_compressor.latents"][0],
-            ff_mult=shapes["moai_compressor.layers.0.1.1.weight"][0] // dec.hidden_size,
-        )
-    else:
-        crayon = CrayonConfig(num_classes=shapes["seg_prompt_embed.weight"][0], num_numbers=shapes["seg_num_embed.weight"][0])
-    return ModelConfig(family=family, decoder=dec, vision=vision, compressor=compressor, crayon=crayon,
+    parts = found.infer_parts(config, shapes, dec)
+    return ModelConfig(family=found.name, decoder=dec, vision=vision, compressor=parts.compressor, crayon=parts.crayon,
                        max_context=config.get("max_context", 4096))
 
 
@@ -335,7 +306,7 @@ def load_checkpoint(path_or_id: str | Path, *, family: str | None = None,
 def hf_config(cfg: ModelConfig, *, with_vision_config: bool) -> dict:
     d = cfg.decoder
     out = {
-        "architectures": [ARCHITECTURES[cfg.family]],
+        "architectures": [family_of(cfg.family).architecture],
         "model_type": "internlm2",
         "vocab_size": d.vocab_size,
         "hidden_size": d.hidden_size,
@@ -357,9 +328,7 @@ def hf_config(cfg: ModelConfig, *, with_vision_config: bool) -> dict:
     }
     if with_vision_config:
         out["vision_config"] = asdict(cfg.vision)
-    if cfg.family == "moai":  # sizes no tensor shape tells, recorded for non-published configs
-        out["mixer_heads"] = d.mixer_heads
-        out["compressor_dim_head"] = cfg.compressor.dim_head
+    out.update(family_of(cfg.family).hf_config_extras(cfg))
     return out
 
 

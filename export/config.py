@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-FAMILIES = ("collavo", "moai")
-
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -100,8 +98,9 @@ class ModelConfig:
     max_context: int = 4096
 
     def __post_init__(self):
-        if self.family not in FAMILIES:
-            raise ValueError(f"family must be one of {FAMILIES}, found {self.family!r}")
+        from .families import family_of  # the registry builds on these config types
+
+        family_of(self.family)  # an unknown family fails here, naming the known ones
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -138,19 +137,19 @@ PRESETS: dict[str, Preset] = {
 
 
 def preset_config(family: str, preset: str, *, vocab_size: int) -> ModelConfig:
+    """The preset's sizes, with the family's own branches and parts (export.families)."""
+    from .families import family_of  # the registry builds on these config types
+
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; available: {sorted(PRESETS)}")
-    p = PRESETS[preset]
-    dec = DecoderConfig(vocab_size=vocab_size, **p.decoder)
-    dec.seg_branch = family == "collavo"
-    if family == "moai":
-        dec.mixer_layers = default_mixer_layers(dec.num_layers)
+    p, fam = PRESETS[preset], family_of(family)
+    parts = fam.preset_parts(p)
     return ModelConfig(
         family=family,
-        decoder=dec,
+        decoder=fam.configure_decoder(DecoderConfig(vocab_size=vocab_size, **p.decoder)),
         vision=VisionConfig(**p.vision),
-        compressor=CompressorConfig(**p.compressor) if family == "moai" else None,
-        crayon=CrayonConfig() if family == "collavo" else None,
+        compressor=parts.compressor,
+        crayon=parts.crayon,
         max_context=p.max_context,
     )
 

@@ -1,25 +1,28 @@
 """The graphs an engine package holds, as torch modules with named inputs and outputs.
 
-Each target is registered per family with `@graph(...)`; `targets_for(family)` lists them.
+Each target is registered by name with `@graph(...)`; a family (export.families) names the ones it
+exports and `targets_for(family)` lists them.
 KV tensors are sequence-major, (seq, batch, kv_heads, head_dim), so that the runtime's cache
 buffer allocated once for the maximum length can be fed as a contiguous prefix `buf[:S]`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 from torch import nn
 
+from moai_edge.engines.errors import InputError
+
+from .families import family_of
 from .modeling.vlm import VLM
 
 
 @dataclass(frozen=True)
 class GraphTarget:
     name: str
-    families: tuple[str, ...]
     build: Callable[[VLM], nn.Module]
     inputs: Callable[[VLM, int], dict[str, torch.Tensor]]  # example inputs for a batch size
     dynamic_axes: Callable[[VLM], dict[str, dict[int, str]]]
@@ -29,16 +32,16 @@ class GraphTarget:
 TARGETS: dict[str, GraphTarget] = {}
 
 
-def graph(name: str, *, families, inputs, dynamic_axes, outputs):
+def graph(name: str, *, inputs, dynamic_axes, outputs):
     def register(build):
-        TARGETS[name] = GraphTarget(name, tuple(families), build, inputs, dynamic_axes, outputs)
+        TARGETS[name] = GraphTarget(name, build, inputs, dynamic_axes, outputs)
         return build
 
     return register
 
 
 def targets_for(family: str) -> list[GraphTarget]:
-    return [t for t in TARGETS.values() if family in t.families]
+    return [TARGETS[name] for name in family_of(family).graphs]
 
 
 def kv_names(model: VLM, prefix: str = "") -> list[str]:
@@ -59,7 +62,7 @@ class VisionGraph(nn.Module):
         return self.m.encode_image(pixel_values)
 
 
-@graph("vision", families=("moai", "collavo"),
+@graph("vision",
        inputs=lambda m, b: {"pixel_values": torch.randn(b, 3, m.cfg.vision.image_size, m.cfg.vision.image_size)},
        dynamic_axes=lambda m: {"pixel_values": {0: "batch"}, "image_features": {0: "batch"}},
        outputs=lambda m: ["image_features"])
@@ -82,7 +85,7 @@ def _crayon_inputs(m: VLM, b: int):
     return {"class_map": torch.randint(0, c.num_classes, (b, n)), "number_map": torch.randint(0, c.num_numbers, (b, n))}
 
 
-@graph("crayon", families=("collavo",), inputs=_crayon_inputs,
+@graph("crayon", inputs=_crayon_inputs,
        dynamic_axes=lambda m: {"class_map": {0: "batch"}, "number_map": {0: "batch"}, "seg_features": {0: "batch"}},
        outputs=lambda m: ["seg_features"])
 def build_crayon(m: VLM) -> nn.Module:
@@ -99,7 +102,7 @@ class CompressorGraph(nn.Module):
         return self.m.compress(aux_inputs)
 
 
-@graph("compressor", families=("moai",),
+@graph("compressor",
        inputs=lambda m, b: {"aux_inputs": torch.randn(b, m.cfg.vision.num_patches + 7, m.cfg.decoder.hidden_size)},
        dynamic_axes=lambda m: {"aux_inputs": {0: "batch", 1: "aux_len"}, "aux_tokens": {0: "batch"}},
        outputs=lambda m: ["aux_tokens"])
@@ -112,11 +115,11 @@ class PrefillGraph(nn.Module):
     def __init__(self, m: VLM):
         super().__init__()
         self.m = m
+        self.family_input = family_of(m.cfg.family).prefill_input
 
     def forward(self, inputs_embeds, attention_mask, position_ids, im_mask, family_input):
-        """family_input: CoLLaVO seg_features (B,L,H) or MoAI aux_tokens (B,A,H)."""
-        key = "seg_features" if self.m.cfg.family == "collavo" else "aux_tokens"
-        logits, kv = self.m.prefill(inputs_embeds, attention_mask, position_ids, im_mask, **{key: family_input})
+        """family_input: the family's prefill input, e.g. CoLLaVO's seg_features (B,L,H) or MoAI's aux_tokens (B,A,H)."""
+        logits, kv = self.m.prefill(inputs_embeds, attention_mask, position_ids, im_mask, **{self.family_input: family_input})
         return (logits, *to_seq_major(kv))
 
 
@@ -129,22 +132,21 @@ def _prefill_inputs(m: VLM, b: int):
     im[:, 5:5 + n] = True
     feeds = {"inputs_embeds": torch.randn(b, seq, h), "attention_mask": mask,
              "position_ids": torch.arange(seq).expand(b, seq).contiguous(), "im_mask": im}
-    if m.cfg.family == "collavo":
-        feeds["seg_features"] = torch.randn(b, seq, h) * im[..., None]
-    if m.cfg.family == "moai":
-        feeds["aux_tokens"] = torch.randn(b, m.cfg.compressor.num_latents, h)
+    family = family_of(m.cfg.family)
+    feeds[family.prefill_input] = family.prefill_example(m.cfg, im)
     return feeds
 
 
 def _prefill_axes(m: VLM):
-    axes = {k: {0: "batch", 1: "seq"} for k in ("inputs_embeds", "attention_mask", "position_ids", "im_mask", "seg_features")}
-    axes["aux_tokens"] = {0: "batch"}
+    family = family_of(m.cfg.family)
+    axes = {k: {0: "batch", 1: "seq"} for k in ("inputs_embeds", "attention_mask", "position_ids", "im_mask")}
+    axes[family.prefill_input] = dict(family.prefill_input_axes)
     axes["logits"] = {0: "batch"}
     axes.update({k: {0: "seq", 1: "batch"} for k in kv_names(m)})
     return axes
 
 
-@graph("prefill", families=("moai", "collavo"), inputs=_prefill_inputs, dynamic_axes=_prefill_axes,
+@graph("prefill", inputs=_prefill_inputs, dynamic_axes=_prefill_axes,
        outputs=lambda m: ["logits", *kv_names(m)])
 def build_prefill(m: VLM) -> nn.Module:
     return PrefillGraph(m)
@@ -182,7 +184,40 @@ def _decode_axes(m: VLM):
     return axes
 
 
-@graph("decode", families=("moai", "collavo"), inputs=_decode_inputs, dynamic_axes=_decode_axes,
+@graph("decode", inputs=_decode_inputs, dynamic_axes=_decode_axes,
        outputs=lambda m: ["logits", *kv_names(m)])
 def build_decode(m: VLM) -> nn.Module:
     return DecodeGraph(m)
+
+
+# ---- IO dtypes -------------------------------------------------------------------------------
+IO_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+class CastIO(nn.Module):
+    """A graph whose floating-point inputs and outputs are `dtype`: inputs are cast to float32 for the
+    unchanged float32 computation, outputs back to `dtype`. (Computing in fp16 is a precision preset's business.)"""
+
+    def __init__(self, inner: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.inner, self.dtype = inner, dtype
+
+    def forward(self, *feeds):
+        outs = self.inner(*(f.float() if f.is_floating_point() else f for f in feeds))
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        return tuple(o.to(self.dtype) if o.is_floating_point() else o for o in outs)
+
+
+def with_io_dtype(target: GraphTarget, io_dtype: str) -> GraphTarget:
+    """`target` with its floating-point inputs and outputs in `io_dtype` ("float32" leaves it as it is).
+    Its example inputs are the float32 ones rounded to `io_dtype`."""
+    if io_dtype not in IO_DTYPES:
+        raise InputError(f"graph IO dtype: expected one of {sorted(IO_DTYPES)}, found {io_dtype!r}")
+    if io_dtype == "float32":
+        return target
+    dtype = IO_DTYPES[io_dtype]
+
+    def inputs(m: VLM, b: int) -> dict[str, torch.Tensor]:
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in target.inputs(m, b).items()}
+
+    return replace(target, build=lambda m: CastIO(target.build(m), dtype), inputs=inputs)

@@ -27,10 +27,19 @@ class Tolerance:
     rtol: float = 1e-3
     of_max: bool = False
     index_agreement: float = 1.0  # integer outputs (argmax indices): the fraction that must be equal
+    argmax_of: tuple[str, ...] = ()  # outputs whose argmax over the last axis (greedy tokens) must equal PyTorch's
+    row_rtol: float = 1e-5  # a row of a batch against the same row alone, relative to the output's max
 
     def ok(self, ours: np.ndarray, ref: np.ndarray) -> bool:
+        ours, ref = ours.astype(np.float64), ref.astype(np.float64)
         scale = float(np.max(np.abs(ref), initial=0.0)) if self.of_max else np.abs(ref)
         return bool(np.all(np.abs(ours - ref) <= self.atol + self.rtol * scale))
+
+
+# A float16 output is the float32 result rounded to nearest: within half a unit in the last place (2^-11 of its
+# magnitude) of it. Where the graph's and PyTorch's float32 noise (bounded by 1e-4 as for float32 graphs) falls on
+# two sides of a rounding boundary, the two round one unit apart: 2^-10 of the magnitude. Greedy tokens must agree.
+FP16_IO = Tolerance(atol=1e-4, rtol=2.0**-10, argmax_of=("logits",), row_rtol=2.0**-10)
 
 
 def example_inputs(target: GraphTarget, model: VLM, batch: int) -> dict[str, torch.Tensor]:
@@ -95,8 +104,10 @@ def compare(name: str, ours: dict[str, np.ndarray], ref: dict[str, np.ndarray], 
                 raise ExportValidationError(f"{name}: output '{out}' equals PyTorch's at {agree:.2%} of positions, "
                                             f"expected at least {tol.index_agreement:.2%}")
             continue
-        diff = float(np.max(np.abs(o.astype(np.float64) - r))) if r.size else 0.0
+        diff = float(np.max(np.abs(o.astype(np.float64) - r.astype(np.float64)))) if r.size else 0.0
         diffs[out] = diff
+        if out in tol.argmax_of:
+            check_greedy_tokens(name, out, o, r)
         if not tol.ok(o, r):
             raise ExportValidationError(
                 f"{name}: output '{out}' differs from PyTorch by max {diff:.3g} (max |PyTorch| {np.max(np.abs(r)):.3g}; "
@@ -130,8 +141,16 @@ def validate_graph(target: GraphTarget, model: VLM, run, *, tol: Tolerance = Tol
         ours = run({k: v.numpy() for k, v in feeds.items()})
         for k, d in compare(f"{target.name} (batch {b})", ours, ref, tol).items():
             worst[k] = max(worst.get(k, 0.0), d)
-    worst["batch_rows"] = check_batch_rows(target, model, run)
+    worst["batch_rows"] = check_batch_rows(target, model, run, rtol=tol.row_rtol)
     return worst
+
+
+def check_greedy_tokens(name: str, out: str, ours: np.ndarray, ref: np.ndarray) -> None:
+    """The argmax over the last axis (the greedy token of each row) equals PyTorch's."""
+    mine, theirs = ours.argmax(-1), ref.argmax(-1)
+    if not np.array_equal(mine, theirs):
+        raise ExportValidationError(f"{name}: greedy tokens from '{out}' are {mine.ravel().tolist()}, "
+                                    f"PyTorch's are {theirs.ravel().tolist()}")
 
 
 def batch_axis(target: GraphTarget, model: VLM, name: str) -> int | None:
@@ -152,9 +171,9 @@ def check_batch_rows(target: GraphTarget, model: VLM, run, *, batch: int = 3, at
         single = run(single)
         for out, value in full.items():
             ax = batch_axis(target, model, out)
-            diff = float(np.max(np.abs(np.take(value, [row], axis=ax) - single[out]))) if value.size else 0.0
+            diff = float(np.max(np.abs(np.take(value, [row], axis=ax).astype(np.float64) - single[out]))) if value.size else 0.0
             worst = max(worst, diff)
-            if diff > atol + rtol * float(np.max(np.abs(value), initial=0.0)):
+            if diff > atol + rtol * float(np.max(np.abs(value.astype(np.float64)), initial=0.0)):
                 raise ExportValidationError(
                     f"{target.name}: output '{out}' row {row} of a batch of {batch} differs from the same row alone by {diff:.3g}"
                 )

@@ -9,16 +9,17 @@ from pathlib import Path
 
 import numpy as np
 
-from moai_edge.engines.manifest import (Component, GenerationDefaults, Manifest, ModelDims, PreprocessConfig,
-                                        PromptConfig, sha256_of)
-from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
+from moai_edge.engines.decoding import DecodingConfig
+from moai_edge.engines.errors import ExportValidationError
+from moai_edge.engines.manifest import Component, Manifest, ModelDims, PreprocessConfig, PromptConfig, sha256_of
+from moai_edge.engines.options import RuntimeOptions
 from moai_edge.engines.protocol import TensorSpec
-from moai_edge.engines.shared_weights import SharedWeights
+from moai_edge.engines.registry import open_engine
 
 from .config import CLIP_MEAN, CLIP_STD, REFERENCE_PROMPTS, ModelConfig
-from .graphs import TARGETS, targets_for
+from .graphs import TARGETS, GraphTarget, targets_for, with_io_dtype
 from .modeling.vlm import VLM
-from .onnx_export import Tolerance, export_graph, validate_graph
+from .onnx_export import FP16_IO, Tolerance, export_graph, validate_graph
 from .onnx_weights import save_model, write_shared_weights
 
 SHARED = ("prefill", "decode")  # graphs that hold the decoder weights, loaded once for both
@@ -46,19 +47,31 @@ def model_dims(cfg: ModelConfig) -> ModelDims:
         num_image_tokens=v.num_patches, num_aux_tokens=cfg.compressor.num_latents if cfg.compressor else 0,
         num_seg_classes=cfg.crayon.num_classes if cfg.crayon else 0,
         num_seg_numbers=cfg.crayon.num_numbers if cfg.crayon else 0,
-        bos_id=d.bos_id, eos_id=d.eos_id, pad_id=d.pad_id,
+        bos_id=d.bos_id,
     )
 
 
-def export_graphs(model: VLM, out_dir: Path, work: Path) -> dict[str, Component]:
+def generation_defaults(cfg: ModelConfig) -> DecodingConfig:
+    """The reference's decoding settings (REFERENCE.md section 1): greedy unless asked otherwise; its demo's
+    sampling (temperature 0.9, top_p 0.95); its benchmarks' 3 beams and 128 new tokens; stop on eos."""
+    return DecodingConfig(strategy="greedy", max_new_tokens=128, temperature=0.9, top_p=0.95, top_k=50, num_beams=3,
+                          length_penalty=1.0, eos_token_ids=(cfg.decoder.eos_id,), pad_token_id=cfg.decoder.pad_id)
+
+
+def package_targets(model: VLM, *, decode_io_dtype: str = "float32") -> list[GraphTarget]:
+    """The family's backbone graphs; the decode graph's floating-point inputs and outputs in `decode_io_dtype`."""
+    return [with_io_dtype(t, decode_io_dtype) if t.name == "decode" else t for t in targets_for(model.cfg.family)]
+
+
+def export_graphs(model: VLM, out_dir: Path, work: Path, targets: list[GraphTarget]) -> dict[str, Component]:
     import onnx
 
-    for t in targets_for(model.cfg.family):
+    for t in targets:
         export_graph(t, model, work / f"{t.name}.onnx")
     protos = {n: onnx.load(str(work / f"{n}.onnx")) for n in SHARED}
     shared_spec, rewritten = write_shared_weights(protos, out_dir, DECODER_WEIGHTS)
     components = {}
-    for t in targets_for(model.cfg.family):
+    for t in targets:
         proto = rewritten.get(t.name) or onnx.load(str(work / f"{t.name}.onnx"))
         digest = save_model(proto, out_dir / f"{t.name}.onnx")
         inputs, outputs = io_specs(proto)
@@ -69,8 +82,10 @@ def export_graphs(model: VLM, out_dir: Path, work: Path) -> dict[str, Component]
 
 
 def build_package(model: VLM, *, tokenizer_file: Path, out_dir: Path, source: dict, validate: bool = True,
-                  experts: dict[str, str | Path] | None = None) -> Manifest:
-    """Export `model` (and the expert checkpoints named in `experts`) into `out_dir` and return the saved manifest."""
+                  experts: dict[str, str | Path] | None = None, decode_io_dtype: str = "float32") -> Manifest:
+    """Export `model` (and the expert checkpoints named in `experts`) into `out_dir` and return the saved manifest.
+    `decode_io_dtype`: "float16" gives a decode graph that takes and returns float16 tensors (inputs_embeds, past
+    and present keys/values, logits) around its float32 computation."""
     from .experts.package import export_experts
 
     out_dir = Path(out_dir)
@@ -78,7 +93,7 @@ def build_package(model: VLM, *, tokenizer_file: Path, out_dir: Path, source: di
     cfg = model.cfg
     expert_section, expert_diffs = {}, {}
     with tempfile.TemporaryDirectory(prefix="moai-edge-export-") as work:
-        components = export_graphs(model, out_dir, Path(work))
+        components = export_graphs(model, out_dir, Path(work), package_targets(model, decode_io_dtype=decode_io_dtype))
         if experts:
             expert_components, expert_section, expert_diffs = export_experts(cfg, out_dir, Path(work), **experts)
             components.update(expert_components)
@@ -96,7 +111,7 @@ def build_package(model: VLM, *, tokenizer_file: Path, out_dir: Path, source: di
         tokenizer={"file": "tokenizer.model", "sha256": sha256_of(out_dir / "tokenizer.model"), "add_bos": True},
         prompts=PromptConfig(**REFERENCE_PROMPTS),
         preprocess=PreprocessConfig(image_size=cfg.vision.image_size, mean=list(CLIP_MEAN), std=list(CLIP_STD)),
-        generation=GenerationDefaults(eos_token_ids=[cfg.decoder.eos_id]),
+        generation=generation_defaults(cfg),
         experts=expert_section,
         source={**source, "model_config": cfg.to_json()},
     )
@@ -107,26 +122,36 @@ def build_package(model: VLM, *, tokenizer_file: Path, out_dir: Path, source: di
     return manifest
 
 
-def graph_tolerance(name: str, model: VLM, tol: Tolerance) -> Tolerance:
+def graph_tolerance(name: str, model: VLM, tol: Tolerance, io_dtype: str) -> Tolerance:
     """MoAI's prefill rounds its gate weights through fp16 as the reference does. Where the graph's and
     PyTorch's fp32 noise put a gate logit on two sides of an fp16 rounding boundary, that position's gate
     weight differs by one fp16 step (~2e-4) from there on: a difference on the scale of the whole output,
-    not of each element, so the bound is relative to each output's largest magnitude."""
+    not of each element, so the bound is relative to each output's largest magnitude.
+    A graph with float16 IO is held to FP16_IO (one fp16 step, and the same greedy tokens)."""
+    if io_dtype == "float16":
+        return FP16_IO
     if name == "prefill" and model.cfg.decoder.mixer_layers:
         return replace(tol, of_max=True)
     return tol
 
 
+def io_dtype_of(component: Component, where: str) -> str:
+    """The one dtype of a graph's floating-point inputs (float32, or float16 for an fp16-IO graph)."""
+    dtypes = {spec.dtype for spec in component.inputs if spec.dtype.startswith("float")}
+    if len(dtypes) > 1:
+        raise ExportValidationError(f"{where}: expected one floating-point input dtype, found {sorted(dtypes)}")
+    return dtypes.pop() if dtypes else "float32"
+
+
 def validate_package(manifest: Manifest, model: VLM, *, tol: Tolerance = Tolerance()) -> dict[str, float]:
     """Every graph, loaded as the runtime loads it (shared weights included), against PyTorch."""
-    shared = {k: SharedWeights.open(manifest.root, s) for k, s in manifest.shared_weights.items()}
     worst = {}
     for name, comp in manifest.components.items():
         if comp.kind != "onnx" or name not in TARGETS:  # experts are validated when exported
             continue
-        engine = OrtEngine.load(manifest.path(comp.file), options=OrtOptions(),
-                                shared=shared.get(comp.shared_weights) if comp.shared_weights else None, name=name)
-        with engine:
-            diffs = validate_graph(TARGETS[name], model, engine.run, tol=graph_tolerance(name, model, tol))
+        io_dtype = io_dtype_of(comp, name)
+        with open_engine(manifest, name, RuntimeOptions()) as engine:
+            diffs = validate_graph(with_io_dtype(TARGETS[name], io_dtype), model, engine.run,
+                                   tol=graph_tolerance(name, model, tol, io_dtype))
         worst[name] = max(diffs.values())
     return worst

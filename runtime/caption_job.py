@@ -16,7 +16,8 @@ from moai_edge.engines.errors import InputError
 
 from .caption_inputs import InputScan, collect_inputs
 from .caption_output import OutputLock, RecordWriter, prepare_resume
-from .limits import check_batch_size, check_generation
+from .captioner import DEFAULT_QUESTION, CaptionRecord, Captioner
+from .pipeline import Pipeline
 
 
 @dataclass
@@ -56,7 +57,7 @@ class CaptionJob:
     """A caption job's output locked and its work planned, before any model is loaded:
 
         with CaptionJob.open(source, out, resume=True) as job, Pipeline.load(pkg) as pipe:
-            summary = job.run(pipe, question=..., batch_size=8)
+            summary = job.run(Captioner(pipe, batch_size=8))
     """
 
     def __init__(self, scan: InputScan, out: Path, lock: OutputLock, todo: list[tuple[str, Path]], retried: int):
@@ -88,17 +89,15 @@ class CaptionJob:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def run(self, pipe, *, question: str, batch_size: int = 1, max_new_tokens: int | None = None) -> JobSummary:
-        check_batch_size(batch_size)
-        check_generation(pipe.model.dims, max_new_tokens=max_new_tokens, rows=batch_size)
+    def run(self, captioner: Captioner) -> JobSummary:
         total, todo = len(self.scan.items), self.todo
         bar = progress_bar(total, total - len(todo))
         counts = {"caption": 0, "error": 0}
         t0 = time.perf_counter()
         writer = RecordWriter(self.out)
 
-        def write(record) -> None:
-            line = {"id": todo[record.index][0]}
+        def write(record: CaptionRecord) -> None:
+            line = {"id": record.id}
             line.update({"caption": record.caption} if record.error is None else {"error": record.error})
             line["timings_ms"] = {k: round(v, 2) for k, v in record.timings_ms.items()}
             writer.write(line)
@@ -107,8 +106,7 @@ class CaptionJob:
                 bar.update(1)
 
         try:
-            pipe.caption([p for _, p in todo], question=question, batch_size=batch_size,
-                         max_new_tokens=max_new_tokens, on_record=write)
+            captioner.caption([i for i, _ in todo], [p for _, p in todo], on_record=write)
         finally:
             writer.close()
             if bar is not None:
@@ -117,8 +115,9 @@ class CaptionJob:
                           self.retried, self.scan.skipped_text())
 
 
-def run_caption_job(pipe, source: str | Path, out: str | Path, *, question: str, batch_size: int = 1,
-                    resume: bool = False, max_new_tokens: int | None = None) -> JobSummary:
-    check_batch_size(batch_size)
+def run_caption_job(pipe: Pipeline, source: str | Path, out: str | Path, *, question: str = DEFAULT_QUESTION,
+                    batch_size: int = 1, resume: bool = False, max_new_tokens: int | None = None) -> JobSummary:
+    captioner = Captioner(pipe, question=question, batch_size=batch_size,
+                          decoding=pipe.decoding("greedy", max_new_tokens=max_new_tokens))
     with CaptionJob.open(source, out, resume=resume) as job:
-        return job.run(pipe, question=question, batch_size=batch_size, max_new_tokens=max_new_tokens)
+        return job.run(captioner)

@@ -1,227 +1,55 @@
-"""The `moai-edge` command. Export and verify need the `export` extra and are imported lazily."""
+"""The `moai-edge` command line: the parser and the exit codes. What each verb does is in runtime/commands.py."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from moai_edge.engines.errors import MoaiEdgeError
+from moai_edge.engines.options import DEVICES
+
+from . import commands
+from .request import DEFAULT_QUESTION
 
 DEFAULT_DEMO_DIR = Path("artifacts/tiny-moai")
 
 
-def cmd_export(args) -> int:
-    from moai_edge.engines.errors import require
-
-    require("torch", "export")
-    from moai_edge.export.build import export_checkpoint, export_tiny
-
-    labels = {}
-    if args.labels or args.moai_repo:
-        from moai_edge.export.experts.detector import read_labels
-
-        read = read_labels(args.labels, args.moai_repo)
-        labels = {"queries": read["detector_queries"], **({"predicates": read["psg_predicates"]} if "psg_predicates" in read else {})}
-    if args.tiny:
-        m = export_tiny(args.tiny, Path(args.out), preset=args.preset, seed=args.seed, validate=not args.no_validate,
-                        with_experts=not args.no_experts, labels=labels)
-    else:
-        experts = {k: v for k, v in (("panoptic", args.panoptic), ("detector", args.detector),
-                                     ("scene_graph", args.scene_graph)) if v}
-        m = export_checkpoint(args.checkpoint, Path(args.out), family=args.family, validate=not args.no_validate,
-                              experts={**experts, **labels}, with_experts=not args.no_experts,
-                              vision_config=args.vision_config)
-    print(f"engine package written to {args.out} ({m.family}, {len(m.components)} components)")
-    for note in m.source.get("load_notes", []):
-        print(f"  note: {note}")
-    for name, diff in m.source.get("validation_max_abs_diff", {}).items():
-        print(f"  {name:<12} max abs diff vs PyTorch {diff:.2e}")
-    return 0
-
-
-def load_model(args):
-    from .model import Model, RuntimeOptions
-
-    return Model.load(args.engine, options=RuntimeOptions(threads=args.threads))
-
-
-def cmd_ask(args) -> int:
-    """The full pipeline (experts on) when the package has experts, else the backbone with empty expert inputs."""
-    from moai_edge.engines.manifest import Manifest
-
-    from .pipeline import Pipeline
-
-    streamed = []
-    full = bool(Manifest.load(args.engine).experts)
-    with (Pipeline.load(args.engine, threads=args.threads) if full else load_model(args)) as runner:
-        tokenizer = runner.model.tokenizer if full else runner.tokenizer
-
-        def on_token(*row_token):
-            if not args.json and args.decoding != "beam":
-                streamed.append(row_token[-1])
-                print(tokenizer.decode(streamed[-1:]), end="", flush=True)
-
-        ans = runner.ask(args.image, args.question, decoding=args.decoding, max_new_tokens=args.max_new_tokens,
-                         seed=args.seed, template=args.template, on_token=on_token)
-    if args.json:
-        extra = {"experts": ans.experts, "verbalized": ans.verbalized} if full else {}
-        print(json.dumps({"answer": ans.answer, "tokens": ans.tokens, **extra, "timings_ms": ans.timings_ms}))
-    else:
-        print() if streamed else print(ans.answer)
-        print_timings(ans.timings_ms)
-    return 0
-
-
-def cmd_caption(args) -> int:
-    from .caption_job import CaptionJob
-    from .limits import check_batch_size, check_threads
-    from .pipeline import Pipeline
-
-    check_batch_size(args.batch_size)  # everything that can be refused is, before the package loads
-    check_threads(args.threads)
-    with CaptionJob.open(args.input, args.out, resume=args.resume) as job, \
-            Pipeline.load(args.engine, threads=args.threads) as pipe:
-        s = job.run(pipe, question=args.question, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
-    print(s.line(args.out), file=sys.stderr)
-    return 0
-
-
-def cmd_experts(args) -> int:
-    from moai_edge.engines.manifest import Manifest
-    from moai_edge.engines.ort_engine import OrtOptions
-
-    from .experts.runner import Experts
-    from .experts.verbalize import collavo_question
-    from .images import load_image
-
-    manifest = Manifest.load(args.engine)
-    if not manifest.experts:
-        print(f"moai-edge: the package in {args.engine} has no experts (exported with --no-experts)", file=sys.stderr)
-        return 2
-    experts = Experts(manifest, OrtOptions(intra_op_threads=args.threads))
-    result = experts.run([load_image(args.image)])[0]
-    aux = experts.aux_inputs(result)
-    report = result.to_json()
-    if manifest.family == "collavo":
-        report["crayon_text"] = aux.segment_text
-        report["question_prefix"] = collavo_question(aux.segment_text, "")
-    else:
-        report["verbalized"] = aux.verbalized
-    experts.close()
-    if args.json:
-        print(json.dumps(report))
-        return 0
-    print(f"{len(report['segments'])} segments")
-    for s in report["segments"]:
-        print(f"  #{s['id']:<3} {s['label']:<20} score {s['score']:.3f}  box {s['box']}")
-    print(f"{len(report['detections'])} detections")
-    for d in report["detections"]:
-        print(f"  {d['label']:<24} score {d['score']:.3f}  box {d['box']}")
-    print(f"{len(report['relations'])} relations")
-    for r in report["relations"]:
-        print(f"  {r['subject']} is {r['predicate']} {r['object']}")
-    print(f"{len(report['ocr'])} OCR lines")
-    for line in report["ocr"]:
-        print(f"  {line['text']!r:<30} confidence {line['confidence']:.3f}")
-    for key in ("crayon_text", "question_prefix", "verbalized"):
-        if key in report:
-            print(f"{key}: {report[key]!r}")
-    return 0
-
-
-def print_timings(ms: dict[str, float]) -> None:
-    print("stage               ms")
-    for stage, value in ms.items():
-        print(f"{stage:<18}{value:>8.1f}")
-
-
-def cmd_verify(args) -> int:
-    from moai_edge.engines.errors import require
-
-    require("torch", "export")
-    from moai_edge.bench.verify import verify_package
-
-    report = verify_package(Path(args.engine), images=args.images, question=args.question,
-                            max_new_tokens=args.max_new_tokens)
-    print(report.render())
-    return 0 if report.ok else 1
-
-
-def cmd_bench(args) -> int:
-    from moai_edge.bench.pipeline_bench import BenchConfig, PipelineBench
-    from moai_edge.bench.report import summary, write_report
-    from moai_edge.engines.errors import InputError, require_installed
-
+def package_version() -> str:
     try:
-        sizes = tuple(int(v) for v in args.batch_sizes.split(","))
-    except ValueError:
-        raise InputError(f"--batch-sizes: expected comma-separated integers like 1,2,4,8, found '{args.batch_sizes}'") from None
-    if not sizes or min(sizes) < 1 or args.runs < 1 or args.warmup < 0:
-        raise InputError(f"expected batch sizes >= 1, --runs >= 1, --warmup >= 0; found {sizes}, {args.runs}, {args.warmup}")
-    if args.reference:  # checked, not imported: the runtime's memory is measured before torch loads
-        require_installed("torch", "export")
-    cfg = BenchConfig(engine_dir=Path(args.engine), batch_sizes=sizes, warmup=args.warmup, runs=args.runs,
-                      reference=args.reference, threads=args.threads, concurrent=not args.sequential,
-                      max_new_tokens=args.max_new_tokens, images=args.images)
-    report = PipelineBench(cfg).run()
-    files = write_report(report, Path(args.out))
-    print(summary(report))
-    print("report: " + ", ".join(str(f) for f in files))
-    return 0
+        return version("moai-edge")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
-def cmd_demo(args) -> int:
-    """The built-in default: a tiny MoAI package built on the spot captions a folder of generated images."""
-    out = Path(args.engine)
-    if not (out / "manifest.json").is_file():
-        print(f"building the tiny MoAI engine package in {out} ...")
-        cmd_export(argparse.Namespace(tiny="moai", preset="tiny", seed=0, out=str(out), no_validate=False,
-                                      checkpoint=None, family=None, no_experts=False, panoptic=None,
-                                      detector=None, scene_graph=None, labels=None, moai_repo=None))
-    from PIL import Image
-
-    from .caption_job import run_caption_job
-    from .pipeline import DEFAULT_QUESTION, Pipeline
-    from .samples import sample_image
-
-    images = out.parent / "demo-images"
-    images.mkdir(parents=True, exist_ok=True)
-    for seed in range(4):
-        Image.fromarray(sample_image(size=320 + 40 * seed, seed=seed)).save(images / f"sample_{seed}.png")
-    captions = out.parent / "demo-captions.jsonl"
-    captions.unlink(missing_ok=True)
-    with Pipeline.load(out, threads=args.threads) as pipe:
-        summary = run_caption_job(pipe, images, captions, question=DEFAULT_QUESTION, batch_size=2,
-                                  max_new_tokens=args.max_new_tokens or 16)
-    records = [json.loads(line) for line in captions.read_text().splitlines()]
-    print(f"captions of {len(records)} images in {images} (seeded random weights: the text is noise, "
-          f"the tokens match PyTorch's) -> {captions}")
-    for r in records:
-        print(f"  {r['id']:<16} {r.get('caption', r.get('error'))!r}")
-    stages = [k for k in records[0]["timings_ms"] if k != "per_image"]
-    print(f"\nper-stage latency, ms (batch 2; {summary.images_per_s:.2f} images/s)")
-    print("stage".ljust(18) + "".join(r["id"][:12].rjust(14) for r in records))
-    for stage in stages:
-        print(stage.ljust(18) + "".join(f"{r['timings_ms'].get(stage, 0):14.1f}" for r in records))
-    return 0
+def engine_options(p: argparse.ArgumentParser, *, engine_required: bool = True) -> None:
+    """The options every verb that runs engines shares, with one meaning everywhere."""
+    p.add_argument("--engine", required=engine_required, default=None if engine_required else str(DEFAULT_DEMO_DIR),
+                   help="engine package folder (made by 'moai-edge export')")
+    p.add_argument("--device", choices=DEVICES, default="cpu", help="where the engines run (default: cpu)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="intra-op threads per engine; 0 lets onnxruntime choose (default: 0)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="moai-edge", description="Edge runtime for CoLLaVO and MoAI")
-    sub = p.add_subparsers(dest="command", required=True)
+def generation_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, help="tokens to generate at most (default: the package's)")
+    p.add_argument("--decoding", choices=["greedy", "sample", "beam"], help="default: the package's")
+    p.add_argument("--template", choices=["eval", "demo"], help="the reference's prompt format (default: eval)")
+    p.add_argument("--seed", type=int, help="seed for sampling")
 
+
+def add_export(sub) -> None:
     e = sub.add_parser("export", help="checkpoint -> engine package (needs moai-edge[export])")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--tiny", choices=["collavo", "moai"], help="build a seeded tiny checkpoint and export it")
     src.add_argument("--checkpoint", help="checkpoint folder or hub id (BK-Lee/MoAI-7B layout)")
-    e.add_argument("--family", choices=["collavo", "moai"])
-    e.add_argument("--preset", default="tiny", choices=["tiny", "small"])
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--out", required=True)
+    e.add_argument("--family", choices=["collavo", "moai"], help="check the checkpoint is of this family")
+    e.add_argument("--preset", default="tiny", choices=["tiny", "small"], help="size of a --tiny checkpoint")
+    e.add_argument("--seed", type=int, default=0, help="seed of a --tiny checkpoint's weights")
+    e.add_argument("--out", required=True, help="the engine package folder to write")
     e.add_argument("--no-validate", action="store_true", help="skip the ONNX-vs-PyTorch validation")
     e.add_argument("--no-experts", action="store_true", help="backbone only")
     e.add_argument("--panoptic", help="Mask2Former checkpoint folder or hub id (default: the reference's)")
@@ -229,68 +57,70 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scene-graph", help="OpenPSG's PSGTR checkpoint file, psgtr_r50_epoch_60.pth (MoAI; required)")
     e.add_argument("--labels", help="the detector's text queries: a JSON list or one per line, or a JSON object with "
                                     "'detector_queries' and 'psg_predicates' (MoAI)")
-    e.add_argument("--vision-config", help="with --checkpoint: JSON object of vision tower fields no tensor gives, "
-                                           "e.g. '{\"num_heads\": 12}' (needed when the tower is not CLIP-L's width)")
     e.add_argument("--moai-repo", help="a local clone of ByungKwanLee/MoAI to read the detector queries from, as data")
-    e.set_defaults(func=cmd_export)
+    e.add_argument("--vision-config", help="the vision tower's fields no tensor gives, as JSON, e.g. '{\"num_heads\": 12}'")
+    e.set_defaults(func=commands.cmd_export)
 
-    def runtime_args(q):
-        q.add_argument("--max-new-tokens", type=int)
-        q.add_argument("--decoding", choices=["greedy", "sample", "beam"])
-        q.add_argument("--template", choices=["eval", "demo"])
-        q.add_argument("--seed", type=int)
-        q.add_argument("--threads", type=int, default=0)
-        q.add_argument("--json", action="store_true", help="print one JSON object")
 
-    a = sub.add_parser("ask", help="ask one question about one image")
-    a.add_argument("--engine", required=True)
-    a.add_argument("image")
-    a.add_argument("question")
-    runtime_args(a)
-    a.set_defaults(func=cmd_ask)
-
-    v = sub.add_parser("verify", help="runtime vs the PyTorch reference on the package's checkpoint")
-    v.add_argument("--engine", required=True)
-    v.add_argument("--images", nargs="*", default=[])
-    v.add_argument("--question", default="Describe this image in detail.")
-    v.add_argument("--max-new-tokens", type=int, default=16)
-    v.set_defaults(func=cmd_verify)
+def add_runtime_verbs(sub) -> None:
+    a = sub.add_parser("ask", help="ask one question about one image (streams the answer)")
+    a.add_argument("image", help="an image file")
+    a.add_argument("question", help="the question, in quotes")
+    engine_options(a)
+    generation_options(a)
+    a.add_argument("--json", action="store_true", help="print one JSON object: answer, tokens, experts, timings")
+    a.set_defaults(func=commands.cmd_ask)
 
     x = sub.add_parser("experts", help="run the package's experts on one image and print their results")
-    x.add_argument("--engine", required=True)
-    x.add_argument("image")
-    x.add_argument("--threads", type=int, default=0)
-    x.add_argument("--json", action="store_true")
-    x.set_defaults(func=cmd_experts)
+    x.add_argument("image", help="an image file")
+    engine_options(x)
+    x.add_argument("--json", action="store_true", help="print one JSON object")
+    x.set_defaults(func=commands.cmd_experts)
 
     c = sub.add_parser("caption", help="caption a folder (or list file) of images into JSON lines, resumable")
     c.add_argument("input", help="a folder (searched recursively) or a text file with one image path per line")
-    c.add_argument("--engine", required=True)
+    engine_options(c)
     c.add_argument("--out", required=True, help="JSONL file: one record per image (id, caption or error, timings_ms)")
-    c.add_argument("--batch-size", type=int, default=1)
-    c.add_argument("--question", default="Describe this image in detail.")
-    c.add_argument("--resume", action="store_true", help="skip the ids already in --out and append the rest")
-    c.add_argument("--max-new-tokens", type=int)
-    c.add_argument("--threads", type=int, default=0)
-    c.set_defaults(func=cmd_caption, interrupted="the records finished so far are kept: run again with --resume")
+    c.add_argument("--batch-size", type=int, default=1, help="images per batch (default: 1)")
+    c.add_argument("--question", default=DEFAULT_QUESTION, help="what to ask about every image")
+    c.add_argument("--resume", action="store_true", help="keep the captions in --out, retry its errors, do the rest")
+    c.add_argument("--max-new-tokens", type=int, help="tokens to generate at most (default: the package's)")
+    c.set_defaults(func=commands.cmd_caption, interrupted="the records finished so far are kept: run again with --resume")
+
+    d = sub.add_parser("demo", help="build the tiny MoAI package if missing and caption generated sample images")
+    engine_options(d, engine_required=False)
+    d.add_argument("--max-new-tokens", type=int, help="tokens per caption (default: 16)")
+    d.set_defaults(func=commands.cmd_demo)
+
+
+def add_bench_verbs(sub) -> None:
+    v = sub.add_parser("verify", help="runtime vs the PyTorch reference on the package's checkpoint")
+    engine_options(v)
+    v.add_argument("--images", nargs="*", default=[], help="images to run end to end (experts, text, tokens)")
+    v.add_argument("--question", default=DEFAULT_QUESTION, help="the question asked about each image")
+    v.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens compared per image (default: 16)")
+    v.set_defaults(func=commands.cmd_verify)
 
     b = sub.add_parser("bench", help="per-stage latency, memory, roofline and (--reference) PyTorch side by side")
-    b.add_argument("--engine", required=True)
+    engine_options(b)
     b.add_argument("--batch-sizes", default="1,2,4,8", help="comma-separated, e.g. 1,8")
-    b.add_argument("--warmup", type=int, default=1)
-    b.add_argument("--runs", type=int, default=5)
+    b.add_argument("--warmup", type=int, default=1, help="untimed runs per batch size (default: 1)")
+    b.add_argument("--runs", type=int, default=5, help="timed runs per batch size (default: 5)")
     b.add_argument("--reference", action="store_true", help="also time the PyTorch reference (needs moai-edge[export])")
     b.add_argument("--out", default="bench-report", help="folder for report.json, report.md and the plots")
     b.add_argument("--max-new-tokens", type=int, default=32, help="decoded per answer, end-of-sequence ignored")
     b.add_argument("--images", nargs="*", default=[], help="default: generated sample images")
-    b.add_argument("--threads", type=int, default=0)
     b.add_argument("--sequential", action="store_true", help="experts one after another (default: concurrently)")
-    b.set_defaults(func=cmd_bench)
+    b.set_defaults(func=commands.cmd_bench)
 
-    d = sub.add_parser("demo", help="build the tiny MoAI package if missing and caption generated sample images")
-    d.add_argument("--engine", default=str(DEFAULT_DEMO_DIR))
-    runtime_args(d)
-    d.set_defaults(func=cmd_demo)
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="moai-edge", description="Edge runtime for CoLLaVO and MoAI")
+    p.add_argument("--version", action="version", version=f"moai-edge {package_version()}")
+    sub = p.add_subparsers(dest="command", required=True)
+    add_export(sub)
+    add_runtime_verbs(sub)
+    add_bench_verbs(sub)
     return p
 
 

@@ -2,7 +2,8 @@
 
 Rows are right-padded: a row's real tokens sit at slots [0, length) of the prompt part, every
 decode step writes slot L_max + t for all rows, and the attention mask hides the padding slots.
-RoPE positions count only real tokens, so a row gives exactly its batch-1 result.
+RoPE positions count only real tokens, so a row gives exactly its batch-1 result. The cache's and
+the feeds' dtypes are the decode graph's input dtypes.
 """
 
 from __future__ import annotations
@@ -16,14 +17,19 @@ from .kv_cache import KVCache
 from .limits import check_context
 
 
+def input_dtypes(engine: Engine) -> dict[str, np.dtype]:
+    return {s.name: np.dtype(s.dtype) for s in engine.inputs()}
+
+
 class DecoderRunner:
     def __init__(self, *, prefill: Engine, decode: Engine, embed_table: np.ndarray, dims: ModelDims):
         self.prefill_engine, self.decode_engine = prefill, decode
         self.embed_table = embed_table
         self.dims = dims
+        self.dtypes = input_dtypes(decode)
         self.cache: KVCache | None = None
-        self.mask: np.ndarray | None = None  # (rows, cache length) int64
-        self.next_pos: np.ndarray | None = None  # (rows,) int64
+        self.mask: np.ndarray | None = None  # (rows, cache length)
+        self.next_pos: np.ndarray | None = None  # (rows,)
 
     def prefill(self, feeds: dict[str, np.ndarray], *, max_new_tokens: int) -> np.ndarray:
         """feeds: the prefill graph's inputs (inputs_embeds, attention_mask, position_ids, im_mask, ...).
@@ -33,19 +39,20 @@ class DecoderRunner:
         d = self.dims
         check_context(seq, max_new_tokens, d.max_context)
         self.cache = KVCache(num_layers=d.num_layers, rows=rows, kv_heads=d.num_kv_heads, head_dim=d.head_dim,
-                             max_len=seq + max_new_tokens)
+                             max_len=seq + max_new_tokens, dtype=self.dtypes["past_key.0"])
         out = self.prefill_engine.run(feeds)
         self.cache.append(out)
-        self.mask = mask.astype(np.int64)
-        self.next_pos = mask.sum(axis=1).astype(np.int64)
+        self.mask = mask.astype(self.dtypes["attention_mask"])
+        self.next_pos = mask.sum(axis=1).astype(self.dtypes["position_ids"])
         return out["logits"]
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         """tokens (R,) -> logits (R,V) for the next position; advances the cache one slot."""
         rows = len(tokens)
-        self.mask = np.concatenate([self.mask, np.ones((rows, 1), np.int64)], axis=1)
+        self.mask = np.concatenate([self.mask, np.ones((rows, 1), self.mask.dtype)], axis=1)
+        embeds = self.embed_table[np.asarray(tokens, np.int64)][:, None, :]
         feeds = {
-            "inputs_embeds": self.embed_table[np.asarray(tokens, np.int64)][:, None, :],
+            "inputs_embeds": embeds.astype(self.dtypes["inputs_embeds"], copy=False),
             "attention_mask": self.mask,
             "position_ids": self.next_pos[:, None].copy(),
             **self.cache.feeds(),

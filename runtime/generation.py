@@ -1,7 +1,7 @@
 """The generation loop: greedy, sampling and beam search over a prefill result and a decode step (numpy only).
 
 Semantics are Hugging Face transformers' `generate` (5.x): the warper order of `_sample` (temperature,
-top-k, top-p) and `_beam_search` with its helpers. `bench/reference_generate.py` is the PyTorch twin.
+top-k, top-p) and `_beam_search` with its helpers. `bench/reference/generate.py` is the PyTorch twin.
 
 The caller owns the KV cache: `step(tokens (R,)) -> logits (R, V)` advances it one position and
 `select_rows(index (R',))` reorders, duplicates or drops its rows (new row j = old row index[j]).
@@ -14,47 +14,21 @@ from typing import Callable
 
 import numpy as np
 
+from moai_edge.engines.decoding import DecodingConfig
 from moai_edge.engines.errors import InputError
 
-STRATEGIES = ("greedy", "sample", "beam")
 IMPOSSIBLE = np.float32(-1.0e9)  # HF's score of a beam that must not be chosen
 
 Step = Callable[[np.ndarray], np.ndarray]
 SelectRows = Callable[[np.ndarray], None]
-OnToken = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class DecodingConfig:
-    strategy: str = "greedy"  # greedy | sample | beam
-    max_new_tokens: int = 128
-    temperature: float = 0.9
-    top_p: float = 0.95
-    top_k: int = 50  # 0 disables
-    num_beams: int = 3
-    length_penalty: float = 1.0
-    eos_token_ids: tuple[int, ...] = (2,)
-    pad_token_id: int = 2
-    seed: int | None = None
-
-    def validate(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise InputError(f"decoding strategy: expected one of {STRATEGIES}, found {self.strategy!r}")
-        if self.max_new_tokens < 1:
-            raise InputError(f"max_new_tokens: expected >= 1, found {self.max_new_tokens}")
-        if self.strategy == "sample" and not self.temperature > 0:
-            raise InputError(f"temperature: expected > 0 for sampling, found {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise InputError(f"top_p: expected a value in (0, 1], found {self.top_p}")
-        if self.top_k < 0:
-            raise InputError(f"top_k: expected >= 0 (0 disables it), found {self.top_k}")
-        if self.num_beams < 1:
-            raise InputError(f"num_beams: expected >= 1, found {self.num_beams}")
+OnToken = Callable[[int, int], "bool | None"]  # (row, token); False stops that row
 
 
 def generate(first_logits: np.ndarray, step: Step, select_rows: SelectRows, cfg: DecodingConfig, *,
              on_token: OnToken | None = None) -> list[list[int]]:
-    """Per input row, the generated ids in order, the eos token included when one was generated."""
+    """Per input row, the generated ids in order, the eos token included when one was generated. `on_token` hears
+    each token as it is chosen (beam search: each row's final tokens at the end); returning False from it stops
+    that row's decoding as an eos would, without the token being taken back."""
     cfg.validate()
     check_logits(first_logits, rows=None, vocab=None)
     if cfg.strategy != "beam":
@@ -139,7 +113,8 @@ def next_tokens(logits: np.ndarray, cfg: DecodingConfig, rng: np.random.Generato
 
 def decode_rows(first_logits: np.ndarray, step: Step, select_rows: SelectRows, cfg: DecodingConfig,
                 on_token: OnToken | None) -> list[list[int]]:
-    """Greedy or sampling; rows that emit an eos leave the caller's cache and cost no more decode work."""
+    """Greedy or sampling; rows that emit an eos, or that `on_token` stops, leave the caller's cache and cost no more
+    decode work."""
     rng = np.random.default_rng(cfg.seed)
     vocab = first_logits.shape[1]
     eos = np.asarray(cfg.eos_token_ids, np.int64)
@@ -148,11 +123,11 @@ def decode_rows(first_logits: np.ndarray, step: Step, select_rows: SelectRows, c
     logits = first_logits
     for t in range(cfg.max_new_tokens):
         tokens = next_tokens(logits, cfg, rng)  # (R,)
-        for row, tok in zip(active.tolist(), tokens.tolist()):
-            out[row].append(tok)
-            if on_token is not None:
-                on_token(row, tok)
         alive = ~np.isin(tokens, eos)
+        for i, (row, tok) in enumerate(zip(active.tolist(), tokens.tolist())):
+            out[row].append(tok)
+            if on_token is not None and on_token(row, tok) is False:
+                alive[i] = False
         if t == cfg.max_new_tokens - 1 or not alive.any():
             break
         if not alive.all():

@@ -163,6 +163,11 @@ def resize_planes(x: np.ndarray, height: int, width: int) -> np.ndarray:
     return _fma(hl0[:, None], top, hl1[:, None] * bottom)
 
 
+def load_resized(src, size: int) -> np.ndarray:
+    """The one decode and resize of an image: RGB uint8 (size, size, 3)."""
+    return resize_bilinear(load_image(src), size)[..., :3]
+
+
 def normalize(pixels: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """HxWx3 -> (3,H,W) float32, `(x - scale*mean) / (scale*std)`."""
     mean = np.asarray(cfg.mean, np.float32) * np.float32(cfg.scale)
@@ -177,22 +182,8 @@ def normalize_unit(cmap: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 
 
 def preprocess_image(src, cfg: PreprocessConfig, *, name: str | None = None) -> np.ndarray:
+    """What the vision tower gets for an image: (3,S,S) float32 (Pipeline: load_resized once, then normalize)."""
     if cfg.resize != "bilinear" or cfg.antialias:
         raise InputError(f"only bilinear resizing without antialias is supported, the package asks for "
                          f"{cfg.resize} with antialias={cfg.antialias}")
-    img = load_image(src, name=name)
-    return normalize(resize_bilinear(img, cfg.image_size)[..., :3], cfg)
-
-
-def preprocess_batch(images: list, cfg: PreprocessConfig) -> tuple[np.ndarray, list[ImageError | None]]:
-    """(B,3,S,S) float32 with zero rows for images that failed, and each image's error or None."""
-    s = cfg.image_size
-    out = np.zeros((len(images), 3, s, s), np.float32)
-    errors: list[ImageError | None] = []
-    for i, src in enumerate(images):
-        try:
-            out[i] = preprocess_image(src, cfg, name=_describe(src, i))
-            errors.append(None)
-        except ImageError as exc:
-            errors.append(exc)
-    return out, errors
+    return normalize(resize_bilinear(load_image(src, name=name), cfg.image_size)[..., :3], cfg)

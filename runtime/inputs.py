@@ -1,8 +1,11 @@
-"""Assemble the prefill graph's feeds: text embeddings with the image tokens spliced in, right-padded."""
+"""Assemble the prefill graph's feeds: text embeddings with the image tokens spliced in, right-padded.
+
+Dtypes come from the prefill graph's input specs, never from constants here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -16,26 +19,26 @@ class PrefillRequest:
     input_ids: np.ndarray  # (T,) text ids with exactly one image token id at image_pos
     image_pos: int
     image_features: np.ndarray  # (N,H)
-    seg_features: np.ndarray | None = None  # (N,H) CoLLaVO
-    aux_tokens: np.ndarray | None = None  # (A,H) MoAI
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # the family's prefill inputs of this row
 
     @property
     def length(self) -> int:
         return len(self.input_ids) - 1 + len(self.image_features)
 
 
-def assemble_prefill(requests: list[PrefillRequest], embed_table: np.ndarray, *, max_context: int) -> dict[str, np.ndarray]:
+def assemble_prefill(requests: list[PrefillRequest], embed_table: np.ndarray, *, dtypes: dict[str, str],
+                     image_aligned: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """`image_aligned` extras ((N,H) per row) are placed at the image positions of a (B,L,H) input; the other
+    extras are stacked per row."""
     if not requests:
         raise InputError("a prefill batch needs at least one request, found none")
     hidden = embed_table.shape[1]
     seq = max(r.length for r in requests)
-    if seq > max_context:
-        raise InputError(f"prompt of {seq} tokens (image tokens included) exceeds the package's max context {max_context}")
     b = len(requests)
-    embeds = np.zeros((b, seq, hidden), np.float32)
-    mask = np.zeros((b, seq), np.int64)
-    im_mask = np.zeros((b, seq), bool)
-    seg = np.zeros((b, seq, hidden), np.float32) if requests[0].seg_features is not None else None
+    embeds = np.zeros((b, seq, hidden), dtypes["inputs_embeds"])
+    mask = np.zeros((b, seq), dtypes["attention_mask"])
+    im_mask = np.zeros((b, seq), dtypes["im_mask"])
+    aligned = {name: np.zeros((b, seq, hidden), dtypes[name]) for name in image_aligned}
     for row, r in enumerate(requests):
         n, p = len(r.image_features), r.image_pos
         text = embed_table[r.input_ids]
@@ -44,16 +47,15 @@ def assemble_prefill(requests: list[PrefillRequest], embed_table: np.ndarray, *,
         embeds[row, p + n:r.length] = text[p + 1:]
         mask[row, :r.length] = 1
         im_mask[row, p:p + n] = True
-        if seg is not None:
-            seg[row, p:p + n] = r.seg_features
+        for name, buf in aligned.items():
+            buf[row, p:p + n] = r.extras[name]
     feeds = {
         "inputs_embeds": embeds,
         "attention_mask": mask,
-        "position_ids": np.broadcast_to(np.arange(seq, dtype=np.int64), (b, seq)).copy(),
+        "position_ids": np.broadcast_to(np.arange(seq, dtype=dtypes["position_ids"]), (b, seq)).copy(),
         "im_mask": im_mask,
+        **aligned,
     }
-    if seg is not None:
-        feeds["seg_features"] = seg
-    if requests[0].aux_tokens is not None:
-        feeds["aux_tokens"] = np.stack([r.aux_tokens for r in requests]).astype(np.float32)
+    for name in requests[0].extras.keys() - set(image_aligned):
+        feeds[name] = np.stack([r.extras[name] for r in requests]).astype(dtypes[name])
     return feeds

@@ -12,7 +12,7 @@ from moai_edge.engines.errors import InputError
 
 
 class KVCache:
-    def __init__(self, *, num_layers: int, rows: int, kv_heads: int, head_dim: int, max_len: int, dtype=np.float32):
+    def __init__(self, *, num_layers: int, rows: int, kv_heads: int, head_dim: int, max_len: int, dtype: np.dtype):
         shape = (max_len, rows, kv_heads, head_dim)
         self.keys = [np.zeros(shape, dtype) for _ in range(num_layers)]
         self.values = [np.zeros(shape, dtype) for _ in range(num_layers)]

@@ -23,13 +23,14 @@ import numpy as np
 
 from moai_edge.engines.errors import InputError, MoaiEdgeError
 
-from .pipeline import Pipeline, PipelineResult
+from .pipeline import Pipeline
+from .request import Result
 
 
 @dataclass
 class FrameResult:
     frame_id: int  # the order of `submit` calls, from 0
-    result: PipelineResult | None
+    result: Result | None
     error: str | None
     inference_ms: float  # the pipeline's work on this frame
     total_ms: float  # submit -> result, the wait in the queue included

@@ -21,13 +21,16 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | Path, *, image_token: str = "<image>") -> "Tokenizer":
+        return cls.from_bytes(Path(path).read_bytes(), image_token=image_token, name=str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, image_token: str = "<image>", name: str = "tokenizer") -> "Tokenizer":
         import sentencepiece as spm
 
-        path = Path(path)
         try:
-            processor = spm.SentencePieceProcessor(model_file=str(path))
+            processor = spm.SentencePieceProcessor(model_proto=data)
         except (OSError, RuntimeError) as exc:
-            raise ManifestError(f"tokenizer '{path}' is not a SentencePiece model: {exc}") from exc
+            raise ManifestError(f"tokenizer '{name}' is not a SentencePiece model: {exc}") from exc
         return cls(processor, image_token)
 
     def encode(self, text: str, *, add_bos: bool = False) -> list[int]:

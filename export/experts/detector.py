@@ -20,7 +20,6 @@ from moai_edge.engines.errors import CheckpointError, InputError
 
 from ..graphs import GraphTarget
 
-REFERENCE_ID = "google/owlv2-base-patch16-ensemble"
 IMAGE_SIZE = 960
 
 
@@ -150,7 +149,7 @@ class DetectorGraph(nn.Module):
 
 
 DETECTOR = GraphTarget(
-    name="detector", families=("moai",), build=DetectorGraph,
+    name="detector", build=DetectorGraph,
     inputs=lambda m, b: {"pixel_values": torch.randn(b, 3, IMAGE_SIZE, IMAGE_SIZE),
                          "query_embeds": torch.nn.functional.normalize(torch.randn(7, m.config.projection_dim), dim=-1)},
     dynamic_axes=lambda m: {"pixel_values": {0: "batch"}, "query_embeds": {0: "queries"}, "best_logit": {0: "batch"},

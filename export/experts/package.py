@@ -1,19 +1,28 @@
 """Export the family's experts into an engine package: graphs validated like the backbone's, and their
-settings (thresholds, sizes, label lists) in the manifest's `experts` section."""
+settings (thresholds, sizes, label lists) in the manifest's `experts` section.
+
+Each expert is registered with `@expert(name, build_tiny=..., labels=...)`: how it is exported, how its
+tiny seeded checkpoint is built, and which label lists (--labels) it takes. A family
+(export.families) names the experts it packages.
+"""
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from moai_edge.engines.errors import InputError
 from moai_edge.engines.manifest import Component, sha256_of
-from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
+from moai_edge.engines.options import RuntimeOptions
 from moai_edge.engines.protocol import TensorSpec
+from moai_edge.engines.registry import open_file
 
 from ..config import CLIP_MEAN, CLIP_STD, ModelConfig
+from ..families import family_of
 from ..onnx_export import Tolerance, export_graph, validate_graph
 from ..package import io_specs
 from . import detector as owl
@@ -39,7 +48,7 @@ def export_onnx_expert(target, model, out_dir: Path, work: Path) -> tuple[Compon
 
     path = work / f"{target.name}.onnx"
     export_graph(target, model, path)
-    with OrtEngine.load(path, options=OrtOptions(), name=target.name) as engine:
+    with open_file(path, RuntimeOptions(), name=target.name) as engine:
         diffs = validate_graph(target, model, engine.run, tol=TOLERANCES[target.name], batches=(1, 4))
     dest = out_dir / path.name
     shutil.copyfile(path, dest)
@@ -47,37 +56,78 @@ def export_onnx_expert(target, model, out_dir: Path, work: Path) -> tuple[Compon
     return Component(file=dest.name, sha256=sha256_of(dest), inputs=inputs, outputs=outputs), diffs
 
 
+@dataclass(frozen=True)
+class ExpertSources:
+    """Where each expert's checkpoint comes from (a folder or hub id), and the label lists that replace its defaults."""
+
+    panoptic: str | Path | None = None
+    detector: str | Path | None = None
+    queries: list[str] | None = None
+    scene_graph: str | Path | None = None
+    predicates: list[str] | None = None
+
+
+Exported = tuple[dict, dict, dict]  # (components, experts manifest section, validation max diffs)
+
+
+@dataclass(frozen=True)
+class ExpertKind:
+    export: Callable[[ModelConfig, Path, Path, ExpertSources], Exported]
+    build_tiny: Callable[..., dict]  # (out_dir, *, family, preset, seed) -> ExpertSources fields
+    labels: tuple[str, ...] = ()  # the ExpertSources label lists it takes
+
+
+EXPERTS: dict[str, ExpertKind] = {}
+
+
+def expert(name: str, *, build_tiny: Callable[..., dict], labels: tuple[str, ...] = ()):
+    def register(export):
+        EXPERTS[name] = ExpertKind(export, build_tiny, labels)
+        return export
+    return register
+
+
 def export_experts(cfg: ModelConfig, out_dir: Path, work: Path, *, panoptic: str | Path,
                    detector: str | Path | None = None, queries: list[str] | None = None,
-                   scene_graph: str | Path | None = None, predicates: list[str] | None = None) -> tuple[dict, dict, dict]:
-    """Returns (components, experts manifest section, validation max diffs). MoAI also gets the detector,
-    the scene graph and OCR."""
-    components, section, diffs = export_panoptic(cfg, out_dir, work, panoptic)
-    if cfg.family == "moai":
-        for new in (export_detector(out_dir, work, detector, queries), export_scene_graph(out_dir, work, scene_graph, predicates)):
-            for part, more in zip((components, section, diffs), new):
-                part.update(more)
-        ocr_components, ocr_section = export_ocr(out_dir)
-        components.update(ocr_components)
-        section.update(ocr_section)
+                   scene_graph: str | Path | None = None, predicates: list[str] | None = None) -> Exported:
+    """Returns (components, experts manifest section, validation max diffs) of the experts the family packages."""
+    sources = ExpertSources(panoptic=panoptic, detector=detector, queries=queries, scene_graph=scene_graph,
+                            predicates=predicates)
+    components, section, diffs = {}, {}, {}
+    for name in family_of(cfg.family).experts:
+        for part, more in zip((components, section, diffs), EXPERTS[name].export(cfg, out_dir, work, sources)):
+            part.update(more)
     return components, section, diffs
 
 
-def export_panoptic(cfg: ModelConfig, out_dir: Path, work: Path, source: str | Path) -> tuple[dict, dict, dict]:
-    model = load_panoptic(source)
+def build_tiny_panoptic_sources(out_dir: Path, *, family: str, preset: str, seed: int) -> dict:
+    return {"panoptic": build_tiny_panoptic(out_dir / "panoptic", family=family, preset=preset,
+                                            labels=COCO_PANOPTIC_CLASSES, seed=seed)}
+
+
+@expert("panoptic", build_tiny=build_tiny_panoptic_sources)
+def export_panoptic(cfg: ModelConfig, out_dir: Path, work: Path, sources: ExpertSources) -> Exported:
+    model = load_panoptic(sources.panoptic)
     component, diffs = export_onnx_expert(PANOPTIC, model, out_dir, work)
-    # segments are mapped onto CoLLaVO's vision grid (35 for the real model) and MoAI's image (490)
-    target = cfg.vision.grid if cfg.family == "collavo" else cfg.vision.image_size
     section = {
-        "component": "panoptic", "source": str(source), "image_size": IMAGE_SIZE,
+        "component": "panoptic", "source": str(sources.panoptic), "image_size": IMAGE_SIZE,
         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "threshold": 0.5, "mask_threshold": 0.95,
-        "overlap_mask_area_threshold": 0.8, "target_size": target, "labels": labels_of(model),
+        "overlap_mask_area_threshold": 0.8, "target_size": family_of(cfg.family).panoptic_target_size(cfg),
+        "labels": labels_of(model),
     }
     return {"panoptic": component}, {"panoptic": section}, {"panoptic": max(diffs.values())}
 
 
-def export_detector(out_dir: Path, work: Path, source: str | Path, queries: list[str] | None) -> tuple[dict, dict, dict]:
+def build_tiny_detector_sources(out_dir: Path, *, family: str, preset: str, seed: int) -> dict:
+    """Tiny checkpoints query the COCO names; real exports take --labels / --moai-repo."""
+    return {"detector": owl.build_tiny_detector(out_dir / "detector", preset=preset, seed=seed),
+            "queries": list(COCO_PANOPTIC_CLASSES)}
+
+
+@expert("detector", build_tiny=build_tiny_detector_sources, labels=("queries",))
+def export_detector(cfg: ModelConfig, out_dir: Path, work: Path, sources: ExpertSources) -> Exported:
     """The image graph, and the query embeddings computed once here (the reference recomputes them per image)."""
+    source, queries = sources.detector, sources.queries
     if not queries:
         raise InputError("the detector needs its text queries: --labels FILE or --moai-repo DIR")
     model = owl.load_detector(source)
@@ -94,13 +144,18 @@ def export_detector(out_dir: Path, work: Path, source: str | Path, queries: list
             {"detector": max(diffs.values())})
 
 
-def export_scene_graph(out_dir: Path, work: Path, source: str | Path | None,
-                       predicates: list[str] | None) -> tuple[dict, dict, dict]:
+def build_tiny_scene_graph_sources(out_dir: Path, *, family: str, preset: str, seed: int) -> dict:
+    return {"scene_graph": psgtr.build_tiny_scene_graph(out_dir / "scene_graph", preset=preset, seed=seed)}
+
+
+@expert("scene_graph", build_tiny=build_tiny_scene_graph_sources, labels=("predicates",))
+def export_scene_graph(cfg: ModelConfig, out_dir: Path, work: Path, sources: ExpertSources) -> Exported:
+    source = sources.scene_graph
     if source is None:
         raise InputError(f"MoAI's scene-graph expert needs OpenPSG's checkpoint: --scene-graph PATH/{psgtr.REFERENCE_FILE}")
     model = psgtr.load_scene_graph(source)
     component, diffs = export_onnx_expert(psgtr.SCENE_GRAPH, model, out_dir, work)
-    predicates = list(predicates or PSG_PREDICATES)
+    predicates = list(sources.predicates or PSG_PREDICATES)
     if len(predicates) != model.cfg.num_relations:
         raise InputError(f"{source}: predicts {model.cfg.num_relations} predicates, the predicate list has {len(predicates)}")
     section = {"component": "scene_graph", "source": str(source), "scale": list(model.test_scale),
@@ -108,12 +163,27 @@ def export_scene_graph(out_dir: Path, work: Path, source: str | Path | None,
     return {"scene_graph": component}, {"scene_graph": section}, {"scene_graph": max(diffs.values())}
 
 
+def no_tiny_ocr(out_dir: Path, *, family: str, preset: str, seed: int) -> dict:
+    """OCR has no tiny checkpoint: packages always carry the real PP-OCR models from the rapidocr wheel."""
+    return {}
+
+
+@expert("ocr", build_tiny=no_tiny_ocr)
+def export_ocr_expert(cfg: ModelConfig, out_dir: Path, work: Path, sources: ExpertSources) -> Exported:
+    components, section = export_ocr(out_dir)
+    return components, section, {}
+
+
 def build_tiny_experts(family: str, out_dir: Path, *, preset: str, seed: int) -> dict:
-    """Seeded expert checkpoints in their published layouts, next to the tiny VLM checkpoint."""
-    experts = {"panoptic": build_tiny_panoptic(out_dir / "panoptic", family=family, preset=preset,
-                                               labels=COCO_PANOPTIC_CLASSES, seed=seed)}
-    if family == "moai":  # tiny checkpoints query the COCO names; real exports take --labels / --moai-repo
-        experts.update(detector=owl.build_tiny_detector(out_dir / "detector", preset=preset, seed=seed),
-                       queries=list(COCO_PANOPTIC_CLASSES),
-                       scene_graph=psgtr.build_tiny_scene_graph(out_dir / "scene_graph", preset=preset, seed=seed))
-    return experts
+    """Seeded checkpoints of the family's experts in their published layouts, next to the tiny VLM checkpoint:
+    the ExpertSources fields that name them."""
+    sources: dict = {}
+    for name in family_of(family).experts:
+        sources.update(EXPERTS[name].build_tiny(out_dir, family=family, preset=preset, seed=seed))
+    return sources
+
+
+def label_sources(family: str, labels: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The label lists (queries, predicates) that the family's experts take; the others do not apply to it."""
+    taken = {key for name in family_of(family).experts for key in EXPERTS[name].labels}
+    return {key: value for key, value in labels.items() if key in taken}

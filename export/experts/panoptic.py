@@ -15,10 +15,9 @@ from torch import nn
 
 from moai_edge.engines.errors import CheckpointError
 
+from ..families import family_of
 from ..graphs import GraphTarget
 
-REFERENCE_IDS = {"moai": "facebook/mask2former-swin-base-coco-panoptic",
-                 "collavo": "facebook/mask2former-swin-large-coco-panoptic"}
 IMAGE_SIZE = 384
 SWIN = {  # embed_dim, depths, heads: Swin-B and Swin-L as the reference checkpoints use them
     "base": (128, [2, 2, 18, 2], [4, 8, 16, 32]),
@@ -30,7 +29,7 @@ SWIN = {  # embed_dim, depths, heads: Swin-B and Swin-L as the reference checkpo
 def panoptic_config(preset: str, family: str, labels: list[str]):
     from transformers import Mask2FormerConfig, SwinConfig
 
-    size = "tiny" if preset == "tiny" else ("base" if family == "moai" else "large")
+    size = "tiny" if preset == "tiny" else family_of(family).panoptic_swin  # the reference's Swin size otherwise
     dim, depths, heads = SWIN[size]
     swin = SwinConfig(image_size=IMAGE_SIZE, patch_size=4, embed_dim=dim, depths=depths, num_heads=heads, window_size=12,
                       out_features=["stage1", "stage2", "stage3", "stage4"])
@@ -87,7 +86,7 @@ class PanopticGraph(nn.Module):
 
 
 PANOPTIC = GraphTarget(
-    name="panoptic", families=("moai", "collavo"), build=PanopticGraph,
+    name="panoptic", build=PanopticGraph,
     inputs=lambda m, b: {"pixel_values": torch.randn(b, 3, IMAGE_SIZE, IMAGE_SIZE)},
     dynamic_axes=lambda m: {k: {0: "batch"} for k in ("pixel_values", "class_queries_logits", "masks_queries_logits")},
     output_names=lambda m: ["class_queries_logits", "masks_queries_logits"],

@@ -370,7 +370,7 @@ def _example(model: Psgtr, batch: int) -> dict[str, torch.Tensor]:
 
 
 SCENE_GRAPH = GraphTarget(
-    name="scene_graph", families=("moai",), build=SceneGraphGraph, inputs=_example,
+    name="scene_graph", build=SceneGraphGraph, inputs=_example,
     dynamic_axes=lambda m: {"pixel_values": {0: "batch", 2: "height", 3: "width"},
                             **{k: {0: "batch"} for k in OUTPUTS[:5]},
                             **{k: {0: "batch", 2: "mask_height", 3: "mask_width"} for k in OUTPUTS[5:]}},

@@ -24,9 +24,9 @@ class VLM(nn.Module):
         self.output = nn.Linear(dec.hidden_size, dec.vocab_size, bias=False)
         self.vit = VisionTower(vis)
         self.vision_proj = projector(vis.hidden_size, dec.hidden_size)
-        if cfg.family == "moai":
+        if cfg.compressor is not None:  # MoAI
             self.moai_compressor = PerceiverResampler(dec.hidden_size, cfg.compressor)
-        if cfg.family == "collavo":
+        if cfg.crayon is not None:  # CoLLaVO
             self.vision_proj_for_seg = projector(vis.hidden_size, dec.hidden_size)
             self.seg_prompt_embed = nn.Embedding(cfg.crayon.num_classes, vis.hidden_size)
             self.seg_num_embed = nn.Embedding(cfg.crayon.num_numbers, vis.hidden_size)

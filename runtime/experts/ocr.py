@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from moai_edge.engines.errors import require
-from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
+from moai_edge.engines.options import RuntimeOptions
+from moai_edge.engines.registry import open_file
 from moai_edge.engines.protocol import Engine
 
 
@@ -186,11 +187,17 @@ class OcrReader:
         self.cfg = cfg or OcrConfig()
 
     @classmethod
-    def load(cls, det: Path, cls_: Path, rec: Path, *, options: OrtOptions | None = None,
+    def load(cls, det: Path, cls_: Path, rec: Path, *, options: RuntimeOptions | None = None,
              cfg: OcrConfig | None = None) -> "OcrReader":
-        """The three PP-OCR graphs; the character dictionary comes from the recogniser's metadata."""
-        engines = [OrtEngine.load(p, options=options, name=n) for p, n in ((det, "ocr_det"), (cls_, "ocr_cls"), (rec, "ocr_rec"))]
-        return cls(*engines, engines[2].metadata()["character"].splitlines(), cfg)
+        """Three bare PP-OCR graph files (e.g. rapidocr's)."""
+        options = options or RuntimeOptions()
+        return cls.from_engines(*(open_file(p, options, name=n) for p, n in ((det, "ocr_det"), (cls_, "ocr_cls"),
+                                                                             (rec, "ocr_rec"))), cfg=cfg)
+
+    @classmethod
+    def from_engines(cls, det: Engine, cls_: Engine, rec: Engine, *, cfg: OcrConfig | None = None) -> "OcrReader":
+        """The character dictionary comes from the recogniser's metadata."""
+        return cls(det, cls_, rec, rec.metadata()["character"].splitlines(), cfg)
 
     def close(self) -> None:
         for engine in (self.det, self.cls, self.rec):

@@ -1,27 +1,26 @@
-"""Run the package's experts on images and turn their results into the backbone's auxiliary inputs."""
+"""Run the package's experts on images: each expert an independent step, so they may run concurrently."""
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
+from functools import partial
 from typing import Callable
 
 import numpy as np
 
-from moai_edge.engines.cuda_streams import CudaStreams
 from moai_edge.engines.manifest import Manifest
-from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
+from moai_edge.engines.options import RuntimeOptions
+from moai_edge.engines.registry import open_engine
 
-from ..model import AuxInputs
 from .detector import DetectorConfig, post_process_detections, preprocess_detector
 from .ocr import OcrConfig, OcrLine, OcrReader
 from .panoptic import PanopticConfig, PanopticResult, post_process_panoptic, preprocess_panoptic
 from .scene_graph import HEADS as SCENE_GRAPH_HEADS
 from .scene_graph import (SceneGraphConfig, SceneGraphResult, mask_size, post_process_scene_graph, preprocess_scene_graph,
                           relations_of)
-from .verbalize import (Detection, clean_class, colour_map, crayon_maps, crayon_text, join_parts, segment_boxes,
-                        verbalize_detections, verbalize_ocr, verbalize_relations, verbalize_segments)
+from .verbalize import Detection, clean_class, segment_boxes
 
 
 @dataclass
@@ -53,39 +52,34 @@ def config_from(cls, section: dict):
     return cls(**{k: v for k, v in section.items() if k in names})
 
 
-def load_ocr(manifest: Manifest, options: OrtOptions) -> OcrReader:
-    """The package's three PP-OCR graphs with the manifest's OCR settings."""
-    o = manifest.experts["ocr"]
-    det, cls, rec = (manifest.path(manifest.component(o[k]).file) for k in ("det", "cls", "rec"))
-    return OcrReader.load(det, cls, rec, options=options, cfg=config_from(OcrConfig, o))
-
-
 class Experts:
-    def __init__(self, manifest: Manifest, options: OrtOptions, *, streams: CudaStreams | None = None):
-        """`streams`: on a GPU, each expert's sessions run on that expert's own CUDA stream."""
-        self.manifest, self.streams = manifest, streams
+    """The package's experts, each on its own engines. `threads` / `memory_arena` override the runtime options for
+    the expert engines: concurrently run experts get one thread each, and their large activations go back to the
+    system after each run instead of staying pooled."""
+
+    def __init__(self, manifest: Manifest, options: RuntimeOptions, *, threads: int | None = None,
+                 memory_arena: bool | None = False):
+        self.manifest = manifest
+        self.open = partial(open_engine, manifest, options=options, threads=threads, memory_arena=memory_arena)
         section = manifest.experts["panoptic"]
         self.panoptic_cfg = config_from(PanopticConfig, section)
-        self.panoptic = self.engine(section["component"], options)
+        self.panoptic = self.open(section["component"])
         self.detector = self.detector_cfg = None
         if "detector" in manifest.experts:
             d = manifest.experts["detector"]
             self.detector_cfg = config_from(DetectorConfig, d)
-            self.detector = self.engine(d["component"], options)
+            self.detector = self.open(d["component"])
             self.query_embeds = manifest.load_array(d["queries"])
         self.scene_graph = self.scene_graph_cfg = None
         if "scene_graph" in manifest.experts:
             g = manifest.experts["scene_graph"]
             self.scene_graph_cfg = config_from(SceneGraphConfig, g)
-            self.scene_graph = self.engine(g["component"], options)
-        self.ocr = load_ocr(manifest, self.on_stream("ocr", options)) if "ocr" in manifest.experts else None
-
-    def on_stream(self, name: str, options: OrtOptions) -> OrtOptions:
-        return replace(options, providers=self.streams.providers_for(name, options.providers)) if self.streams else options
-
-    def engine(self, name: str, options: OrtOptions) -> OrtEngine:
-        return OrtEngine.load(self.manifest.path(self.manifest.component(name).file), options=self.on_stream(name, options),
-                              name=name)
+            self.scene_graph = self.open(g["component"])
+        self.ocr = None
+        if "ocr" in manifest.experts:
+            o = manifest.experts["ocr"]
+            self.ocr = OcrReader.from_engines(*(self.open(o[k]) for k in ("det", "cls", "rec")),
+                                              cfg=config_from(OcrConfig, o))
 
     def close(self) -> None:
         for part in (self.panoptic, self.detector, self.scene_graph, self.ocr):
@@ -163,16 +157,3 @@ class Experts:
                 graph.relations = relations_of(graph, cfg)
                 results[i] = graph
         return results
-
-    def aux_inputs(self, r: ExpertResults) -> AuxInputs:
-        """What the backbone takes from the experts, for this package's family."""
-        if self.manifest.family == "collavo":
-            class_map, number_map = crayon_maps(r.panoptic)
-            return AuxInputs(class_map=class_map, number_map=number_map, segment_text=crayon_text(r.panoptic, r.labels))
-        return AuxInputs(verbalized=self.verbalize(r), colour_map=colour_map(r.panoptic))
-
-    def verbalize(self, r: ExpertResults) -> str:
-        """MoAI's four sentences."""
-        relations = r.scene_graph.relations if r.scene_graph else []
-        return join_parts(verbalize_segments(r.panoptic, r.labels), verbalize_detections(r.detections, r.detector_labels),
-                          verbalize_relations(relations), verbalize_ocr([line.text for line in r.ocr]))

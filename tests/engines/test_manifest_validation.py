@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from moai_edge.engines.errors import IntegrityError, ManifestError
-from moai_edge.engines.manifest import (SECTION_RULES, GenerationDefaults, Manifest, ModelDims, PreprocessConfig,
-                                        PromptConfig, SharedWeights, sha256_of)
+from moai_edge.engines.decoding import DecodingConfig
+from moai_edge.engines.manifest import (SECTION_RULES, Manifest, ModelDims, PreprocessConfig, PromptConfig, SharedWeights,
+                                        sha256_of)
 
 GRAPHS = ("vision", "compressor", "prefill", "decode", "panoptic", "detector", "scene_graph",
           "ocr_det", "ocr_cls", "ocr_rec")
@@ -47,10 +48,10 @@ def manifest_dict(root: Path) -> dict:
               "detector_queries": component(root, "q", "queries.npy", kind="npy",
                                             outputs=[{"name": "query_embeds", "dtype": "float32", "shape": [3, 2]}])}
     return {
-        "schema_version": 1, "family": "moai", "source": {"preset": "synthetic"},
+        "schema_version": 2, "family": "moai", "source": {"preset": "synthetic"},
         "model": {"family": "moai", "hidden_size": 4, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "head_dim": 2,
                   "vocab_size": 4, "image_token_id": 4, "max_context": 32, "image_size": 28, "patch_size": 14, "grid": 2,
-                  "num_image_tokens": 4, "bos_id": 1, "eos_id": 2, "pad_id": 2},
+                  "num_image_tokens": 4, "bos_id": 1},
         "components": {**graphs, **arrays},
         "shared_weights": {"decoder": {"file": "weights.bin", "sha256": sha256_of(root / "weights.bin"), "tensors": {
             "w0": {"offset": 0, "nbytes": 32, "dtype": "float32", "shape": [2, 4]},
@@ -58,7 +59,7 @@ def manifest_dict(root: Path) -> dict:
         "tokenizer": {"file": "tokenizer.model", "sha256": sha256_of(root / "tokenizer.model"), "add_bos": True},
         "prompts": {"system": "sys <image>", "image_token": "<image>", "templates": {"eval": "Q: {question} A:"}},
         "preprocess": {"image_size": 28, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
-        "generation": {"eos_token_ids": [2]},
+        "generation": {"eos_token_ids": [2], "pad_token_id": 2},
         "experts": {"panoptic": {"component": "panoptic", "image_size": 32, "std": [0.2, 0.2, 0.2], "labels": ["a", "b"]},
                     "detector": {"component": "detector", "queries": "detector_queries", "threshold": 0.1},
                     "scene_graph": {"component": "scene_graph", "scale": [64, 32], "predicates": ["on"]},
@@ -98,7 +99,7 @@ def test_a_good_package_loads_and_round_trips(package):
 
 
 def test_rules_cover_every_field_of_every_section():
-    for cls in (ModelDims, PromptConfig, PreprocessConfig, GenerationDefaults, SharedWeights):
+    for cls in (ModelDims, PromptConfig, PreprocessConfig, DecodingConfig, SharedWeights):
         assert set(SECTION_RULES[cls]) == {f.name for f in fields(cls)}, cls.__name__
 
 
@@ -115,13 +116,14 @@ def test_unreadable_manifest_text(package, raw, words):
 
 SET, DROP = object(), object()
 BAD_FIELDS = [  # (path into the manifest, new value or DROP, words the message must hold)
-    (("schema_version",), 2, "schema_version"), (("schema_version",), True, "schema_version"),
+    (("schema_version",), 1, "schema_version"), (("schema_version",), 3, "schema_version"),
+    (("schema_version",), True, "schema_version"),
     (("family",), "gpt", "family"), (("model",), DROP, "model"), (("surprise",), 1, "surprise"),
     (("model", "image_size"), 0, "model.image_size"), (("model", "hidden_size"), -4, "model.hidden_size"),
     (("model", "num_layers"), "1", "model.num_layers"), (("model", "grid"), 2.0, "model.grid"),
     (("model", "vocab_size"), True, "model.vocab_size"), (("model", "grid"), 3, "model.grid"),
     (("model", "family"), "collavo", "model.family"), (("model", "num_kv_heads"), 3, "model.num_kv_heads"),
-    (("model", "eos_id"), 4, "model.eos_id"), (("model", "extra"), 1, "model"),
+    (("model", "bos_id"), 4, "model.bos_id"), (("model", "eos_id"), 2, "model"), (("model", "extra"), 1, "model"),
     (("preprocess", "image_size"), 0, "preprocess.image_size"), (("preprocess", "image_size"), 14, "preprocess.image_size"),
     (("preprocess", "std"), [0, 0.25, 0.25], "preprocess.std[0]"), (("preprocess", "std"), [-1, 1, 1], "preprocess.std[0]"),
     (("preprocess", "mean"), [0.5, 0.5], "preprocess.mean"), (("preprocess", "mean"), "0.5", "preprocess.mean"),
@@ -134,7 +136,10 @@ BAD_FIELDS = [  # (path into the manifest, new value or DROP, words the message 
     (("prompts", "answer_stop"), "", "prompts.answer_stop"),
     (("prompts", "default_template"), "demo", "prompts.default_template"),
     (("prompts", "image_token"), "", "prompts.image_token"),
-    (("generation", "top_p"), 0, "generation.top_p"), (("generation", "decoding"), "nucleus", "generation.decoding"),
+    (("generation", "top_p"), 0, "generation.top_p"), (("generation", "strategy"), "nucleus", "generation.strategy"),
+    (("generation", "decoding"), "greedy", "generation"), (("generation", "pad_token_id"), 4, "generation.pad_token_id"),
+    (("generation", "pad_token_id"), -1, "generation.pad_token_id"), (("generation", "seed"), "7", "generation.seed"),
+    (("generation", "num_beams"), 0, "generation.num_beams"), (("generation", "top_k"), 1.5, "generation.top_k"),
     (("generation", "eos_token_ids"), [], "generation.eos_token_ids"),
     (("generation", "eos_token_ids"), [9], "generation.eos_token_ids[0]"),
     (("generation", "max_new_tokens"), 0, "generation.max_new_tokens"),
@@ -211,7 +216,7 @@ def test_symlinks_out_of_the_package_are_refused_before_reading(package, monkeyp
     (root / "vision.onnx").unlink()
     (root / "vision.onnx").symlink_to(outside / "vision.onnx")
     read = []
-    monkeypatch.setattr("moai_edge.engines.manifest.sha256_of", lambda p: read.append(p))
+    monkeypatch.setattr("moai_edge.engines.integrity.digest", lambda data: read.append(data))
     message = refused(root, d, "components.vision.file")
     assert "symlink" in message and not read
     os.symlink(root / "loop", root / "loop")
@@ -259,21 +264,36 @@ def test_npy_components_are_plain_arrays_of_the_declared_shape(package, writer, 
     refused(root, d, words)
 
 
-def test_load_array_refuses_what_changed_after_loading(package):
+@pytest.mark.parametrize("verify", [True, False])
+def test_load_array_refuses_what_changed_after_loading(package, verify):
+    """Checked: the hash names the file. Unchecked: the content itself is refused, never unpickled."""
     root, d = package
-    m = Manifest.load(write(root, d))
+    m = Manifest.load(write(root, d), verify=verify)
     with pytest.raises(ManifestError, match="components.vision.kind"):
         m.load_array("vision")
     with pytest.raises(ManifestError, match="no component 'ghost'"):
         m.load_array("ghost")
     np.save(root / "embed.npy", np.array([object()] * 3, dtype=object), allow_pickle=True)
     for mmap in (False, True):
-        with pytest.raises(ManifestError, match=re.escape("embed.npy")):
+        with pytest.raises(IntegrityError if verify else ManifestError, match=re.escape("embed.npy")) as info:
             m.load_array("embedding", mmap=mmap)
+        assert verify or "pickled" in str(info.value)
     np.savez(root / "queries.npy.npz", a=np.zeros(3))
     os.replace(root / "queries.npy.npz", root / "queries.npy")
-    with pytest.raises(ManifestError, match="npz"):
+    with pytest.raises(IntegrityError if verify else ManifestError, match="corrupted" if verify else "npz"):
         m.load_array("detector_queries")
+
+
+def test_load_array_returns_the_declared_array(package):
+    root, d = package
+    np.save(root / "embed.npy", np.asfortranarray(np.arange(20, dtype=np.float32).reshape(5, 4)))
+    d["components"]["embedding"]["sha256"] = sha256_of(root / "embed.npy")
+    m = Manifest.load(write(root, d))
+    for mmap in (False, True):
+        array = m.load_array("embedding", mmap=mmap)
+        np.testing.assert_array_equal(array, np.arange(20, dtype=np.float32).reshape(5, 4))
+        assert isinstance(array, np.memmap) == mmap
+        assert array.flags.writeable != mmap  # a view of the read-only mapping, or a copy of it
 
 
 def test_shared_weights_open_checks_its_spec(package):

@@ -36,8 +36,10 @@ def two_graphs(n_layers: int, dim: int, seed: int = 0):
 
 
 def test_dedup_by_content_and_outputs_unchanged(tmp_path):
+    from moai_edge.engines import RuntimeOptions, open_file
     from moai_edge.engines.manifest import SharedWeights as Spec
     from moai_edge.engines.ort_engine import OrtEngine
+    from moai_edge.engines.registry import Graph
     from moai_edge.engines.shared_weights import SharedWeights
     from moai_edge.export.onnx_weights import save_model, write_shared_weights
     from onnx import numpy_helper
@@ -57,9 +59,11 @@ def test_dedup_by_content_and_outputs_unchanged(tmp_path):
         save_model(proto, tmp_path / f"{name}.onnx")
     spec = Spec(**{**spec.__dict__})
     shared = SharedWeights.open(tmp_path, spec)
+    options = RuntimeOptions(threads=1)
     for name in ("a", "b"):
-        alone = OrtEngine.load(tmp_path / f"{name}.onnx")  # external data read by onnxruntime itself
-        together = OrtEngine.load(tmp_path / f"{name}.onnx", shared=shared)
+        path = tmp_path / f"{name}.onnx"
+        alone = open_file(path, options)  # external data read by onnxruntime itself
+        together = OrtEngine.open(Graph(name, path, path.read_bytes(), external_data=True), options, shared=shared)
         np.testing.assert_allclose(alone.run({"x": x})["y"], expected, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(together.run({"x": x})["y"], expected, rtol=1e-4, atol=1e-5)
     small = numpy_helper.from_array(np.ones(3, np.float32), "tiny")
@@ -68,15 +72,18 @@ def test_dedup_by_content_and_outputs_unchanged(tmp_path):
 
 MEASURE = textwrap.dedent("""
     import json, sys, numpy as np, psutil
-    from moai_edge.engines.manifest import Manifest
-    from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
-    from moai_edge.engines.shared_weights import SharedWeights
-    mode, root = sys.argv[1], sys.argv[2]
-    spec = json.load(open(root + "/spec.json"))
+    from pathlib import Path
+    from moai_edge.engines import RuntimeOptions
     from moai_edge.engines.manifest import SharedWeights as Spec
+    from moai_edge.engines.ort_engine import OrtEngine
+    from moai_edge.engines.registry import Graph
+    from moai_edge.engines.shared_weights import SharedWeights
+    mode, root = sys.argv[1], Path(sys.argv[2])
+    spec = json.load(open(root / "spec.json"))
     base = psutil.Process().memory_info().rss
     shared = SharedWeights.open(root, Spec(**spec)) if mode == "shared" else None
-    engines = [OrtEngine.load(f"{root}/{n}.onnx", options=OrtOptions(intra_op_threads=1), shared=shared) for n in ("a", "b")]
+    graphs = [Graph(n, root / f"{n}.onnx", (root / f"{n}.onnx").read_bytes(), external_data=True) for n in ("a", "b")]
+    engines = [OrtEngine.open(g, RuntimeOptions(threads=1), shared=shared) for g in graphs]
     x = np.ones((1, engines[0].inputs()[0].shape[1]), np.float32)
     for e in engines:
         e.run({"x": x})

@@ -47,18 +47,15 @@ def test_exported_prefill_rounds_the_gate(tiny_packages, tiny_references):
     a position whose gate logit the two sides' fp32 noise puts across an fp16 rounding boundary differs by one
     fp16 step, as any two implementations of the reference's rounding may.)"""
     from moai_edge.engines.manifest import Manifest
-    from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
-    from moai_edge.engines.shared_weights import SharedWeights
+    from moai_edge.engines.options import RuntimeOptions
+    from moai_edge.engines.registry import open_engine
     from moai_edge.export.graphs import TARGETS
     from moai_edge.export.onnx_export import example_inputs, torch_outputs
 
     model, manifest = tiny_references["moai"], Manifest.load(tiny_packages["moai"])
     target = TARGETS["prefill"]
     feeds = example_inputs(target, model, 1)
-    comp = manifest.components["prefill"]
-    shared = SharedWeights.open(manifest.root, manifest.shared_weights[comp.shared_weights])
-    with OrtEngine.load(manifest.path(comp.file), options=OrtOptions(graph_optimization="all"), shared=shared,
-                        name="prefill") as engine:
+    with open_engine(manifest, "prefill", RuntimeOptions()) as engine:  # onnxruntime optimizes at level 'all'
         graph = engine.run({k: v.numpy() for k, v in feeds.items()})
     port = torch_outputs(target, model, feeds)
     with pytest.MonkeyPatch.context() as mp:

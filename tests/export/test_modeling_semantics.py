@@ -18,7 +18,7 @@ def tiny(family, seed=0):
 
 def prompt(m, seed=0, before=6, after=11):
     g = torch.Generator().manual_seed(seed)
-    n, h = m.cfg.vision.num_patches, m.cfg.decoder.hidden_size
+    n = m.cfg.vision.num_patches
     text = m.embed(torch.randint(3, 300, (1, before + after), generator=g))
     img = m.encode_image(torch.randn(1, 3, m.cfg.vision.image_size, m.cfg.vision.image_size, generator=g))
     x = torch.cat([text[:, :before], img, text[:, before:]], dim=1)

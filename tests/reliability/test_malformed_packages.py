@@ -154,7 +154,7 @@ CORPUS = [
     Variant("huge_integer", raw_manifest(b'{"schema_version": ' + b"1" * 6000 + b"}"), "not valid JSON"),
     Variant("manifest_missing", lambda r, d: (d.clear(), (r / "manifest.json").unlink()), "manifest.json"),
     # top level
-    Variant("schema_version_2", set_field("schema_version", value=2), "schema_version"),
+    Variant("schema_version_old", set_field("schema_version", value=1), "schema_version"),
     Variant("schema_version_missing", set_field("schema_version", drop=True), "schema_version"),
     Variant("unknown_top_level_key", set_field("weights_url", value="http://x"), "weights_url"),
     Variant("model_missing", set_field("model", drop=True), "model"),
@@ -180,7 +180,7 @@ CORPUS = [
     Variant("answer_stop_empty", set_field("prompts", "answer_stop", value=""), "prompts.answer_stop"),
     Variant("default_template_unknown", set_field("prompts", "default_template", value="chat"), "prompts.default_template"),
     Variant("top_p_zero", set_field("generation", "top_p", value=0), "generation.top_p"),
-    Variant("decoding_unknown", set_field("generation", "decoding", value="nucleus"), "generation.decoding"),
+    Variant("decoding_unknown", set_field("generation", "strategy", value="nucleus"), "generation.strategy"),
     # components and tensor specs
     Variant("component_unknown_key", set_field("components", "vision", "url", value="x"), "components.vision"),
     Variant("component_without_file", set_field("components", "vision", "file", drop=True), "components.vision"),

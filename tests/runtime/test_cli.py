@@ -26,7 +26,7 @@ def test_ask_json(tiny_packages, image_file, capsys, family):
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert isinstance(out["answer"], str) and 1 <= len(out["tokens"]) <= 5
-    assert {"preprocess", "vision", "prefill", "decode"} <= set(out["timings_ms"])
+    assert {"load", "vision", "prefill", "decode"} <= set(out["timings_ms"])
 
 
 def test_ask_streams_text_and_beam(tiny_packages, image_file, capsys):
@@ -72,3 +72,53 @@ def test_verify_fails_on_a_tampered_package(tiny_packages, tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "FAILED" in out.stdout and "MISMATCH" in out.stdout
+
+
+def test_version(capsys):
+    from moai_edge.runtime.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("moai-edge ")
+
+
+def test_every_option_has_help_and_engine_verbs_share_device_and_threads():
+    import argparse
+
+    from moai_edge.runtime.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for verb, parser in sub.choices.items():
+        options = {o: a for a in parser._actions for o in a.option_strings}
+        missing = [o for o, a in options.items() if not a.help and o not in ("-h", "--help")]
+        assert not missing, f"{verb}: options without a help line: {missing}"
+        if verb != "export":
+            assert {"--engine", "--device", "--threads"} <= set(options), verb
+            assert options["--device"].choices == ("cpu", "cuda", "tensorrt")
+
+
+def test_ask_reads_and_hashes_each_package_file_once(tiny_packages, image_file, tmp_path, monkeypatch, capsys):
+    import shutil
+    from collections import Counter
+
+    from moai_edge.engines import integrity
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(tiny_packages["moai"], pkg, ignore=shutil.ignore_patterns("checkpoint", "experts"))
+    opened, hashed = Counter(), []
+    for name in ("read_verified", "map_verified"):
+        real = getattr(integrity, name)
+
+        def counting(path, *args, real=real, **kw):
+            opened[str(path)] += 1
+            return real(path, *args, **kw)
+
+        monkeypatch.setattr(integrity, name, counting)
+    real_digest = integrity.digest
+    monkeypatch.setattr(integrity, "digest", lambda data: hashed.append(1) or real_digest(data))
+    integrity.forget()
+    assert main(["ask", "--engine", str(pkg), str(image_file), "What?", "--max-new-tokens", "3", "--json"]) == 0
+    capsys.readouterr()
+    assert opened and max(opened.values()) == 1, opened  # every file read once ...
+    assert len(hashed) == len(opened)  # ... and hashed once, on those bytes
+    assert {p.split("/")[-1] for p in opened} >= {"prefill.onnx", "decode.onnx", "decoder.weights", "tokenizer.model"}

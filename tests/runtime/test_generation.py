@@ -13,7 +13,7 @@ from moai_edge.runtime.generation import DecodingConfig, generate
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-from moai_edge.bench import reference_generate as ref  # noqa: E402
+from moai_edge.bench.reference import generate as ref  # noqa: E402
 from transformers.generation.logits_process import (  # noqa: E402
     LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 

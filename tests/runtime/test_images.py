@@ -10,7 +10,7 @@ from PIL import Image
 
 from moai_edge.engines.errors import ImageError
 from moai_edge.engines.manifest import PreprocessConfig
-from moai_edge.runtime.images import load_image, preprocess_batch, preprocess_image, resize_bilinear
+from moai_edge.runtime.images import load_image, preprocess_image, resize_bilinear
 
 CFG = PreprocessConfig(image_size=112, mean=[0.48145466, 0.4578275, 0.40821073], std=[0.26862954, 0.26130258, 0.27577711])
 SHAPES = [(37, 53), (640, 480), (1000, 700), (490, 490), (3, 5), (1, 1), (300, 200), (245, 980), (491, 489)]
@@ -53,7 +53,7 @@ def test_resize_matches_single_threaded_torch(shape):
 
 def test_preprocess_equals_the_reference_formula():
     pytest.importorskip("torch")
-    from moai_edge.bench.reference_pipeline import reference_pixels
+    from moai_edge.bench.reference.pixels import reference_pixels
 
     img = photo(333, 250)
     np.testing.assert_allclose(preprocess_image(img, CFG), reference_pixels(img, CFG.image_size)[0].numpy(), atol=1e-6)
@@ -146,14 +146,3 @@ def test_array_inputs():
     gray = rgba[..., 0]
     np.testing.assert_array_equal(load_image(gray), np.repeat(gray[..., None], 3, axis=2))
     assert load_image(np.full((2, 2), 65535, np.uint16)).max() == 255
-
-
-def test_batch_keeps_going_past_a_bad_image(tmp_path):
-    good = [save(Image.fromarray(photo(seed=s)), tmp_path / f"g{s}.png") for s in (1, 2)]
-    bad = bad_files(tmp_path)[2]
-    pixels, errors = preprocess_batch([good[0], bad, good[1]], CFG)
-    assert errors[0] is None and errors[2] is None and isinstance(errors[1], ImageError)
-    assert "truncated.jpg" in str(errors[1])
-    np.testing.assert_array_equal(pixels[0], preprocess_image(good[0], CFG))
-    np.testing.assert_array_equal(pixels[2], preprocess_image(good[1], CFG))
-    assert not pixels[1].any()

@@ -17,7 +17,7 @@ from PIL import Image
 from moai_edge.runtime.caption_inputs import collect_inputs
 from moai_edge.runtime.caption_job import run_caption_job
 from moai_edge.runtime.caption_output import recorded_ids
-from moai_edge.runtime.pipeline import Pipeline
+from moai_edge.runtime import Pipeline, RuntimeOptions
 from moai_edge.runtime.samples import sample_image
 
 FAMILIES = ("collavo", "moai")
@@ -41,34 +41,29 @@ def test_pipeline_equals_the_pytorch_reference_pipeline(pipelines, tiny_packages
     """Image -> runtime pipeline (batch of 4) == image -> PyTorch experts with the reference's post-processing
     -> verbalizer -> PyTorch reference model: the experts' results, the verbalized text, the greedy tokens."""
     pytest.importorskip("torch")
-    from moai_edge.bench.reference_experts import ReferenceExperts
-    from moai_edge.bench.reference_pipeline import ReferencePipeline
-    from moai_edge.bench.verify import compare_experts
-    from moai_edge.runtime.generation import DecodingConfig
+    from moai_edge.bench.compare import compare_results
+    from moai_edge.bench.reference.pipeline import ReferencePipeline
 
     pipe = pipelines[family]
-    ref = ReferencePipeline(tiny_references[family], tiny_packages[family] / "checkpoint" / "tokenizer.model")
-    ref_experts = ReferenceExperts(pipe.manifest)
+    with ReferencePipeline(pipe.manifest, tiny_references[family],
+                           tiny_packages[family] / "checkpoint" / "tokenizer.model") as ref:
+        theirs = ref.ask_batch(four_images(), [QUESTION] * 4, decoding="greedy", max_new_tokens=10)
     batch = pipe.ask_batch(four_images(), [QUESTION] * 4, decoding="greedy", max_new_tokens=10)
-    cfg = DecodingConfig(strategy="greedy", max_new_tokens=10, eos_token_ids=(pipe.model.dims.eos_id,))
-    found = 0
-    for img, got in zip(four_images(), batch):
-        pixels = pipe.expert_input(img)
-        experts = ref_experts.run(pixels)
-        aux = pipe.experts.aux_inputs(experts)
-        assert compare_experts(got.experts, experts.to_json()) == []
-        assert got.verbalized == (aux.verbalized if family == "moai" else aux.segment_text)
-        assert got.tokens == ref.ask(pixels, QUESTION, aux=aux, decoding=cfg)
-        found += len(got.experts["segments"]) + len(got.experts["detections"]) + len(got.experts["relations"])
+    assert compare_results(batch, theirs) == []  # experts, display text, tokens
+    assert [got.verbalized for got in batch] == [r.verbalized for r in theirs]  # the text exactly, not up to rounding
+    found = sum(len(got.experts["segments"]) + len(got.experts["detections"]) + len(got.experts["relations"])
+                for got in batch)
     assert found > 0  # the experts found something, so the comparison could fail
     assert {"experts", "vision", "prefill", "decode", "total"} <= set(batch[0].timings_ms)
+    assert set(theirs[0].timings_ms) == set(batch[0].timings_ms)  # the reference reports the runtime's stages
 
 
 def test_verify_covers_experts_verbalization_and_tokens(tiny_packages, tmp_path):
     from moai_edge.bench.verify import verify_package
 
     Image.fromarray(sample_image(size=300, seed=2)).save(tmp_path / "a.png")
-    report = verify_package(tiny_packages["moai"], images=[str(tmp_path / "a.png")], question=QUESTION, max_new_tokens=6)
+    report = verify_package(tiny_packages["moai"], images=[str(tmp_path / "a.png")], question=QUESTION, max_new_tokens=6,
+                            options=RuntimeOptions(threads=2))
     text = report.render()
     assert report.ok, text
     assert "experts on" in text and "verbalized text on" in text and "greedy tokens on" in text
@@ -76,10 +71,10 @@ def test_verify_covers_experts_verbalization_and_tokens(tiny_packages, tmp_path)
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_concurrent_experts_and_batches_equal_sequential_single_images(pipelines, tiny_packages, family):
-    with Pipeline.load(tiny_packages[family], threads=2, concurrent=False) as sequential:
+    with Pipeline.load(tiny_packages[family], RuntimeOptions(threads=2, concurrent=False)) as sequential:
         singles = [sequential.ask(img, QUESTION, max_new_tokens=8) for img in four_images()]
     batch = pipelines[family].ask_batch(four_images(), [QUESTION] * 4, max_new_tokens=8)
-    with Pipeline.load(tiny_packages[family], threads=2, expert_batch=4) as whole:  # experts batched too
+    with Pipeline.load(tiny_packages[family], RuntimeOptions(threads=2, expert_batch=4)) as whole:  # experts batched too
         batch_experts = whole.ask_batch(four_images(), [QUESTION] * 4, max_new_tokens=8)
     for one, row, other in zip(singles, batch, batch_experts):
         assert one.tokens == row.tokens and one.experts == row.experts and one.verbalized == row.verbalized

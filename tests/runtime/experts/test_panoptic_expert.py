@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from moai_edge.engines.manifest import Manifest
-from moai_edge.engines.ort_engine import OrtOptions
+from moai_edge.engines.options import RuntimeOptions
 from moai_edge.runtime.cli import main
 from moai_edge.runtime.experts.panoptic import PanopticConfig, preprocess_panoptic
 from moai_edge.runtime.experts.runner import Experts
@@ -35,7 +35,7 @@ def test_preprocessing_matches_transformers():
 @pytest.fixture(scope="module", params=["collavo", "moai"])
 def package(request, tiny_packages):
     m = Manifest.load(tiny_packages[request.param])
-    experts = Experts(m, OrtOptions(intra_op_threads=1))
+    experts = Experts(m, RuntimeOptions(threads=1))
     yield m, experts
     experts.close()
 
@@ -67,18 +67,6 @@ def test_batch_of_four_equals_one_at_a_time(package):
         alone = experts.run([img])[0]
         np.testing.assert_array_equal(alone.panoptic.segmentation, r.panoptic.segmentation)
         assert alone.panoptic.segments == r.panoptic.segments
-
-
-def test_aux_inputs_follow_the_family(package):
-    manifest, experts = package
-    r = experts.run([sample_image()])[0]
-    aux = experts.aux_inputs(r)
-    if manifest.family == "collavo":
-        assert aux.class_map.shape == (manifest.model.grid,) * 2
-        assert (aux.segment_text is None) == (not r.panoptic.segments)
-    else:
-        assert aux.colour_map.shape == (manifest.model.image_size,) * 2 + (3,)
-        assert aux.verbalized.endswith("  ")  # relations and OCR parts are empty: their spaces remain
 
 
 @pytest.mark.parametrize("family", ["collavo", "moai"])

@@ -1,4 +1,4 @@
-"""The comparison `moai-edge verify` uses for the experts' results."""
+"""The one comparison of runtime and reference results (bench.compare), used by verify, bench --reference and tests."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-pytest.importorskip("torch")
-from moai_edge.bench.verify import compare_experts  # noqa: E402
+from moai_edge.bench.compare import compare_experts, compare_results, same_up_to_rounding
+from moai_edge.runtime.request import Result
 
 RESULT = {
     "segments": [{"id": 1, "label_id": 3, "label": "car", "score": 0.91, "box": [0.1, 0.2, 0.5, 0.6]}],
@@ -39,8 +39,6 @@ def test_each_difference_is_named(path, value, field):
 
 
 def test_verbalized_numbers_may_differ_by_one_rounding_step_only():
-    from moai_edge.bench.verify import same_up_to_rounding
-
     a = "boxes: [0.00, 1.00, 0.25, 0.50] person, and [0.10, 0.20, 0.30, 0.40] car."
     assert same_up_to_rounding(a, a.replace("[0.00", "[-0.00"))
     assert same_up_to_rounding(a, a.replace("0.25", "0.26"))
@@ -48,3 +46,25 @@ def test_verbalized_numbers_may_differ_by_one_rounding_step_only():
     assert not same_up_to_rounding(a, a.replace("person", "people"))
     assert not same_up_to_rounding(a, a.replace(", and [0.10, 0.20, 0.30, 0.40] car", ""))
     assert same_up_to_rounding(None, None) and not same_up_to_rounding(a, None)
+
+
+def result(**changes) -> Result:
+    fields = {"id": "a", "answer": "a car", "tokens": [5, 9, 2], "experts": copy.deepcopy(RESULT),
+              "verbalized": "person [0.10, 0.20] on car.", "timings_ms": {"total": 1.0}}
+    return Result(**{**fields, **changes})
+
+
+def test_results_compare_experts_display_text_and_tokens_by_row():
+    assert compare_results([result(), result(id="b")], [result(), result(id="b", timings_ms={"total": 9.0})]) == []
+    assert compare_results([result()], [result(verbalized="person [0.10, 0.21] on car.", answer="other")]) == []
+    theirs = [result(), result(id="b", tokens=[5, 8, 2], verbalized="a dog.")]
+    theirs[1].experts["ocr"][0]["text"] = "ST0P"
+    problems = compare_results([result(), result(id="b")], theirs)
+    assert [p.split(": ")[0] for p in problems] == ["row 1 (b)"] * 3
+    assert [p.split(": ")[1] for p in problems] == ["experts ocr", "display text", "tokens"]
+
+
+def test_results_without_experts_and_missing_rows_are_named():
+    assert compare_results([result(experts={})], [result(experts={})]) == []
+    assert compare_results([result(experts={})], [result()])[0].startswith("row 0 (a): experts")
+    assert compare_results([result()], [])[0].startswith("results: expected one reference result per runtime result")

@@ -3,35 +3,45 @@
 - panoptic: transformers' Mask2Former with its image processor (384) and `post_process_panoptic_segmentation`;
 - detector: the full OWLv2 forward with the text queries encoded again for every image, as MoAI does,
   `post_process_object_detection(threshold=0.1)`, then MoAI's own 0.5 cut;
-- scene graph: PSGTR in PyTorch and OpenPSG's post-processing (export.experts.scene_graph_reference);
+- scene graph: PSGTR in PyTorch and OpenPSG's post-processing (bench.reference.scene_graph);
   mmdet's resize/pad is not installable here, so the pixels come from the runtime's transcription of it,
-  which tests/experts/test_scene_graph.py checks;
+  which tests/runtime/experts/test_scene_graph.py checks;
 - OCR: the package's PP-OCR graphs through the runtime's reader (PaddleOCR is not installable here;
-  tests/experts/test_ocr.py compares the reader with rapidocr).
+  tests/runtime/experts/test_ocr.py compares the reader with rapidocr).
 
-The results are the runtime's own types, so one verbalizer (golden-tested on its own) turns both into text.
+The surface is the runtime's `Experts`: `run(images) -> list[ExpertResults]`, the runtime's own result type, so
+one verbalizer (golden-tested on its own) turns both into text. The images go one after another, and the experts
+of an image one after another, as the reference runs them.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
+from moai_edge.bench.reference.scene_graph import reference_scene_graph
 from moai_edge.engines.manifest import Manifest
-from moai_edge.engines.ort_engine import OrtOptions
+from moai_edge.engines.options import RuntimeOptions
+from moai_edge.engines.registry import open_engine
 from moai_edge.export.experts import scene_graph as psgtr
 from moai_edge.export.experts.detector import load_detector, query_tokens
 from moai_edge.export.experts.panoptic import load_panoptic
-from moai_edge.export.experts.scene_graph_reference import reference_scene_graph
+from moai_edge.runtime.experts.ocr import OcrConfig, OcrLine, OcrReader
 from moai_edge.runtime.experts.panoptic import PanopticResult, Segment
-from moai_edge.runtime.experts.runner import ExpertResults, config_from, load_ocr
-from moai_edge.runtime.experts.scene_graph import (HEADS, SceneGraphConfig, SceneGraphResult, mask_size, preprocess_scene_graph,
-                                                   relations_of)
+from moai_edge.runtime.experts.runner import ExpertResults, config_from
+from moai_edge.runtime.experts.scene_graph import (HEADS, SceneGraphConfig, SceneGraphResult, mask_size,
+                                                   preprocess_scene_graph, relations_of)
 from moai_edge.runtime.experts.verbalize import Detection
-from moai_edge.runtime.model import Timer
+from moai_edge.runtime.timer import Timer
+
 
 class ReferenceExperts:
-    def __init__(self, manifest: Manifest):
+    """The package's experts rebuilt from the sources its manifest records. `options` only concern the OCR graphs,
+    the one expert that runs on an engine here."""
+
+    def __init__(self, manifest: Manifest, options: RuntimeOptions | None = None):
         import transformers
 
         self.manifest = manifest
@@ -51,26 +61,45 @@ class ReferenceExperts:
         if "scene_graph" in ex:
             self.scene_graph_cfg = config_from(SceneGraphConfig, ex["scene_graph"])
             self.scene_graph = psgtr.load_scene_graph(ex["scene_graph"]["source"]).eval()
-        self.ocr = load_ocr(manifest, OrtOptions()) if "ocr" in ex else None
+        self.ocr = None
+        if "ocr" in ex:
+            o = ex["ocr"]
+            engines = (open_engine(manifest, o[k], options or RuntimeOptions()) for k in ("det", "cls", "rec"))
+            self.ocr = OcrReader.from_engines(*engines, cfg=config_from(OcrConfig, o))
+
+    def close(self) -> None:
+        if self.ocr is not None:
+            self.ocr.close()
+
+    def steps(self) -> dict[str, Callable[[np.ndarray], object]]:
+        """Each packaged expert as a function of one image, in the runtime's order."""
+        steps = {"panoptic": self.run_panoptic}
+        if self.detector is not None:
+            steps["detector"] = self.run_detector
+        if self.scene_graph is not None:
+            steps["scene_graph"] = self.run_scene_graph
+        if self.ocr is not None:
+            steps["ocr"] = self.run_ocr
+        return steps
 
     @torch.no_grad()
-    def run(self, image: np.ndarray, timer: Timer | None = None) -> ExpertResults:
-        """image: the HxWx3 uint8 RGB image the experts see (490x490 in both reference models). The experts run
-        one after another, as in the reference; `timer` gets `expert_<name>` and `experts`."""
+    def run(self, images: list[np.ndarray], *, timer: Timer | None = None) -> list[ExpertResults]:
+        """images: HxWx3 uint8 RGB images as the experts see them (490x490 in both reference models). `timer` gets
+        `expert_<name>` summed over the images, the keys the runtime's Experts.run reports."""
         timer = timer or Timer()
-        with timer("experts"):
-            with timer("expert_panoptic"):
-                result = ExpertResults(self.run_panoptic(image), self.panoptic_section["labels"])
-            if self.detector is not None:
-                with timer("expert_detector"):
-                    result.detections, result.detector_labels = self.run_detector(image), self.detector_section["labels"]
-            if self.scene_graph is not None:
-                with timer("expert_scene_graph"):
-                    result.scene_graph = self.run_scene_graph(image)
-            if self.ocr is not None:
-                with timer("expert_ocr"):
-                    result.ocr = self.ocr.keep_confident(self.ocr.read(image))
-        return result
+        results = []
+        for image in images:
+            outs = {}
+            for name, step in self.steps().items():
+                with timer(f"expert_{name}"):
+                    outs[name] = step(image)
+            result = ExpertResults(outs["panoptic"], self.panoptic_section["labels"])
+            if "detector" in outs:
+                result.detections, result.detector_labels = outs["detector"], self.detector_section["labels"]
+            result.scene_graph = outs.get("scene_graph")
+            result.ocr = outs.get("ocr", [])
+            results.append(result)
+        return results
 
     def run_panoptic(self, image: np.ndarray) -> PanopticResult:
         s = self.panoptic_section
@@ -101,3 +130,6 @@ class ReferenceExperts:
         graph = SceneGraphResult(labels=[int(v) for v in labels], rel_dists=dists, rel_pairs=pairs)
         graph.relations = relations_of(graph, cfg)
         return graph
+
+    def run_ocr(self, image: np.ndarray) -> list[OcrLine]:
+        return self.ocr.keep_confident(self.ocr.read(image))

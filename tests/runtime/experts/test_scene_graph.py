@@ -1,15 +1,14 @@
-"""PSGTR as packaged: checkpoint layout, graph vs PyTorch, pre-processing, and OpenPSG's post-processing
-(transcribed in torch, with its bfloat16 masks) against ours, through to MoAI's relation sentence."""
+"""PSGTR in the runtime: pre-processing, and OpenPSG's post-processing (transcribed in torch, with its bfloat16
+masks) against ours, through to MoAI's relation sentence. (Checkpoint layout and the graph vs PyTorch:
+tests/export/experts/test_scene_graph.py.)"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from moai_edge.engines.errors import CheckpointError, InputError
-from moai_edge.engines.manifest import Manifest
-from moai_edge.engines.ort_engine import OrtEngine, OrtOptions
-from moai_edge.runtime.experts.runner import Experts, config_from
+from moai_edge.engines.options import RuntimeOptions
+from moai_edge.runtime.experts.runner import Experts
 from moai_edge.runtime.experts.scene_graph import (HEADS, SceneGraphConfig, mask_size, post_process_scene_graph,
                                                    preprocess_scene_graph, relations_of, scaled_size, to_bf16)
 from moai_edge.runtime.experts.verbalize import verbalize_relations
@@ -18,17 +17,7 @@ from moai_edge.runtime.samples import sample_image
 torch = pytest.importorskip("torch")
 cv2 = pytest.importorskip("cv2")
 from moai_edge.export.experts import scene_graph as psgtr  # noqa: E402
-from moai_edge.export.experts.detector import read_labels  # noqa: E402
-from moai_edge.export.experts.scene_graph_reference import reference_scene_graph  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def packaged(tiny_packages):
-    m = Manifest.load(tiny_packages["moai"])
-    section = m.experts["scene_graph"]
-    engine = OrtEngine.load(m.path(m.component("scene_graph").file))
-    yield m, config_from(SceneGraphConfig, section), engine, psgtr.load_scene_graph(section["source"])
-    engine.close()
+from moai_edge.bench.reference.scene_graph import reference_scene_graph  # noqa: E402
 
 
 def assert_same(ours, ref, atol=1e-7):
@@ -36,36 +25,6 @@ def assert_same(ours, ref, atol=1e-7):
     assert ours.labels == labels.tolist()
     assert ours.rel_pairs.tolist() == pairs.tolist()
     np.testing.assert_allclose(ours.rel_dists, dists, rtol=1e-5, atol=atol)
-
-
-def test_checkpoint_keys_round_trip_and_mmdet3_names_load(tmp_path):
-    model = psgtr.Psgtr(psgtr.TINY)
-    ours = model.state_dict()
-    release = psgtr.to_openpsg(ours)
-    assert "bbox_head.transformer.encoder.layers.0.attentions.0.attn.in_proj_weight" in release
-    assert "bbox_head.transformer.decoder.layers.1.attentions.1.attn.out_proj.bias" in release
-    back = psgtr.to_ours(release)
-    assert back.keys() == ours.keys() and all(torch.equal(back[k], ours[k]) for k in ours)
-    # OpenPSG's own loader renames to mmdet 3 (.self_attn., .ffn., .cross_attn.): those load too
-    renamed = {k.replace(".attentions.0.", ".self_attn.").replace(".ffns.0.", ".ffn.").replace(".attentions.1.", ".cross_attn."): v
-               for k, v in release.items()}
-    torch.save({"state_dict": renamed}, tmp_path / "mmdet3.pth")
-    loaded = psgtr.load_scene_graph(tmp_path / "mmdet3.pth")
-    assert loaded.cfg == psgtr.TINY and loaded.test_scale == psgtr.SCALE
-
-
-def test_bad_checkpoints_are_refused_by_name(tmp_path):
-    with pytest.raises(CheckpointError, match="not found"):
-        psgtr.load_scene_graph(tmp_path / "missing.pth")
-    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(8, 3, 7, 7)}, "hook": object()}, tmp_path / "pickled.pth")
-    with pytest.raises(CheckpointError, match="weights_only"):
-        psgtr.load_scene_graph(tmp_path / "pickled.pth")
-    release = psgtr.to_openpsg(psgtr.Psgtr(psgtr.TINY).state_dict())
-    del release["bbox_head.rel_cls_embed.bias"]
-    release["bbox_head.extra_head.weight"] = torch.zeros(1)
-    torch.save({"state_dict": release}, tmp_path / "partial.pth")
-    with pytest.raises(CheckpointError, match="rel_cls_embed.bias"):
-        psgtr.load_scene_graph(tmp_path / "partial.pth")
 
 
 def test_preprocessing_is_mmdet_rescale_bgr_normalize_pad():
@@ -85,19 +44,6 @@ def test_preprocessing_is_mmdet_rescale_bgr_normalize_pad():
 def test_bf16_rounding_matches_torch():
     x = np.random.default_rng(0).normal(size=10000).astype(np.float32) * 10
     np.testing.assert_array_equal(to_bf16(x), torch.from_numpy(x).to(torch.bfloat16).float().numpy())
-
-
-def test_graph_matches_pytorch_batch_1_and_4(packaged):
-    m, cfg, engine, model = packaged
-    images = [sample_image(size=490, seed=s) for s in range(4)]
-    pixels = np.stack([preprocess_scene_graph(img, cfg) for img in images])
-    with torch.no_grad():
-        ref = [t.numpy() for t in model(torch.from_numpy(pixels))]
-    out4 = engine.run({"pixel_values": pixels})
-    out1 = engine.run({"pixel_values": pixels[:1]})
-    for name, r in zip(psgtr.OUTPUTS, ref):
-        assert np.abs(out4[name] - r).max() <= 1e-4 + 1e-3 * np.abs(r).max(), name
-        np.testing.assert_allclose(out1[name][0], out4[name][0], rtol=1e-4, atol=1e-4 * np.abs(r).max())
 
 
 def synthetic_heads(seed: int, q: int = 12, classes: int = 133, rels: int = 56, hw=(26, 26)):
@@ -136,10 +82,10 @@ def test_post_processing_empty_case_is_the_references():
     assert relations_of(ours, SceneGraphConfig(labels=["person"], predicates=["on"] * 56)) == []
 
 
-def test_packaged_scene_graph_equals_torch_and_openpsg(packaged):
+def test_packaged_scene_graph_equals_torch_and_openpsg(packaged_scene_graph):
     """Image -> graph on onnxruntime -> our post-processing == PyTorch model -> OpenPSG's post-processing."""
-    m, cfg, engine, model = packaged
-    experts = Experts(m, OrtOptions())
+    m, cfg, engine, model = packaged_scene_graph
+    experts = Experts(m, RuntimeOptions())
     try:
         for seed in range(3):
             img = sample_image(size=490, seed=seed)
@@ -154,10 +100,10 @@ def test_packaged_scene_graph_equals_torch_and_openpsg(packaged):
         experts.close()
 
 
-def test_relation_sentence_from_the_tiny_package(packaged):
+def test_relation_sentence_from_the_tiny_package(packaged_scene_graph):
     """The tiny checkpoint yields enough triplets for MoAI's sentence; its words come from the package's lists."""
-    m, cfg, engine, _ = packaged
-    experts = Experts(m, OrtOptions())
+    m, cfg, engine, _ = packaged_scene_graph
+    experts = Experts(m, RuntimeOptions())
     try:
         graph = experts.run_scene_graph([sample_image(size=490, seed=1)])[0]
     finally:
@@ -166,15 +112,3 @@ def test_relation_sentence_from_the_tiny_package(packaged):
     text = verbalize_relations(graph.relations)
     assert text.startswith("The image includes relationships between objects: ") and text.endswith(".")
     assert all(p in cfg.predicates for _, p, _ in graph.relations)
-
-
-def test_predicates_from_labels_file_or_moai_clone(tmp_path):
-    (tmp_path / "labels.json").write_text('{"detector_queries": ["a"], "psg_predicates": ["over", "on"]}')
-    assert read_labels(tmp_path / "labels.json") == {"detector_queries": ["a"], "psg_predicates": ["over", "on"]}
-    utils = tmp_path / "utils"
-    utils.mkdir()
-    (utils / "constants.py").write_text("ADE20K_847 = ['wall']\nIMAGENET_CLASSES = ['tench']\nPREDICATES = ['over']\n")
-    assert read_labels(moai_repo=tmp_path)["psg_predicates"] == ["over"]
-    (tmp_path / "bad.json").write_text('{"detector_queries": ["a"], "psg_predicates": [1]}')
-    with pytest.raises(InputError, match="psg_predicates"):
-        read_labels(tmp_path / "bad.json")

@@ -1,4 +1,5 @@
-"""OWLv2 as packaged: cached-query graph vs transformers' full forward, pre- and post-processing vs transformers."""
+"""OWLv2 as exported: the cached-query graph vs transformers' full forward, and the query lists read as data.
+(Pre- and post-processing vs transformers: tests/runtime/experts/test_detector.py.)"""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import numpy as np
 import pytest
 
 from moai_edge.engines.manifest import Manifest
-from moai_edge.engines.ort_engine import OrtEngine
-from moai_edge.runtime.experts.detector import DetectorConfig, post_process_detections, preprocess_detector
+from moai_edge.engines.options import RuntimeOptions
+from moai_edge.engines.registry import open_engine
+from moai_edge.runtime.experts.detector import DetectorConfig, preprocess_detector
 from moai_edge.runtime.samples import sample_image
 
 torch = pytest.importorskip("torch")
@@ -19,19 +21,10 @@ from moai_edge.export.experts.detector import load_detector, query_tokens, read_
 def packaged(tiny_packages):
     m = Manifest.load(tiny_packages["moai"])
     section = m.experts["detector"]
-    engine = OrtEngine.load(m.path(m.component("detector").file))
+    engine = open_engine(m, "detector", RuntimeOptions())
     queries = np.load(m.path(m.component(section["queries"]).file))
     yield m, section, engine, queries, load_detector(section["source"])
     engine.close()
-
-
-def test_preprocessing_matches_transformers():
-    proc = transformers.Owlv2ImageProcessor()
-    for size in ((300, 200), (1200, 900)):  # upscale, and downscale with the Gaussian anti-aliasing
-        img = sample_image(size=max(size))[: size[0], : size[1]]
-        ref = proc(images=[img], return_tensors="np")["pixel_values"][0]
-        ours = preprocess_detector(img, DetectorConfig())
-        assert np.abs(ours - ref).max() < 1e-4
 
 
 def test_cached_queries_equal_the_full_forward(packaged):
@@ -48,24 +41,6 @@ def test_cached_queries_equal_the_full_forward(packaged):
     np.testing.assert_allclose(ours["best_logit"], best.numpy(), atol=1e-4)
     assert (ours["best_query"] == index.numpy()).mean() > 0.99
     np.testing.assert_allclose(ours["boxes"], full.pred_boxes.numpy(), atol=1e-4)
-
-
-def test_post_processing_matches_transformers():
-    from types import SimpleNamespace
-
-    rng = np.random.default_rng(0)
-    logits = (rng.standard_normal((1, 50, 7)) * 2 - 2.5).astype(np.float32)
-    boxes = rng.uniform(0.05, 0.95, (1, 50, 4)).astype(np.float32)
-    ref = transformers.Owlv2ImageProcessor().post_process_object_detection(
-        SimpleNamespace(logits=torch.from_numpy(logits), pred_boxes=torch.from_numpy(boxes)), threshold=0.1,
-        target_sizes=[(490, 490)])[0]
-    keep = ref["scores"] >= 0.5  # MoAI's own cut
-    ours = post_process_detections(logits[0].max(-1), logits[0].argmax(-1), boxes[0], DetectorConfig())
-    assert 0 < len(ours) < 50
-    assert [d.label_id for d in ours] == ref["labels"][keep].tolist()
-    np.testing.assert_allclose([d.score for d in ours], ref["scores"][keep].numpy(), rtol=1e-6)
-    np.testing.assert_allclose(np.stack([d.box for d in ours]), ref["boxes"][keep].numpy(), rtol=1e-6)
-    assert post_process_detections(np.full(5, -9.0, np.float32), np.zeros(5, np.int64), boxes[0, :5], DetectorConfig()) == []
 
 
 def test_queries_from_a_moai_clone_are_read_as_data(tmp_path):

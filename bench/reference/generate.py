@@ -1,7 +1,7 @@
 """The PyTorch parity oracle of the runtime's generation loop, written like transformers' `generate` (5.x:
 `_sample`, `_beam_search` and its helpers) and checked against it in tests/runtime/test_generation.py.
 
-Same contract as runtime/generation.py, whose logic this module does not share (only its DecodingConfig):
+Same contract as runtime/generation.py, whose logic this module does not share (only DecodingConfig):
 `step(tokens (R,)) -> logits (R, V)`
 advances the caller's cache, `select_rows(index (R',))` makes new row j = old row index[j]; the result is the
 generated ids per input row, the eos token included when one was generated.
@@ -16,13 +16,13 @@ import torch
 from torch.nn import functional as F
 
 from moai_edge.engines.errors import InputError
-from moai_edge.runtime.generation import DecodingConfig
+from moai_edge.engines.decoding import DecodingConfig
 
 IMPOSSIBLE = -1.0e9
 
 Step = Callable[[torch.Tensor], torch.Tensor]
 SelectRows = Callable[[torch.Tensor], None]
-OnToken = Callable[[int, int], None]
+OnToken = Callable[[int, int], None]  # (row, token): hears each token; the oracle never stops early
 
 
 def generate(first_logits: torch.Tensor, step: Step, select_rows: SelectRows, cfg: DecodingConfig, *,

@@ -13,7 +13,7 @@ from moai_edge.runtime.experts.verbalize import (Detection, colour_map, crayon_m
                                                  verbalize_detections, verbalize_ocr, verbalize_relations,
                                                  verbalize_segments)
 
-LABELS_FILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "moai_labels.json"
+LABELS_FILE = Path(__file__).resolve().parents[4] / "shared" / "data" / "moai_labels.json"
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,11 @@ class ReferenceTokenizer:
             ids += self.sp.encode(part) if part else []
         return ids
 
+    def decode(self, ids: list[int]) -> str:
+        """`batch_decode(..., skip_special_tokens=True)`: unk, bos, eos and the added image token are left out."""
+        special = {self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id(), self.image_token_id}
+        return self.sp.decode([int(i) for i in ids if int(i) not in special])
+
 
 def build_reference_inputs(question: str, tok: ReferenceTokenizer, embed, image_features: torch.Tensor, *,
                            prompts: dict, template: str = "eval") -> ReferenceInputs:

@@ -1,0 +1,191 @@
+"""What each `moai-edge` verb does. Export, verify and bench need extras and are imported lazily."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from moai_edge.engines.errors import InputError, require, require_installed
+from moai_edge.engines.options import RuntimeOptions
+
+
+def runtime_options(args) -> RuntimeOptions:
+    """--device and --threads mean the same on every verb that runs engines."""
+    return RuntimeOptions(device=args.device, threads=args.threads)
+
+
+def cmd_export(args) -> int:
+    require("torch", "export")
+    from moai_edge.export.build import export_checkpoint, export_tiny
+
+    labels = {}
+    if args.labels or args.moai_repo:
+        from moai_edge.export.experts.detector import read_labels
+
+        read = read_labels(args.labels, args.moai_repo)
+        labels = {"queries": read["detector_queries"], **({"predicates": read["psg_predicates"]} if "psg_predicates" in read else {})}
+    if args.tiny:
+        m = export_tiny(args.tiny, Path(args.out), preset=args.preset, seed=args.seed, validate=not args.no_validate,
+                        with_experts=not args.no_experts, labels=labels)
+    else:
+        experts = {k: v for k, v in (("panoptic", args.panoptic), ("detector", args.detector),
+                                     ("scene_graph", args.scene_graph)) if v}
+        m = export_checkpoint(args.checkpoint, Path(args.out), family=args.family, validate=not args.no_validate,
+                              experts={**experts, **labels}, with_experts=not args.no_experts,
+                              vision_config=args.vision_config)
+    print(f"engine package written to {args.out} ({m.family}, {len(m.components)} components)")
+    for note in m.source.get("load_notes", []):
+        print(f"  note: {note}")
+    for name, diff in m.source.get("validation_max_abs_diff", {}).items():
+        print(f"  {name:<12} max abs diff vs PyTorch {diff:.2e}")
+    return 0
+
+
+def cmd_ask(args) -> int:
+    """The full pipeline; a package without experts gets the reference's "nothing detected" inputs."""
+    from .pipeline import Pipeline
+
+    with Pipeline.load(args.engine, runtime_options(args)) as pipe:
+        stream = not args.json and (args.decoding or pipe.manifest.generation.strategy) != "beam"
+
+        def on_token(row: int, token: int) -> None:
+            print(pipe.backbone.tokenizer.decode([token]), end="", flush=True)
+
+        result = pipe.ask(args.image, args.question, decoding=args.decoding, max_new_tokens=args.max_new_tokens,
+                          seed=args.seed, template=args.template, on_token=on_token if stream else None)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print() if stream else print(result.answer)
+        print_timings(result.timings_ms)
+    return 0
+
+
+def cmd_caption(args) -> int:
+    from .caption_job import CaptionJob
+    from .captioner import Captioner
+    from .limits import check_batch_size
+    from .pipeline import Pipeline
+
+    check_batch_size(args.batch_size)  # everything that can be refused is, before the package loads
+    options = runtime_options(args)
+    with CaptionJob.open(args.input, args.out, resume=args.resume) as job, Pipeline.load(args.engine, options) as pipe:
+        captioner = Captioner(pipe, question=args.question, batch_size=args.batch_size,
+                              decoding=pipe.decoding("greedy", max_new_tokens=args.max_new_tokens))
+        summary = job.run(captioner)
+    print(summary.line(args.out), file=sys.stderr)
+    return 0
+
+
+def cmd_experts(args) -> int:
+    from moai_edge.engines.manifest import load_manifest
+
+    from .experts.runner import Experts
+    from .families import family_of
+    from .images import load_resized
+
+    manifest = load_manifest(args.engine)
+    if not manifest.experts:
+        raise InputError(f"the package in {args.engine} has no experts (exported with --no-experts)")
+    experts = Experts(manifest, runtime_options(args))
+    try:
+        result = experts.run([load_resized(args.image, manifest.preprocess.image_size)])[0]
+    finally:
+        experts.close()
+    family = family_of(manifest.family)
+    aux = family.aux_inputs(result)
+    report = {**result.to_json(), family.display_name: family.display_text(aux)}
+    if family.question(aux, ""):  # what the family puts before every question
+        report["question_prefix"] = family.question(aux, "")
+    print(json.dumps(report) if args.json else render_experts(report))
+    return 0
+
+
+def render_experts(report: dict) -> str:
+    lines = [f"{len(report['segments'])} segments"]
+    lines += [f"  #{s['id']:<3} {s['label']:<20} score {s['score']:.3f}  box {s['box']}" for s in report["segments"]]
+    lines.append(f"{len(report['detections'])} detections")
+    lines += [f"  {d['label']:<24} score {d['score']:.3f}  box {d['box']}" for d in report["detections"]]
+    lines.append(f"{len(report['relations'])} relations")
+    lines += [f"  {r['subject']} is {r['predicate']} {r['object']}" for r in report["relations"]]
+    lines.append(f"{len(report['ocr'])} OCR lines")
+    lines += [f"  {line['text']!r:<30} confidence {line['confidence']:.3f}" for line in report["ocr"]]
+    lines += [f"{key}: {report[key]!r}" for key in ("crayon_text", "question_prefix", "verbalized") if key in report]
+    return "\n".join(lines)
+
+
+def print_timings(ms: dict[str, float]) -> None:
+    print("stage               ms")
+    for stage, value in ms.items():
+        print(f"{stage:<18}{value:>8.1f}")
+
+
+def cmd_verify(args) -> int:
+    require("torch", "export")
+    from moai_edge.bench.verify import verify_package
+
+    report = verify_package(Path(args.engine), images=args.images, question=args.question,
+                            max_new_tokens=args.max_new_tokens, options=runtime_options(args))
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+def cmd_bench(args) -> int:
+    from moai_edge.bench.pipeline_bench import BenchConfig, PipelineBench
+    from moai_edge.bench.report import summary, write_report
+
+    try:
+        sizes = tuple(int(v) for v in args.batch_sizes.split(","))
+    except ValueError:
+        raise InputError(f"--batch-sizes: expected comma-separated integers like 1,2,4,8, found '{args.batch_sizes}'") from None
+    if not sizes or min(sizes) < 1 or args.runs < 1 or args.warmup < 0:
+        raise InputError(f"expected batch sizes >= 1, --runs >= 1, --warmup >= 0; found {sizes}, {args.runs}, {args.warmup}")
+    if args.reference:  # checked, not imported: the runtime's memory is measured before torch loads
+        require_installed("torch", "export")
+    cfg = BenchConfig(engine_dir=Path(args.engine), batch_sizes=sizes, warmup=args.warmup, runs=args.runs,
+                      reference=args.reference, options=runtime_options(args).replace(concurrent=not args.sequential),
+                      max_new_tokens=args.max_new_tokens, images=args.images)
+    report = PipelineBench(cfg).run()
+    files = write_report(report, Path(args.out))
+    print(summary(report))
+    print("report: " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The built-in default: a tiny MoAI package built on the spot captions a folder of generated images."""
+    from PIL import Image
+
+    from .caption_job import CaptionJob
+    from .captioner import Captioner
+    from .pipeline import Pipeline
+    from .samples import sample_image
+
+    out = Path(args.engine)
+    if not (out / "manifest.json").is_file():
+        require("torch", "export")
+        from moai_edge.export.build import export_tiny
+
+        print(f"building the tiny MoAI engine package in {out} ...")
+        export_tiny("moai", out)
+    images = out.parent / "demo-images"
+    images.mkdir(parents=True, exist_ok=True)
+    for seed in range(4):
+        Image.fromarray(sample_image(size=320 + 40 * seed, seed=seed)).save(images / f"sample_{seed}.png")
+    captions = out.parent / "demo-captions.jsonl"
+    captions.unlink(missing_ok=True)
+    with CaptionJob.open(images, captions, resume=False) as job, Pipeline.load(out, runtime_options(args)) as pipe:
+        summary = job.run(Captioner(pipe, batch_size=2, decoding=pipe.decoding("greedy",
+                                                                             max_new_tokens=args.max_new_tokens or 16)))
+    records = [json.loads(line) for line in captions.read_text().splitlines()]
+    print(f"captions of {len(records)} images in {images} (seeded random weights: the text is noise, "
+          f"the tokens match PyTorch's) -> {captions}")
+    for r in records:
+        print(f"  {r['id']:<16} {r.get('caption', r.get('error'))!r}")
+    stages = [k for k in records[0]["timings_ms"] if k != "per_image"]
+    print(f"\nper-stage latency, ms (batch 2; {summary.images_per_s:.2f} images/s)")
+    print("stage".ljust(18) + "".join(r["id"][:12].rjust(14) for r in records))
+    for stage in stages:
+        print(stage.ljust(18) + "".join(f"{r['timings_ms'].get(stage, 0):14.1f}" for r in records))
+    return 0

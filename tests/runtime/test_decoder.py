@@ -1,0 +1,34 @@
+"""The decoder runner takes its dtypes from the engines' specs: an fp16-IO decode graph runs unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moai_edge.runtime import DecodingConfig, Pipeline, RuntimeOptions
+from moai_edge.runtime.samples import sample_image
+
+QUESTION = "What is in the image?"
+
+
+def test_an_fp16_io_decode_graph_runs_through_the_same_path(tiny_packages, tiny_fp16_io_package):
+    cfg = DecodingConfig(strategy="greedy", max_new_tokens=10, eos_token_ids=())
+    images = [sample_image(size=150, seed=s) for s in range(3)]
+    results = {}
+    for name, pkg in (("fp32", tiny_packages["moai"]), ("fp16", tiny_fp16_io_package)):
+        with Pipeline.load(pkg, RuntimeOptions(threads=1)) as pipe:
+            specs = {s.name: s.dtype for s in pipe.backbone.engines["decode"].inputs()}
+            assert specs["inputs_embeds"] == specs["past_key.0"] == name.replace("fp", "float")  # really fp16-IO
+            results[name] = pipe.ask_batch(images, [QUESTION] * 3, decoding=cfg)
+    for a, b in zip(results["fp32"], results["fp16"]):
+        assert b.tokens == a.tokens  # export validated fp16 rounding keeps the greedy tokens on these weights
+        # the KV cache is allocated in the decode graph's dtype: the prompt+10 positions take half the bytes
+        assert b.kv_cache_bytes * 2 == a.kv_cache_bytes
+    assert len({tuple(r.tokens) for r in results["fp16"]}) > 1
+
+
+def test_kv_cache_dtype_comes_from_the_spec():
+    from moai_edge.runtime.kv_cache import KVCache
+
+    cache = KVCache(num_layers=2, rows=1, kv_heads=2, head_dim=4, max_len=5, dtype=np.dtype("float16"))
+    cache.append({f"{k}.{i}": np.ones((2, 1, 2, 4), np.float32) for i in range(2) for k in ("key", "value")})
+    assert cache.feeds()["past_key.0"].dtype == np.float16 and cache.length == 2
