@@ -61,6 +61,11 @@ class Backbone:
     def input_dtype(engine: Engine, name: str) -> np.dtype:
         return input_dtypes(engine)[name]
 
+    @property
+    def kv_itemsize(self) -> int:
+        """Bytes per KV-cache element: the cache takes the decode graph's past dtype."""
+        return self.input_dtype(self.engines["decode"], "past_key.0").itemsize
+
     def generate(self, features: np.ndarray, aux: list[AuxInputs], questions: list[str], cfg: DecodingConfig, *,
                  template: str | None = None, on_token: OnToken | None = None, timer: Timer | None = None) -> list[Answer]:
         """features (B, N, H) from the vision tower; one aux and one question per row."""
@@ -68,7 +73,7 @@ class Backbone:
             raise InputError(f"expected one aux input and one question per image, found {len(features)} images, "
                              f"{len(aux)} aux inputs and {len(questions)} questions")
         cfg.validate()
-        check_generation(self.dims, max_new_tokens=cfg.max_new_tokens,
+        check_generation(self.dims, max_new_tokens=cfg.max_new_tokens, itemsize=self.kv_itemsize,
                          rows=len(features) * (cfg.num_beams if cfg.strategy == "beam" else 1))
         timer = timer or Timer()
         with timer("aux"):

@@ -39,7 +39,8 @@ class Captioner:
         check_batch_size(batch_size)
         self.pipeline, self.question, self.batch_size = pipeline, question, batch_size
         self.decoding = pipeline.decoding(decoding or "greedy")
-        check_generation(pipeline.manifest.model, max_new_tokens=self.decoding.max_new_tokens, rows=batch_size)
+        check_generation(pipeline.manifest.model, max_new_tokens=self.decoding.max_new_tokens, rows=batch_size,
+                         itemsize=pipeline.backbone.kv_itemsize)
 
     def caption(self, ids: list[str], images: list, *,
                 on_record: Callable[[CaptionRecord], None] | None = None) -> list[CaptionRecord]:

@@ -5,16 +5,10 @@ Each check raises InputError naming the option, the allowed range and the value 
 
 from __future__ import annotations
 
-import os
-
 from moai_edge.engines.errors import InputError
 from moai_edge.engines.manifest import ModelDims
 
 MAX_BATCH_SIZE = 1024
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def check_range(option: str, value, low: int, high: int, note: str = "") -> None:
@@ -24,11 +18,6 @@ def check_range(option: str, value, low: int, high: int, note: str = "") -> None
 
 def check_batch_size(batch_size: int) -> None:
     check_range("batch_size", batch_size, 1, MAX_BATCH_SIZE)
-
-
-def check_threads(threads: int) -> None:
-    n = cores()
-    check_range("threads", threads, 0, n, f" (0 = onnxruntime's default; this machine has {n} cores)")
 
 
 def available_memory() -> int | None:
@@ -43,11 +32,11 @@ def available_memory() -> int | None:
     return None
 
 
-def kv_cache_bytes(dims: ModelDims, *, rows: int, positions: int, itemsize: int = 4) -> int:
+def kv_cache_bytes(dims: ModelDims, *, rows: int, positions: int, itemsize: int) -> int:
     return 2 * dims.num_layers * rows * positions * dims.num_kv_heads * dims.head_dim * itemsize
 
 
-def check_generation(dims: ModelDims, *, max_new_tokens: int | None, rows: int, itemsize: int = 4) -> None:
+def check_generation(dims: ModelDims, *, max_new_tokens: int | None, rows: int, itemsize: int) -> None:
     """`max_new_tokens` must leave room for the smallest prompt (the image tokens and BOS) in the package's
     context, and the KV cache of `rows` full-context rows must fit in the memory available now."""
     if max_new_tokens is None:
