@@ -113,6 +113,18 @@ def add_bench_verbs(sub) -> None:
     b.add_argument("--sequential", action="store_true", help="experts one after another (default: concurrently)")
     b.set_defaults(func=commands.cmd_bench)
 
+    q = sub.add_parser("eval", help="accuracy per question type on held-out tiny-world images: report.json, report.md")
+    engine_options(q)
+    q.add_argument("--images", type=int, default=100, help="held-out world images to ask about (default: 100)")
+    q.add_argument("--seed", type=int, default=0,
+                   help="which held-out images: S selects seeds 1_000_000 * (S + 1) onward; seeds never overlap (default: 0)")
+    q.add_argument("--blank-experts", action="store_true",
+                   help="replace every expert result by the reference's empty case (the ablation)")
+    q.add_argument("--out", default="eval-report", help="folder for report.json and report.md (default: eval-report)")
+    q.add_argument("--batch-size", type=int, default=8, help="questions per batch (default: 8)")
+    q.add_argument("--max-new-tokens", type=int, help="tokens per answer at most, greedy (default: the package's)")
+    q.set_defaults(func=commands.cmd_eval)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moai-edge", description="Edge runtime for CoLLaVO and MoAI")

@@ -1,4 +1,4 @@
-"""What each `moai-edge` verb does. Export, verify and bench need extras and are imported lazily."""
+"""What each `moai-edge` verb does. Export, verify, bench and eval are imported lazily (export and verify need torch)."""
 
 from __future__ import annotations
 
@@ -148,6 +148,19 @@ def cmd_bench(args) -> int:
                       max_new_tokens=args.max_new_tokens, images=args.images)
     report = PipelineBench(cfg).run()
     files = write_report(report, Path(args.out))
+    print(summary(report))
+    print("report: " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from moai_edge.bench.eval import EvalConfig, run_eval
+    from moai_edge.bench.eval_report import summary, write_eval_report
+
+    cfg = EvalConfig(engine_dir=Path(args.engine), images=args.images, seed=args.seed, blank_experts=args.blank_experts,
+                     batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, options=runtime_options(args))
+    report = run_eval(cfg)
+    files = write_eval_report(report, Path(args.out))
     print(summary(report))
     print("report: " + ", ".join(str(f) for f in files))
     return 0

@@ -88,6 +88,16 @@ class Pipeline(Asking):
                        {**timer.ms, "total": total}, ans.kv_cache_bytes, timer.spans)
                 for req, r, a, ans in zip(requests, results, aux, answers)]
 
+    def aux_inputs(self, image) -> AuxInputs:
+        """The family's inputs from the experts on one image. Give them as `Request.aux` to ask several questions
+        about the same image without running the experts again."""
+        with self.lock:
+            pixels = self.expert_input(image)
+            if self.experts is None:
+                return AuxInputs()
+            result = self.experts.run([pixels], pool=self.pool, max_batch=self.expert_batch)[0]
+            return self.family.aux_inputs(result)
+
     def see(self, pixels: list[np.ndarray], wanted: list[bool], timer: Timer) -> tuple[list, np.ndarray]:
         """The experts (on the images that want them) and the vision tower: independent, so side by side when
         concurrent. Returns each image's ExpertResults (or None) and the image features."""
