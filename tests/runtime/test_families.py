@@ -5,19 +5,8 @@ from __future__ import annotations
 import pytest
 
 from moai_edge.engines.errors import ManifestError
-from moai_edge.engines.manifest import Manifest
-from moai_edge.engines.options import RuntimeOptions
-from moai_edge.runtime.experts.runner import Experts
 from moai_edge.runtime.families import FAMILIES, family_of
 from moai_edge.runtime.samples import sample_image
-
-
-@pytest.fixture(scope="module", params=["collavo", "moai"])
-def package(request, tiny_packages):
-    m = Manifest.load(tiny_packages[request.param])
-    experts = Experts(m, RuntimeOptions(threads=1))
-    yield m, experts
-    experts.close()
 
 
 def check_collavo(manifest, r, aux):

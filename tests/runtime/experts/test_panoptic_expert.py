@@ -7,11 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from moai_edge.engines.manifest import Manifest
-from moai_edge.engines.options import RuntimeOptions
 from moai_edge.runtime.cli import main
 from moai_edge.runtime.experts.panoptic import PanopticConfig, preprocess_panoptic
-from moai_edge.runtime.experts.runner import Experts
 from moai_edge.runtime.samples import sample_image
 
 torch = pytest.importorskip("torch")
@@ -30,14 +27,6 @@ def test_preprocessing_matches_transformers():
         diff = np.abs(preprocess_panoptic(img, PanopticConfig()) - ref)
         # upscaling is exact; downscaling (torchvision's uint8 antialias kernel vs PIL's) differs by 1 grey level
         assert diff.max() < (1e-6 if exact else 1.01 / 255 / 0.224)
-
-
-@pytest.fixture(scope="module", params=["collavo", "moai"])
-def package(request, tiny_packages):
-    m = Manifest.load(tiny_packages[request.param])
-    experts = Experts(m, RuntimeOptions(threads=1))
-    yield m, experts
-    experts.close()
 
 
 def test_results_match_transformers(package):

@@ -1,0 +1,17 @@
+"""Fixtures of the runtime tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from moai_edge.engines.manifest import Manifest
+from moai_edge.engines.options import RuntimeOptions
+from moai_edge.runtime.experts.runner import Experts
+
+
+@pytest.fixture(scope="module", params=["collavo", "moai"])
+def package(request, tiny_packages):
+    m = Manifest.load(tiny_packages[request.param])
+    experts = Experts(m, RuntimeOptions(threads=1))
+    yield m, experts
+    experts.close()
