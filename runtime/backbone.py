@@ -57,14 +57,10 @@ class Backbone:
             e.close()
         self.engines.clear()
 
-    @staticmethod
-    def input_dtype(engine: Engine, name: str) -> np.dtype:
-        return input_dtypes(engine)[name]
-
     @property
     def kv_itemsize(self) -> int:
         """Bytes per KV-cache element: the cache takes the decode graph's past dtype."""
-        return self.input_dtype(self.engines["decode"], "past_key.0").itemsize
+        return input_dtypes(self.engines["decode"])["past_key.0"].itemsize
 
     def generate(self, features: np.ndarray, aux: list[AuxInputs], questions: list[str], cfg: DecodingConfig, *,
                  template: str | None = None, on_token: OnToken | None = None, timer: Timer | None = None) -> list[Answer]:

@@ -16,6 +16,7 @@ from moai_edge.engines.errors import InputError, ManifestError
 
 from .experts.verbalize import (EMPTY_VERBALIZATION, collavo_question, colour_map, crayon_maps, crayon_text, join_parts,
                                 verbalize_detections, verbalize_ocr, verbalize_relations, verbalize_segments)
+from .decoder import input_dtypes
 from .images import normalize_unit
 
 if TYPE_CHECKING:
@@ -149,6 +150,6 @@ class MoAI(Family):
         text = a.verbalized if a.verbalized is not None else EMPTY_VERBALIZATION
         ids = np.asarray(backbone.tokenizer.encode(text, add_bos=True), np.int64)
         engine = backbone.engines["compressor"]
-        dtype = backbone.input_dtype(engine, "aux_inputs")
+        dtype = input_dtypes(engine)["aux_inputs"]
         aux_inputs = np.concatenate([backbone.embed_table[ids], map_features])[None].astype(dtype)
         return engine.run({"aux_inputs": aux_inputs})["aux_tokens"][0]

@@ -17,11 +17,12 @@ import numpy as np
 from moai_edge.engines.decoding import DecodingConfig
 from moai_edge.engines.errors import InputError
 
+from .request import OnToken
+
 IMPOSSIBLE = np.float32(-1.0e9)  # HF's score of a beam that must not be chosen
 
 Step = Callable[[np.ndarray], np.ndarray]
 SelectRows = Callable[[np.ndarray], None]
-OnToken = Callable[[int, int], "bool | None"]  # (row, token); False stops that row
 
 
 def generate(first_logits: np.ndarray, step: Step, select_rows: SelectRows, cfg: DecodingConfig, *,

@@ -181,9 +181,13 @@ def normalize_unit(cmap: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return normalize(cmap, cfg)
 
 
-def preprocess_image(src, cfg: PreprocessConfig, *, name: str | None = None) -> np.ndarray:
-    """What the vision tower gets for an image: (3,S,S) float32 (Pipeline: load_resized once, then normalize)."""
+def check_resize(cfg: PreprocessConfig) -> None:
     if cfg.resize != "bilinear" or cfg.antialias:
         raise InputError(f"only bilinear resizing without antialias is supported, the package asks for "
                          f"{cfg.resize} with antialias={cfg.antialias}")
+
+
+def preprocess_image(src, cfg: PreprocessConfig, *, name: str | None = None) -> np.ndarray:
+    """What the vision tower gets for an image: (3,S,S) float32 (Pipeline: load_resized once, then normalize)."""
+    check_resize(cfg)
     return normalize(resize_bilinear(load_image(src, name=name), cfg.image_size)[..., :3], cfg)

@@ -73,8 +73,7 @@ class Pipeline(Asking):
     def run(self, requests: list[Request], *, on_token: OnToken | None = None) -> list[Result]:
         """Any bad image raises (see Captioner for error isolation). `on_token` rows index `requests`."""
         with self.lock:
-            if self.closed:
-                raise EngineError("this Pipeline is closed: load the package again to ask more")
+            self.check_open()
             t0, timer = time.perf_counter(), Timer()
             with timer("load"):
                 pixels = [self.expert_input(r.image) for r in requests]
@@ -88,10 +87,15 @@ class Pipeline(Asking):
                        {**timer.ms, "total": total}, ans.kv_cache_bytes, timer.spans)
                 for req, r, a, ans in zip(requests, results, aux, answers)]
 
+    def check_open(self) -> None:
+        if self.closed:
+            raise EngineError("this Pipeline is closed: load the package again to ask more")
+
     def aux_inputs(self, image) -> AuxInputs:
         """The family's inputs from the experts on one image. Give them as `Request.aux` to ask several questions
         about the same image without running the experts again."""
         with self.lock:
+            self.check_open()
             pixels = self.expert_input(image)
             if self.experts is None:
                 return AuxInputs()

@@ -9,15 +9,13 @@ from moai_edge.engines.manifest import Manifest
 from moai_edge.engines.options import RuntimeOptions
 from moai_edge.engines.registry import open_engine
 
-from .images import normalize
+from .images import check_resize, normalize
 
 
 class VisionTower:
     def __init__(self, manifest: Manifest, options: RuntimeOptions):
         self.preprocess = manifest.preprocess
-        if self.preprocess.resize != "bilinear" or self.preprocess.antialias:
-            raise InputError(f"only bilinear resizing without antialias is supported, the package asks for "
-                             f"{self.preprocess.resize} with antialias={self.preprocess.antialias}")
+        check_resize(self.preprocess)
         self.engine = open_engine(manifest, "vision", options)
         self.dtype = np.dtype(next(s.dtype for s in self.engine.inputs() if s.name == "pixel_values"))
 
