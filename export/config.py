@@ -124,6 +124,15 @@ PRESETS: dict[str, Preset] = {
         compressor=dict(depth=2, heads=2, dim_head=16, num_latents=8),
         max_context=512,
     ),
+    # the trained tiny world's models (export.world): small enough to train on two CPU cores in minutes
+    "world": Preset(
+        decoder=dict(hidden_size=128, intermediate_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
+                     plora_rank=16, plora_alpha=16, mixer_rank=16, mixer_heads=4),
+        vision=dict(hidden_size=64, intermediate_size=256, num_layers=3, num_heads=4, patch_size=28,
+                    image_size=224, source_image_size=224),
+        compressor=dict(depth=2, heads=4, dim_head=32, num_latents=32),
+        max_context=1024,
+    ),
     # a ~150M-parameter decoder on the full 490x490 / 35x35 image grid: for benchmarks
     "small": Preset(
         decoder=dict(hidden_size=1024, intermediate_size=2816, num_layers=12, num_heads=16, num_kv_heads=4,

@@ -7,6 +7,7 @@ far from uniform: parity tests built on them can fail.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -55,13 +56,15 @@ def unused_w2_seg_tensors(cfg: ModelConfig, generator: torch.Generator) -> dict[
             for i in range(d.num_layers) for ab, shape in shapes.items()}
 
 
-def build_tiny_checkpoint(family: str, out_dir: Path, *, preset: str = "tiny", seed: int = 0) -> Path:
-    """Write a checkpoint folder (config.json, fp16 safetensors shards, tokenizer.model) and return it."""
+def build_tiny_checkpoint(family: str, out_dir: Path, *, preset: str = "tiny", seed: int = 0,
+                          train_tokenizer: Callable[..., Path] | None = None) -> Path:
+    """Write a checkpoint folder (config.json, fp16 safetensors shards, tokenizer.model) and return it.
+    `train_tokenizer(out_dir, seed=)` writes the tokenizer (default: the generic tiny one)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     from .tokenizer_factory import train_tiny_tokenizer
 
-    tok_file = train_tiny_tokenizer(out_dir, seed=seed)
+    tok_file = (train_tokenizer or train_tiny_tokenizer)(out_dir, seed=seed)
     import sentencepiece as spm
 
     vocab = spm.SentencePieceProcessor(model_file=str(tok_file)).get_piece_size()

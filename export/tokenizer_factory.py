@@ -40,13 +40,19 @@ def _corpus(seed: int) -> list[str]:
 
 def train_tiny_tokenizer(out_dir: Path, *, vocab_size: int = 400, seed: int = 0) -> Path:
     """Write `tokenizer.model` and `tokenizer_config.json` to `out_dir`; deterministic for a seed."""
+    return train_sentencepiece(out_dir, _corpus(seed), vocab_size=vocab_size)
+
+
+def train_sentencepiece(out_dir: Path, lines: list[str], *, vocab_size: int, symbols: tuple[str, ...] = ()) -> Path:
+    """A BPE model on `lines` with the InternLM2 special ids; `symbols` are extra pieces that are always whole."""
     import sentencepiece as spm
 
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_corpus(seed)), model_writer=model, vocab_size=vocab_size, model_type="bpe",
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, user_defined_symbols=["[UNUSED_TOKEN_145]", "[UNUSED_TOKEN_146]"],
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, user_defined_symbols=["[UNUSED_TOKEN_145]", "[UNUSED_TOKEN_146]", *symbols],
         byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
         split_digits=True, num_threads=1, shuffle_input_sentence=False, hard_vocab_limit=False,
         minloglevel=2,

@@ -15,7 +15,7 @@ from moai_edge.engines.options import DEVICES
 from . import commands
 from .request import DEFAULT_QUESTION
 
-DEFAULT_DEMO_DIR = Path("artifacts/tiny-moai")
+DEFAULT_DEMO_DIR = Path("artifacts/world-moai")
 
 
 def package_version() -> str:
@@ -45,10 +45,13 @@ def add_export(sub) -> None:
     e = sub.add_parser("export", help="checkpoint -> engine package (needs moai-edge[export])")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--tiny", choices=["collavo", "moai"], help="build a seeded tiny checkpoint and export it")
+    src.add_argument("--world", choices=["collavo", "moai"], help="the trained tiny-world checkpoints shipped with "
+                                                                  "moai-edge (see `moai-edge eval`)")
     src.add_argument("--checkpoint", help="checkpoint folder or hub id (BK-Lee/MoAI-7B layout)")
     e.add_argument("--family", choices=["collavo", "moai"], help="check the checkpoint is of this family")
     e.add_argument("--preset", default="tiny", choices=["tiny", "small"], help="size of a --tiny checkpoint")
-    e.add_argument("--seed", type=int, default=0, help="seed of a --tiny checkpoint's weights")
+    e.add_argument("--seed", type=int, default=0, help="seed of a --tiny checkpoint's weights (--world: of the "
+                                                                    "untrained detector and scene graph)")
     e.add_argument("--out", required=True, help="the engine package folder to write")
     e.add_argument("--no-validate", action="store_true", help="skip the ONNX-vs-PyTorch validation")
     e.add_argument("--no-experts", action="store_true", help="backbone only")
@@ -87,9 +90,10 @@ def add_runtime_verbs(sub) -> None:
     c.add_argument("--max-new-tokens", type=int, help="tokens to generate at most (default: the package's)")
     c.set_defaults(func=commands.cmd_caption, interrupted="the records finished so far are kept: run again with --resume")
 
-    d = sub.add_parser("demo", help="build the tiny MoAI package if missing and caption generated sample images")
+    d = sub.add_parser("demo", help="build the trained tiny-world MoAI package if missing; caption and "
+                                             "question held-out world images, each answer beside the truth")
     engine_options(d, engine_required=False)
-    d.add_argument("--max-new-tokens", type=int, help="tokens per caption (default: 16)")
+    d.add_argument("--max-new-tokens", type=int, help="tokens per answer (default: 48)")
     d.set_defaults(func=commands.cmd_demo)
 
 

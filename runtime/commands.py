@@ -9,6 +9,11 @@ from pathlib import Path
 from moai_edge.engines.errors import InputError, require, require_installed
 from moai_edge.engines.options import RuntimeOptions
 
+from .request import Request
+
+DEMO_IMAGES = 4
+DEMO_MAX_NEW_TOKENS = 48  # the longest description is ~40 tokens
+
 
 def runtime_options(args) -> RuntimeOptions:
     """--device and --threads mean the same on every verb that runs engines."""
@@ -25,7 +30,11 @@ def cmd_export(args) -> int:
 
         read = read_labels(args.labels, args.moai_repo)
         labels = {"queries": read["detector_queries"], **({"predicates": read["psg_predicates"]} if "psg_predicates" in read else {})}
-    if args.tiny:
+    if args.world:
+        from moai_edge.export.world.build import export_world
+
+        m = export_world(args.world, Path(args.out), validate=not args.no_validate, seed=args.seed)
+    elif args.tiny:
         m = export_tiny(args.tiny, Path(args.out), preset=args.preset, seed=args.seed, validate=not args.no_validate,
                         with_experts=not args.no_experts, labels=labels)
     else:
@@ -167,38 +176,46 @@ def cmd_eval(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """The built-in default: a tiny MoAI package built on the spot captions a folder of generated images."""
+    """The built-in default: the trained tiny-world MoAI package (exported on the spot from the checkpoints shipped
+    with moai-edge) captions a few held-out world images and answers their questions, each beside the truth."""
     from PIL import Image
+
+    from moai_edge.bench.eval import image_seeds, score_answer, world_items
+    from moai_edge.export.world import DESCRIBE_QUESTION
 
     from .caption_job import CaptionJob
     from .captioner import Captioner
     from .pipeline import Pipeline
-    from .samples import sample_image
 
     out = Path(args.engine)
     if not (out / "manifest.json").is_file():
         require("torch", "export")
-        from moai_edge.export.build import export_tiny
+        from moai_edge.export.world.build import export_world
 
-        print(f"building the tiny MoAI engine package in {out} ...")
-        export_tiny("moai", out)
+        print(f"building the tiny-world MoAI engine package in {out} from the shipped checkpoints ...")
+        export_world("moai", out)
     images = out.parent / "demo-images"
     images.mkdir(parents=True, exist_ok=True)
-    for seed in range(4):
-        Image.fromarray(sample_image(size=320 + 40 * seed, seed=seed)).save(images / f"sample_{seed}.png")
+    worlds = [(f"world_{items[0].image_seed}.png", image, items) for image, items in world_items(image_seeds(0, DEMO_IMAGES))]
+    for name, image, _ in worlds:
+        Image.fromarray(image).save(images / name)
     captions = out.parent / "demo-captions.jsonl"
     captions.unlink(missing_ok=True)
-    with CaptionJob.open(images, captions, resume=False) as job, Pipeline.load(out, runtime_options(args)) as pipe:
-        summary = job.run(Captioner(pipe, batch_size=2, decoding=pipe.decoding("greedy",
-                                                                             max_new_tokens=args.max_new_tokens or 16)))
-    records = [json.loads(line) for line in captions.read_text().splitlines()]
-    print(f"captions of {len(records)} images in {images} (seeded random weights: the text is noise, "
-          f"the tokens match PyTorch's) -> {captions}")
-    for r in records:
-        print(f"  {r['id']:<16} {r.get('caption', r.get('error'))!r}")
-    stages = [k for k in records[0]["timings_ms"] if k != "per_image"]
-    print(f"\nper-stage latency, ms (batch 2; {summary.images_per_s:.2f} images/s)")
-    print("stage".ljust(18) + "".join(r["id"][:12].rjust(14) for r in records))
-    for stage in stages:
-        print(stage.ljust(18) + "".join(f"{r['timings_ms'].get(stage, 0):14.1f}" for r in records))
+    with Pipeline.load(out, runtime_options(args)) as pipe:
+        decoding = pipe.decoding("greedy", max_new_tokens=args.max_new_tokens or DEMO_MAX_NEW_TOKENS)
+        with CaptionJob.open(images, captions, resume=False) as job:
+            summary = job.run(Captioner(pipe, question=DESCRIBE_QUESTION, batch_size=2, decoding=decoding))
+        records = {r["id"]: r for r in map(json.loads, captions.read_text().splitlines())}
+        print(f"{len(records)} held-out world images (never seen in training) in {images}, captions -> {captions}\n")
+        right = asked = 0
+        for name, image, items in worlds:
+            aux = pipe.aux_inputs(image)  # the experts once per image, for all its questions
+            results = pipe.run([Request(image, it.question, decoding, id=it.id, aux=aux) for it in items])
+            print(f"{name}: {records[name].get('caption', records[name].get('error'))!r}")
+            for it, r in zip(items, results):
+                ok = score_answer(it.question_type, it.expected, r.answer)
+                right, asked = right + ok, asked + 1
+                print(f"  {'ok' if ok else 'XX'}  {it.question:<40} {r.answer.strip()!r:<28} truth {it.expected!r}")
+    print(f"\n{right}/{asked} answers right; captioning ran at {summary.images_per_s:.2f} images/s (batch 2). "
+          f"`moai-edge eval --engine {out}` measures accuracy on 100 images.")
     return 0

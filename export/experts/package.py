@@ -29,7 +29,7 @@ from . import detector as owl
 from . import scene_graph as psgtr
 from .labels import COCO_PANOPTIC_CLASSES, PSG_PREDICATES
 from .ocr_models import export_ocr
-from .panoptic import IMAGE_SIZE, PANOPTIC, build_tiny_panoptic, labels_of, load_panoptic
+from .panoptic import PANOPTIC, build_tiny_panoptic, input_size, labels_of, load_panoptic, post_process_settings
 
 # Mask2Former's decoder thresholds its intermediate masks at 0.5 for masked attention: fp32 noise flips the
 # pixels that sit on the threshold and moves a query's logits by up to ~2e-3 of their range (seen on random
@@ -110,9 +110,9 @@ def export_panoptic(cfg: ModelConfig, out_dir: Path, work: Path, sources: Expert
     model = load_panoptic(sources.panoptic)
     component, diffs = export_onnx_expert(PANOPTIC, model, out_dir, work)
     section = {
-        "component": "panoptic", "source": str(sources.panoptic), "image_size": IMAGE_SIZE,
-        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "threshold": 0.5, "mask_threshold": 0.95,
-        "overlap_mask_area_threshold": 0.8, "target_size": family_of(cfg.family).panoptic_target_size(cfg),
+        "component": "panoptic", "source": str(sources.panoptic), "image_size": input_size(model),
+        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], **post_process_settings(model),
+        "target_size": family_of(cfg.family).panoptic_target_size(cfg),
         "labels": labels_of(model),
     }
     return {"panoptic": component}, {"panoptic": section}, {"panoptic": max(diffs.values())}

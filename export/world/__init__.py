@@ -11,6 +11,11 @@ ground truth and their questions and answers (numpy + Pillow only, no torch).
 `scene` samples what an image holds (seed ranges and sign vocabularies are documented there), `render`
 draws it (and defines the panoptic categories), `questions` holds the templates and the canonical
 description.
+
+The trained world (these need torch): `train_panoptic` (the Mask2Former expert on the world's masks),
+`tokenizer` (capital letters as pieces, so unseen sign words can be copied), `train_backbone` (CoLLaVO or
+MoAI on the questions, with the packaged experts' results), and `build` (all parts: `train_world`; a package
+from the checkpoints shipped in `checkpoints/`: `export_world`, behind `moai-edge export --world`).
 """
 
 from .questions import (COLOUR_TEMPLATE, COUNT_TEMPLATE, DESCRIBE_QUESTION, NO_SIGN_ANSWER, QA, QUESTION_TYPES,

@@ -32,6 +32,7 @@ COLOUR_TEMPLATE = "What colour is the {shape}?"
 SIGN_QUESTION = "What does the sign say?"
 DESCRIBE_QUESTION = "Describe the image."
 NO_SIGN_ANSWER = "none"
+SIGN_CLAUSE = "; the sign says "
 
 
 class QA(NamedTuple):
@@ -68,7 +69,7 @@ def describe_counts(counts: Mapping[tuple[str, str], int], sign_word: str | None
     items = [describe_kind(counts[(c, s)], c, s) for s in SHAPES for c in COLOURS if counts.get((c, s), 0) > 0]
     sentence = join_items(items) if items else "no objects"
     if sign_word is not None:
-        sentence += f"; the sign says {sign_word}"
+        sentence += SIGN_CLAUSE + sign_word
     return sentence + "."
 
 

@@ -7,9 +7,10 @@ import torch
 
 from moai_edge.export.experts.panoptic import labels_of, load_panoptic
 from moai_edge.export.world import PANOPTIC_CATEGORIES, generate
-from moai_edge.export.world.train_panoptic import panoptic_targets, train_panoptic
+from moai_edge.export.world.train_panoptic import PanopticRecipe, panoptic_targets, train_panoptic
 
-SIZE = 64  # tiny inputs keep the tests fast; the real training uses 384 (or 256)
+SIZE = 64  # tiny inputs keep the tests fast; the shipped expert is trained at 192
+SMALL = PanopticRecipe(size=SIZE, embed_dim=16, hidden_dim=32, num_queries=12, decoder_layers=2)
 
 
 def test_targets_cover_every_pixel_once():
@@ -23,20 +24,20 @@ def test_targets_cover_every_pixel_once():
 
 
 def test_loss_goes_down_on_a_fixed_batch(tmp_path):
-    out = train_panoptic(tmp_path / "m", steps=20, batch_size=2, seed=0, threads=1, size=SIZE, lr=3e-3,
+    out = train_panoptic(tmp_path / "m", steps=20, batch_size=2, seed=0, threads=1, recipe=SMALL, lr=3e-3,
                          world_seeds=[11, 12])
     losses = json.loads((out / "train_log.json").read_text())["losses"]
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses  # 26.9 -> 19.8 here
 
 
 def test_same_seed_gives_identical_weights_and_loads(tmp_path):
-    a = train_panoptic(tmp_path / "a", steps=3, batch_size=2, seed=5, threads=1, size=SIZE)
-    b = train_panoptic(tmp_path / "b", steps=3, batch_size=2, seed=5, threads=1, size=SIZE)
+    a = train_panoptic(tmp_path / "a", steps=3, batch_size=2, seed=5, threads=1, recipe=SMALL)
+    b = train_panoptic(tmp_path / "b", steps=3, batch_size=2, seed=5, threads=1, recipe=SMALL)
     ma, mb = load_panoptic(a), load_panoptic(b)
     sa, sb = ma.state_dict(), mb.state_dict()
     assert sa.keys() == sb.keys()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    fresh = train_panoptic(tmp_path / "c", steps=1, batch_size=2, seed=6, threads=1, size=SIZE)
+    fresh = train_panoptic(tmp_path / "c", steps=1, batch_size=2, seed=6, threads=1, recipe=SMALL)
     assert not torch.equal(load_panoptic(fresh).class_predictor.weight, ma.class_predictor.weight)
     assert labels_of(ma) == list(PANOPTIC_CATEGORIES)
     with torch.no_grad():
@@ -55,6 +56,6 @@ def test_training_input_is_what_the_packaged_expert_is_fed():
 
 def test_training_leaves_the_callers_torch_settings_as_they_were(tmp_path):
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    train_panoptic(tmp_path / "p", steps=1, batch_size=1, seed=0, threads=1 if threads != 1 else 2, size=SIZE,
+    train_panoptic(tmp_path / "p", steps=1, batch_size=1, seed=0, threads=1 if threads != 1 else 2, recipe=SMALL,
                    world_seeds=[0], log=lambda *_: None)
     assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == (threads, deterministic)

@@ -1,0 +1,67 @@
+"""The trained world shipped in the repository: its checkpoints export through the real loader (validated against
+PyTorch), the packages answer held-out questions above stated accuracies, the demo shows it, and every part of
+the training script runs end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from moai_edge.bench.eval import evaluate, image_seeds
+from moai_edge.export.world.build import CHECKPOINTS, WORLD_FAMILIES, WORLD_PARTS, export_world, train_world
+from moai_edge.export.world.train_backbone import BackboneRecipe
+from moai_edge.runtime.cli import main
+from moai_edge.runtime.pipeline import Pipeline
+
+HELD_OUT_IMAGES = 30  # ~190 questions: a fast check; the closing figures are on 500 images
+# Floors on those 30 images, a few points under what the shipped checkpoints score there (both: count 0.28,
+# colour 0.58, sign 0.50, describe 0.03 / 0.0). The runtime is deterministic, so falling below means a change of
+# the models, the runtime or the world, not noise. Raise them with the models; issue 13's targets are 0.9.
+FLOORS = {family: {"count": 0.23, "colour": 0.5, "sign": 0.45, "describe": 0.0} for family in ("moai", "collavo")}
+
+
+@pytest.fixture(scope="session")
+def world_packages(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    for family in WORLD_FAMILIES:
+        export_world(family, root / family)
+    return {family: root / family for family in WORLD_FAMILIES}
+
+
+@pytest.mark.parametrize("family", WORLD_FAMILIES)
+def test_world_package_answers_held_out_questions(world_packages, family):
+    with Pipeline.load(world_packages[family], threads=2) as pipe:
+        report = evaluate(pipe, image_seeds(0, HELD_OUT_IMAGES), decoding=pipe.decoding("greedy", max_new_tokens=48),
+                          batch_size=16)
+    accuracy = report["accuracy"]
+    for key, floor in FLOORS[family].items():
+        assert accuracy[key] >= floor, (key, accuracy, report["examples"][:5])
+
+
+def test_world_export_records_where_it_came_from(world_packages):
+    manifest = json.loads((world_packages["moai"] / "manifest.json").read_text())
+    assert manifest["source"]["world"] == "moai"
+    assert manifest["source"]["checkpoint"] == str((CHECKPOINTS / "moai").resolve())
+    panoptic = manifest["experts"]["panoptic"]
+    assert panoptic["image_size"] == 192 and panoptic["labels"][:3] == ["red circle", "green circle", "blue circle"]
+    assert panoptic["mask_threshold"] == 0.5  # calibrated on training images, recorded in its config.json
+
+
+def test_demo_shows_answers_beside_the_truth(world_packages, capsys):
+    assert main(["demo", "--engine", str(world_packages["moai"]), "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("truth ") >= 4 * 4  # four images, at least a count, sign and description each
+    right, asked = map(int, re.search(r"(\d+)/(\d+) answers right", out).groups())
+    assert asked >= 16 and right / asked >= 0.4  # 9/19 with the shipped checkpoints
+
+
+def test_every_training_part_runs(tmp_path):
+    """A few steps of each part, end to end (the shipped checkpoints came from the defaults)."""
+    seconds = train_world(tmp_path, panoptic_steps=2, recipes=dict.fromkeys(WORLD_FAMILIES, BackboneRecipe(images=2, steps=2, images_per_step=2)),
+                          threads=1, log=lambda *_: None)
+    assert set(seconds) == set(WORLD_PARTS)
+    for family in WORLD_FAMILIES:
+        assert (tmp_path / family / "tokenizer.model").is_file() and (tmp_path / family / "config.json").is_file()
+    export_world("collavo", tmp_path / "pkg", checkpoints=tmp_path, validate=False)
