@@ -24,6 +24,7 @@ from pathlib import Path
 from ..build import export_checkpoint
 from ..experts import detector as owl
 from ..experts import scene_graph as psgtr
+from ..families import family_of
 from ..tiny import build_tiny_checkpoint
 from .render import PANOPTIC_CATEGORIES
 from .tokenizer import train_world_tokenizer
@@ -40,13 +41,15 @@ RECIPES = {"moai": BackboneRecipe(images=600), "collavo": BackboneRecipe(images=
 
 
 def world_experts(family: str, panoptic: Path, work: Path, *, seed: int = 0) -> dict:
-    """export_checkpoint's `experts`: the trained panoptic expert; for MoAI also the seeded tiny detector (asked for
-    the world's labels) and scene graph. OCR is the real PP-OCR."""
+    """export_checkpoint's `experts`: the trained panoptic expert, and for a family that packages them the seeded
+    tiny detector (asked for the world's labels) and scene graph. OCR is the real PP-OCR."""
     experts: dict = {"panoptic": str(panoptic)}
-    if family == "moai":
+    packaged = family_of(family).experts
+    if "detector" in packaged:
         experts.update(detector=str(owl.build_tiny_detector(work / "detector", preset="tiny", seed=seed)),
-                       queries=list(PANOPTIC_CATEGORIES),
-                       scene_graph=str(psgtr.build_tiny_scene_graph(work / "scene_graph", preset="tiny", seed=seed)))
+                       queries=list(PANOPTIC_CATEGORIES))
+    if "scene_graph" in packaged:
+        experts["scene_graph"] = str(psgtr.build_tiny_scene_graph(work / "scene_graph", preset="tiny", seed=seed))
     return experts
 
 
