@@ -24,25 +24,34 @@ def cmd_export(args) -> int:
     require("torch", "export")
     from moai_edge.export.build import export_checkpoint, export_tiny
 
-    labels = {}
-    if args.labels or args.moai_repo:
-        from moai_edge.export.experts.detector import read_labels
-
-        read = read_labels(args.labels, args.moai_repo)
-        labels = {"queries": read["detector_queries"], **({"predicates": read["psg_predicates"]} if "psg_predicates" in read else {})}
     if args.world:
         from moai_edge.export.world.build import export_world
 
+        ignored = [flag for flag, given in (
+            ("--no-experts", args.no_experts), ("--labels", args.labels), ("--moai-repo", args.moai_repo),
+            ("--preset", args.preset != "tiny"), ("--family", args.family), ("--panoptic", args.panoptic),
+            ("--detector", args.detector), ("--scene-graph", args.scene_graph), ("--vision-config", args.vision_config)) if given]
+        if ignored:
+            raise InputError(f"--world exports the shipped world models with their own experts and labels; "
+                             f"{', '.join(ignored)} cannot apply")
         m = export_world(args.world, Path(args.out), validate=not args.no_validate, seed=args.seed)
-    elif args.tiny:
-        m = export_tiny(args.tiny, Path(args.out), preset=args.preset, seed=args.seed, validate=not args.no_validate,
-                        with_experts=not args.no_experts, labels=labels)
     else:
-        experts = {k: v for k, v in (("panoptic", args.panoptic), ("detector", args.detector),
-                                     ("scene_graph", args.scene_graph)) if v}
-        m = export_checkpoint(args.checkpoint, Path(args.out), family=args.family, validate=not args.no_validate,
-                              experts={**experts, **labels}, with_experts=not args.no_experts,
-                              vision_config=args.vision_config)
+        labels = {}
+        if args.labels or args.moai_repo:
+            from moai_edge.export.experts.detector import read_labels
+
+            read = read_labels(args.labels, args.moai_repo)
+            labels = {"queries": read["detector_queries"],
+                      **({"predicates": read["psg_predicates"]} if "psg_predicates" in read else {})}
+        if args.tiny:
+            m = export_tiny(args.tiny, Path(args.out), preset=args.preset, seed=args.seed, validate=not args.no_validate,
+                            with_experts=not args.no_experts, labels=labels)
+        else:
+            experts = {k: v for k, v in (("panoptic", args.panoptic), ("detector", args.detector),
+                                         ("scene_graph", args.scene_graph)) if v}
+            m = export_checkpoint(args.checkpoint, Path(args.out), family=args.family, validate=not args.no_validate,
+                                  experts={**experts, **labels}, with_experts=not args.no_experts,
+                                  vision_config=args.vision_config)
     print(f"engine package written to {args.out} ({m.family}, {len(m.components)} components)")
     for note in m.source.get("load_notes", []):
         print(f"  note: {note}")

@@ -57,6 +57,13 @@ def test_demo_shows_answers_beside_the_truth(world_packages, capsys):
     assert asked >= 16 and right / asked >= 0.4  # 9/19 with the shipped checkpoints
 
 
+@pytest.mark.parametrize("flags", [["--no-experts"], ["--preset", "small"], ["--labels", "x.json", "--panoptic", "p"]])
+def test_world_export_refuses_flags_it_cannot_apply(tmp_path, capsys, flags):
+    assert main(["export", "--world", "moai", "--out", str(tmp_path / "pkg"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert "--world" in err and flags[0] in err and not (tmp_path / "pkg").exists()
+
+
 def test_every_training_part_runs(tmp_path):
     """A few steps of each part, end to end (the shipped checkpoints came from the defaults)."""
     seconds = train_world(tmp_path, panoptic_steps=2, recipes=dict.fromkeys(WORLD_FAMILIES, BackboneRecipe(images=2, steps=2, images_per_step=2)),
