@@ -13,7 +13,7 @@ import random
 import string
 from pathlib import Path
 
-from moai_edge.runtime.experts.verbalize import COLLAVO_EMPTY_PREFIX, OCR_PREFIX, RELATION_PREFIX, SEGMENT_PREFIX
+from moai_edge.runtime.experts.verbalize import COLLAVO_EMPTY_PREFIX, clean_class, OCR_PREFIX, RELATION_PREFIX, SEGMENT_PREFIX
 
 from ..config import REFERENCE_PROMPTS
 from ..tokenizer_factory import train_sentencepiece
@@ -44,8 +44,7 @@ def world_corpus(seed: int, scenes: int = 3000) -> list[str]:
         names = [rng.choice(PANOPTIC_CATEGORIES) for _ in range(rng.randint(1, 6))]
         lines.append(", and ".join(f"{box_text(rng)} {n}" for n in names) + ".")
         lines.append(", ".join(f"(#{rng.randint(1, 4)} {n}) {box_text(rng)}" for n in names))
-        coco = [rng.choice(COCO_PANOPTIC_CLASSES).replace("-merged", "").replace("-other", "").replace("-stuff", "")
-                for _ in range(3)]
+        coco = [clean_class(rng.choice(COCO_PANOPTIC_CLASSES)) for _ in range(3)]
         lines.append(f"{coco[0]} (#{rng.randint(1, 3)}) is {rng.choice(PSG_PREDICATES)} {coco[1]}, and "
                      f"{box_text(rng)} {coco[2]}.")
     return lines

@@ -93,16 +93,15 @@ def training_seeds(count: int, seed: int) -> list[int]:
     return [draws.randrange(TRAINING_SEEDS.start, TRAINING_SEEDS.stop) for _ in range(count)]
 
 
-def collect_examples(package: Path, seeds: list[int], *, threads: int, log=print) -> list[Example]:
+def collect_examples(pipe: Pipeline, seeds: list[int], *, log=print) -> list[Example]:
     """Each training image through the package's experts (the runtime's own code), with its questions."""
     examples, start = [], time.perf_counter()
-    with Pipeline.load(package, threads=threads) as pipe:
-        for i, s in enumerate(seeds):
-            world = generate(s)
-            examples.append(Example(preprocess_image(world.image, pipe.manifest.preprocess), pipe.aux_inputs(world.image),
-                                    questions_for(world.scene, random.Random(s))))
-            if log and (i + 1) % 200 == 0:
-                log(f"experts on {i + 1}/{len(seeds)} training images ({time.perf_counter() - start:.0f}s)")
+    for i, s in enumerate(seeds):
+        world = generate(s)
+        examples.append(Example(preprocess_image(world.image, pipe.manifest.preprocess), pipe.aux_inputs(world.image),
+                                questions_for(world.scene, random.Random(s))))
+        if log and (i + 1) % 200 == 0:
+            log(f"experts on {i + 1}/{len(seeds)} training images ({time.perf_counter() - start:.0f}s)")
     return examples
 
 
@@ -199,8 +198,8 @@ def train_backbone(start: Path, package: Path, out_dir: Path, *, recipe: Backbon
                    seed: int = 0, threads: int = 2, log_every: int = 0, log=print) -> Path:
     """Train the checkpoint at `start` with the experts of `package` (exported from it); save to `out_dir`."""
     started = time.perf_counter()
-    with deterministic(threads):
-        examples = collect_examples(package, training_seeds(recipe.images, seed), threads=threads, log=log)
+    with deterministic(threads), Pipeline.load(package, threads=threads) as pipe:
+        examples = collect_examples(pipe, training_seeds(recipe.images, seed), log=log)
         expert_seconds = time.perf_counter()
         model, _ = load_checkpoint(start)
         model.train()
@@ -209,21 +208,20 @@ def train_backbone(start: Path, package: Path, out_dir: Path, *, recipe: Backbon
         sched = warmup_cosine(opt, recipe.steps)
         draws = random.Random(seed + 1)
         losses = []
-        with Pipeline.load(package, threads=threads) as pipe:
-            batcher = Batcher(model, pipe)
-            for step in range(recipe.steps):
-                batch = [augmented(ex, draws, recipe.copy_augmentation) for ex in draws.sample(examples, recipe.images_per_step)]
-                loss = batcher.loss(batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-                opt.step()
-                sched.step()
-                losses.append(float(loss.detach()))
-                if log_every and (step + 1) % log_every == 0:
-                    recent = losses[-log_every:]
-                    log(f"step {step + 1}/{recipe.steps} loss {sum(recent) / len(recent):.4f} "
-                        f"({time.perf_counter() - expert_seconds:.0f}s)")
+        batcher = Batcher(model, pipe)
+        for step in range(recipe.steps):
+            batch = [augmented(ex, draws, recipe.copy_augmentation) for ex in draws.sample(examples, recipe.images_per_step)]
+            loss = batcher.loss(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            if log_every and (step + 1) % log_every == 0:
+                recent = losses[-log_every:]
+                log(f"step {step + 1}/{recipe.steps} loss {sum(recent) / len(recent):.4f} "
+                    f"({time.perf_counter() - expert_seconds:.0f}s)")
     train_seconds = time.perf_counter() - expert_seconds
     out_dir = Path(out_dir)
     save_trained(model.eval(), out_dir)

@@ -55,11 +55,11 @@ def test_same_seed_gives_identical_weights_and_the_result_exports(start, tmp_pat
 
 def test_loss_goes_down_on_fixed_images(start):
     initial, package = start
-    examples = collect_examples(package, [11, 12], threads=1, log=None)
     model, _ = load_checkpoint(initial)
     torch.manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     with Pipeline.load(package, threads=1) as pipe:
+        examples = collect_examples(pipe, [11, 12], log=None)
         batcher = Batcher(model.train(), pipe)
         losses = []
         for _ in range(15):
@@ -74,9 +74,9 @@ def test_loss_goes_down_on_fixed_images(start):
 def test_the_first_answer_token_sees_what_the_runtime_feeds(start):
     """The training prefill's last logits for a row are the packaged prefill graph's for the same prompt."""
     initial, package = start
-    (example,) = collect_examples(package, [21], threads=1, log=None)
     model, _ = load_checkpoint(initial)
     with Pipeline.load(package, threads=1) as pipe, torch.no_grad():
+        (example,) = collect_examples(pipe, [21], log=None)
         batcher = Batcher(model.eval(), pipe)
         qa = example.qas[0]
         one = type(example)(example.pixels, example.aux, [qa])
@@ -102,7 +102,8 @@ def generate_image(seed):
 
 def test_copy_augmentation_swaps_the_word_everywhere_it_is_named(start):
     _, package = start
-    examples = collect_examples(package, list(range(40)), threads=1, log=None)
+    with Pipeline.load(package, threads=1) as pipe:
+        examples = collect_examples(pipe, list(range(40)), log=None)
     family = load_checkpoint(start[0])[0].cfg.family
     swapped = [s for s in (with_sign_word(ex, "QWERTY") for ex in examples) if s is not None]
     if family == "collavo":  # no OCR text to swap
