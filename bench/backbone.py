@@ -32,8 +32,8 @@ QUESTION = "Describe this image in detail."
 
 
 def decoder_weight_bytes(m: Manifest) -> int:
-    """Bytes of the prefill + decode weights: the shared file plus what stays inside the two graphs."""
-    return sum((m.path(m.component(n).file)).stat().st_size for n in ("prefill", "decode")) + m.path(m.shared_weights["decoder"].file).stat().st_size
+    """Bytes of the prefill + decode weights: the two graphs and their weight files (shared or their own)."""
+    return sum(m.path(f).stat().st_size for f in {*m.component_files("prefill"), *m.component_files("decode")})
 
 
 def measure_memory(engine_dir: Path, options: RuntimeOptions, *, prompt_tokens: int, new_tokens: int) -> dict:

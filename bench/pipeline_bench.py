@@ -23,6 +23,7 @@ from moai_edge.runtime.pipeline import Pipeline
 from moai_edge.runtime.request import Request, Result
 from moai_edge.runtime.samples import sample_image
 
+from .footprint import footprint
 from .machine import machine_info
 from .memory import RssSampler, gpu_memory, jetson_memory, rss_mb
 from .roofline import copy_bandwidth_gbs, kv_bytes_per_token, roofline
@@ -76,8 +77,7 @@ def bench_images(cfg: BenchConfig) -> list[np.ndarray]:
 
 def package_bytes(manifest: Manifest) -> int:
     """Every weight file the pipeline loads: the graphs, their external weights, the embedding, the queries."""
-    files = {manifest.path(c.file) for c in manifest.components.values()}
-    files |= {manifest.path(w.file) for w in manifest.shared_weights.values()}
+    files = {manifest.path(f) for name in manifest.components for f in manifest.component_files(name)}
     return sum(f.stat().st_size for f in files if f.is_file())
 
 
@@ -114,6 +114,7 @@ class PipelineBench:
         one = report["batches"].get("1") or next(iter(report["batches"].values()))
         cache_len = one["kv_cache_mb"] * 2**20 / one["batch"] / kv_bytes_per_token(self.manifest, context=1)
         context = int(cache_len - cfg.max_new_tokens / 2)  # the mean length of the cache while decoding
+        report["footprint"] = footprint(self.manifest.family)
         report["roofline"] = roofline(self.manifest, tokens_per_s=one["decode_tokens_per_s"] / one["batch"],
                                       context=context, bandwidth_gbs=copy_bandwidth_gbs(threads=cfg.options.threads))
         b1, bmax = report["batches"].get("1"), report["batches"][str(max(cfg.batch_sizes))]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .footprint import GB
+from .footprint import markdown as footprint_markdown
+
 PLOTS = ("latency_by_stage.png", "throughput_by_batch.png", "memory_over_time.png")
 
 
@@ -52,6 +55,8 @@ def markdown(report: dict) -> str:
               f"{roof['achieved_gbs']:.2f} GB/s, {roof['percent_of_bandwidth']:.0f}% of this machine's measured copy "
               f"bandwidth ({roof['machine_copy_gbs']:.2f} GB/s)."
               + (" **Above 100%: a measurement error.**" if roof["measurement_error"] else "")]
+    if "footprint" in report:
+        lines += ["", "## " + footprint_markdown(report["footprint"])]
     if "reference" in report:
         lines += ["", "## Against the PyTorch reference (batch 1, interleaved)", "",
                   "| stage | runtime p50 ms | reference p50 ms | speed-up (median) | spread (min-max) |", "|---|---:|---:|---:|---:|"]
@@ -127,6 +132,10 @@ def summary(report: dict) -> str:
                  f"{roof['machine_copy_gbs']:.2f} GB/s" + ("  (ABOVE 100%: measurement error)" if roof["measurement_error"] else ""))
     if "batching_speedup" in report:
         lines.append(f"batch {max(report['config']['batch_sizes'])} vs 1: {report['batching_speedup']:.2f}x images/s")
+    if "footprint" in report:
+        fp = report["footprint"]
+        lines.append(f"the real {fp['family']} 7B (computed): " + ", ".join(
+            f"{name} {r['total'] / GB:.1f} GB" for name, r in fp["presets"].items()) + " (report.md: per device)")
     if report.get("reference_differences"):
         lines.append("answers differ from the reference: " + "; ".join(report["reference_differences"]))
     for s, r in report.get("reference", {}).items():

@@ -34,12 +34,8 @@ def copy_bandwidth_gbs(*, threads: int = 0, size_mb: int = 512, repeats: int = 5
 
 
 def decode_weight_bytes(manifest: Manifest) -> int:
-    """What one decode step reads: the decode graph file and the decoder weights it shares with prefill."""
-    total = manifest.path(manifest.component("decode").file).stat().st_size
-    shared = manifest.component("decode").shared_weights
-    if shared:
-        total += manifest.path(manifest.shared_weights[shared].file).stat().st_size
-    return total
+    """What one decode step reads: the decode graph file and its weights (shared with prefill or its own)."""
+    return sum(manifest.path(f).stat().st_size for f in manifest.component_files("decode"))
 
 
 def kv_bytes_per_token(manifest: Manifest, context: int) -> int:

@@ -55,6 +55,9 @@ class Component:
     precision: str = "fp32"
     shared_weights: str | None = None  # key into Manifest.shared_weights
     extra_files: dict[str, str] = field(default_factory=dict)  # relative file -> sha256 (ONNX external data)
+    # constant inputs fed on every run: they select this component's branch of a graph file it shares with other
+    # components (prefill and decode in one decoder graph: {"is_prefill": true}); `inputs` are the branch's own
+    fixed_feeds: dict[str, bool] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -73,7 +76,7 @@ class Component:
 
 COMPONENT_RULES = {"file": NAME, "sha256": sha256_hex, "kind": one_of(COMPONENT_KINDS), "inputs": list_of(tensor_spec),
                    "outputs": list_of(tensor_spec), "precision": NAME, "shared_weights": optional(NAME),
-                   "extra_files": mapping_of(sha256_hex)}
+                   "extra_files": mapping_of(sha256_hex), "fixed_feeds": mapping_of(boolean)}
 
 
 @dataclass
@@ -278,6 +281,11 @@ class Manifest:
             out += [(f"components.{name}.extra_files", rel, digest) for rel, digest in c.extra_files.items()]
         out += [(f"shared_weights.{name}.file", w.file, w.sha256) for name, w in self.shared_weights.items()]
         return out
+
+    def component_files(self, name: str) -> list[str]:
+        """The files component `name` loads: itself, its external data and the shared weights it names."""
+        c = self.component(name)
+        return [c.file, *c.extra_files, *([self.shared_weights[c.shared_weights].file] if c.shared_weights else [])]
 
     def files(self) -> dict[str, str]:
         """Every file the package needs, relative path -> sha256."""

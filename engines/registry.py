@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Protocol
 
 from . import integrity
+from .branch import BranchEngine, SharedEngine
 from .errors import EngineError, ManifestError
 from .manifest import Manifest
 from .options import RuntimeOptions
@@ -91,8 +92,41 @@ def open_engine(manifest: Manifest, component: str, options: RuntimeOptions, *, 
         raise EngineError(f"component '{component}': expected a graph (kind 'onnx'), found kind '{c.kind}'; "
                           f"arrays are read with Manifest.load_array")
     verify = options.verify_hashes and manifest.verify_hashes
+    if c.fixed_feeds:
+        return open_branch(cls, manifest, component, options, verify=verify)
     shared = shared_weights(manifest, c.shared_weights, verify=verify) if c.shared_weights else None
     return cls.open(package_graph(manifest, component, verify=verify), options, shared=shared)
+
+
+_branch_lock = threading.Lock()
+_branch_engines: dict[tuple, SharedEngine] = {}
+
+
+def open_branch(cls: type[Backend], manifest: Manifest, component: str, options: RuntimeOptions, *,
+                verify: bool) -> BranchEngine:
+    """A component that is one branch of a graph file (engines.branch): the file's engine is opened once for every
+    branch of it open at the same time, with the same options."""
+    c = manifest.component(component)
+    path, _, label = manifest.file_check(c.file)
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ManifestError(f"{label} cannot be read: {exc}") from exc
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, options)  # a changed file is opened anew
+    with _branch_lock:
+        shared = _branch_engines.get(key)
+        if shared is None:  # read and hashed here, once
+            graph = package_graph(manifest, component, verify=verify)
+            engine = cls.open(replace(graph, name=path.stem), options.replace(check_inputs=False), shared=None)
+            shared = _branch_engines[key] = SharedEngine(engine)
+
+        def forget():
+            with _branch_lock:
+                if _branch_engines.get(key) is shared:
+                    del _branch_engines[key]
+
+        return BranchEngine(shared, name=component, inputs=c.inputs, outputs=c.outputs, fixed_feeds=c.fixed_feeds,
+                            check_inputs=options.check_inputs, on_close=forget)
 
 
 def open_file(path: str | Path, options: RuntimeOptions, *, name: str | None = None, threads: int | None = None,

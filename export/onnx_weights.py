@@ -18,18 +18,19 @@ from moai_edge.engines.manifest import SharedWeights, sha256_of
 ALIGN = 64
 
 
-def _subgraphs(graph):
+def subgraphs(graph):
+    """`graph` and every graph nested in its nodes' attributes (If / Loop bodies), depth first."""
     yield graph
     for node in graph.node:
         for attr in node.attribute:
             if attr.g.node:
-                yield from _subgraphs(attr.g)
+                yield from subgraphs(attr.g)
             for g in attr.graphs:
-                yield from _subgraphs(g)
+                yield from subgraphs(g)
 
 
 def _rename_inputs(graph, renames: dict[str, str]) -> None:
-    for g in _subgraphs(graph):
+    for g in subgraphs(graph):
         for node in g.node:
             for i, name in enumerate(node.input):
                 if name in renames:

@@ -20,10 +20,12 @@ from .config import CLIP_MEAN, CLIP_STD, REFERENCE_PROMPTS, ModelConfig
 from .graphs import TARGETS, GraphTarget, targets_for, with_io_dtype
 from .modeling.vlm import VLM
 from .onnx_export import FP16_IO, Tolerance, export_graph, validate_graph
+from .merge_decoder import SWITCH, can_merge, merge_decoder
 from .onnx_weights import save_model, write_shared_weights
 
 SHARED = ("prefill", "decode")  # graphs that hold the decoder weights, loaded once for both
 DECODER_WEIGHTS = "decoder.weights"
+DECODER_GRAPH = "decoder.onnx"  # prefill and decode as the two branches of one graph
 
 
 def io_specs(model_proto) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -64,19 +66,33 @@ def package_targets(model: VLM, *, decode_io_dtype: str = "float32") -> list[Gra
 
 
 def export_graphs(model: VLM, out_dir: Path, work: Path, targets: list[GraphTarget]) -> dict[str, Component]:
+    """Every target as a graph file. Prefill and decode have their weights deduplicated into one file
+    (DECODER_WEIGHTS); they are then one graph with a branch each (export.merge_decoder), or, when their IO types
+    differ (a decode graph with float16 IO), two graphs naming the weights file as shared weights."""
     import onnx
 
     for t in targets:
         export_graph(t, model, work / f"{t.name}.onnx")
     protos = {n: onnx.load(str(work / f"{n}.onnx")) for n in SHARED}
     shared_spec, rewritten = write_shared_weights(protos, out_dir, DECODER_WEIGHTS)
+    merged = can_merge(rewritten["prefill"], rewritten["decode"])
     components = {}
     for t in targets:
+        if merged and t.name in SHARED:
+            continue
         proto = rewritten.get(t.name) or onnx.load(str(work / f"{t.name}.onnx"))
-        digest = save_model(proto, out_dir / f"{t.name}.onnx")
         inputs, outputs = io_specs(proto)
+        digest = save_model(proto, out_dir / f"{t.name}.onnx")
         components[t.name] = Component(file=f"{t.name}.onnx", sha256=digest, inputs=inputs, outputs=outputs,
                                        shared_weights="decoder" if t.name in SHARED else None)
+    if merged:
+        digest = save_model(merge_decoder(rewritten["prefill"], rewritten["decode"]), out_dir / DECODER_GRAPH)
+        weights = {DECODER_WEIGHTS: shared_spec.sha256}
+        for name, proto in rewritten.items():
+            inputs, outputs = io_specs(proto)
+            components[name] = Component(file=DECODER_GRAPH, sha256=digest, inputs=inputs, outputs=outputs,
+                                         extra_files=weights, fixed_feeds={SWITCH: name == "prefill"})
+        shared_spec = None
     components["_shared"] = shared_spec  # popped by the caller
     return components
 
@@ -107,7 +123,7 @@ def build_package(model: VLM, *, tokenizer_file: Path, out_dir: Path, source: di
         family=cfg.family,
         model=model_dims(cfg),
         components=components,
-        shared_weights={"decoder": shared_spec},
+        shared_weights={"decoder": shared_spec} if shared_spec else {},
         tokenizer={"file": "tokenizer.model", "sha256": sha256_of(out_dir / "tokenizer.model"), "add_bos": True},
         prompts=PromptConfig(**REFERENCE_PROMPTS),
         preprocess=PreprocessConfig(image_size=cfg.vision.image_size, mean=list(CLIP_MEAN), std=list(CLIP_STD)),

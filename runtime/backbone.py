@@ -72,6 +72,18 @@ class Backbone:
         check_generation(self.dims, max_new_tokens=cfg.max_new_tokens, itemsize=self.kv_itemsize,
                          rows=len(features) * (cfg.num_beams if cfg.strategy == "beam" else 1))
         timer = timer or Timer()
+        runner, first = self.prefill(features, aux, questions, max_new_tokens=cfg.max_new_tokens, template=template,
+                                     timer=timer)
+        with timer("decode"):
+            rows = generate(first, runner.step, runner.select_rows, cfg, on_token=on_token)
+        timer.ms["decode_per_token"] = timer.ms["decode"] / max(1, max(len(r) for r in rows) - 1)
+        return [self.answer(ids, runner.cache.nbytes()) for ids in rows]
+
+    def prefill(self, features: np.ndarray, aux: list[AuxInputs], questions: list[str], *, max_new_tokens: int,
+                template: str | None = None, timer: Timer | None = None) -> tuple[DecoderRunner, np.ndarray]:
+        """The prompts through prefill: a runner holding their KV cache (room for `max_new_tokens` more), and the
+        logits (B, V) of each row's first answer token."""
+        timer = timer or Timer()
         with timer("aux"):
             extras = self.family.prefill_extras(self, aux)
         with timer("tokenize"):
@@ -83,11 +95,8 @@ class Backbone:
         with timer("prefill"):
             feeds = assemble_prefill(requests, self.embed_table, dtypes=input_dtypes(self.engines["prefill"]),
                                      image_aligned=self.family.image_aligned)
-            first = runner.prefill(feeds, max_new_tokens=cfg.max_new_tokens)
-        with timer("decode"):
-            rows = generate(first, runner.step, runner.select_rows, cfg, on_token=on_token)
-        timer.ms["decode_per_token"] = timer.ms["decode"] / max(1, max(len(r) for r in rows) - 1)
-        return [self.answer(ids, runner.cache.nbytes()) for ids in rows]
+            first = runner.prefill(feeds, max_new_tokens=max_new_tokens)
+        return runner, first
 
     def answer(self, ids: list[int], kv_bytes: int) -> Answer:
         text = self.tokenizer.decode(ids)

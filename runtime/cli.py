@@ -53,6 +53,10 @@ def add_export(sub) -> None:
     e.add_argument("--seed", type=int, default=0, help="seed of a --tiny checkpoint's weights (--world: of the "
                                                                     "untrained detector and scene graph)")
     e.add_argument("--out", required=True, help="the engine package folder to write")
+    e.add_argument("--precision", default="fp32", metavar="PRESET",
+                   help="what each component is stored and computed in: fp32; fp16 (GPU); int8, int4 (CPU: weight-only "
+                        "decoder, int8 tower and experts); int4-fp16 (GPU). Below fp32 the package is held to the fp32 "
+                        "one on world questions (token agreement, KL)")
     e.add_argument("--no-validate", action="store_true", help="skip the ONNX-vs-PyTorch validation")
     e.add_argument("--no-experts", action="store_true", help="backbone only")
     e.add_argument("--panoptic", help="Mask2Former checkpoint folder or hub id (default: the reference's)")

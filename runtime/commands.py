@@ -34,7 +34,8 @@ def cmd_export(args) -> int:
         if ignored:
             raise InputError(f"--world exports the shipped world models with their own experts and labels; "
                              f"{', '.join(ignored)} cannot apply")
-        m = export_world(args.world, Path(args.out), validate=not args.no_validate, seed=args.seed)
+        m = export_world(args.world, Path(args.out), validate=not args.no_validate, seed=args.seed,
+                         precision=args.precision)
     else:
         labels = {}
         if args.labels or args.moai_repo:
@@ -45,18 +46,23 @@ def cmd_export(args) -> int:
                       **({"predicates": read["psg_predicates"]} if "psg_predicates" in read else {})}
         if args.tiny:
             m = export_tiny(args.tiny, Path(args.out), preset=args.preset, seed=args.seed, validate=not args.no_validate,
-                            with_experts=not args.no_experts, labels=labels)
+                            with_experts=not args.no_experts, labels=labels, precision=args.precision)
         else:
             experts = {k: v for k, v in (("panoptic", args.panoptic), ("detector", args.detector),
                                          ("scene_graph", args.scene_graph)) if v}
             m = export_checkpoint(args.checkpoint, Path(args.out), family=args.family, validate=not args.no_validate,
                                   experts={**experts, **labels}, with_experts=not args.no_experts,
-                                  vision_config=args.vision_config)
+                                  vision_config=args.vision_config, precision=args.precision)
     print(f"engine package written to {args.out} ({m.family}, {len(m.components)} components)")
     for note in m.source.get("load_notes", []):
         print(f"  note: {note}")
     for name, diff in m.source.get("validation_max_abs_diff", {}).items():
         print(f"  {name:<12} max abs diff vs PyTorch {diff:.2e}")
+    for part, check in m.source.get("precision_check", {}).items():
+        if part != "against":
+            print(f"  {m.source['precision']} {part} against fp32 on {check['questions']} world questions: token "
+                  f"agreement {check['token_agreement']:.2%}, mean KL {check['kl']:.2g} nats, "
+                  f"same answers {check['same_answers']:.0%}")
     return 0
 
 

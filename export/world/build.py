@@ -53,11 +53,13 @@ def world_experts(family: str, panoptic: Path, work: Path, *, seed: int = 0) -> 
     return experts
 
 
-def export_world(family: str, out_dir: Path, *, checkpoints: Path = CHECKPOINTS, validate: bool = True, seed: int = 0):
+def export_world(family: str, out_dir: Path, *, checkpoints: Path = CHECKPOINTS, validate: bool = True, seed: int = 0,
+                 precision: str = "fp32"):
     """A package from the shipped (or given) world checkpoints, exported and validated like any checkpoint."""
     out_dir = Path(out_dir)
     experts = world_experts(family, checkpoints / "panoptic", out_dir / "experts", seed=seed)
-    manifest = export_checkpoint(checkpoints / family, out_dir, family=family, validate=validate, experts=experts)
+    manifest = export_checkpoint(checkpoints / family, out_dir, family=family, validate=validate, experts=experts,
+                                 precision=precision)
     manifest.source.update({"world": family, "seed": seed})
     manifest.save(out_dir)
     return manifest

@@ -1,13 +1,13 @@
 """A corpus of tampered engine packages: every one is refused with a ManifestError naming the bad field or file.
 
-One real tiny MoAI package (experts included) is exported once; each variant is a hard-linked copy of it
-(a tampered file is written anew, never through the link) with one thing wrong.
+One real tiny MoAI package (experts included) is exported once, and for the shared-weights fields one in the
+two-graph layout (its decode graph has float16 IO); each variant is a copy of one of them (a
+tampered file is written anew) with one thing wrong.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 from dataclasses import dataclass
@@ -27,20 +27,17 @@ class Variant:
     tamper: Callable[[Path, dict], None]  # (package folder, manifest dict) -> None; the dict is written afterwards
     names: str  # what the message must name: the field or the file
     array: str | None = None  # tampered after a successful load: refused by Manifest.load_array(array)
+    package: str = "merged"  # "shared": the two-graph layout with a shared-weights file (a float16-IO decode graph)
 
 
 def copy_package(src: Path, dst: Path) -> Path:
-    def link(a, b):
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-    shutil.copytree(src, dst, copy_function=link, ignore=shutil.ignore_patterns("checkpoint", "experts"))
+    """A copy, not hard links: onnxruntime refuses external weights with more than one link (a hard-link attack)."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoint", "experts"))
     return dst
 
 
 def rewrite(path: Path, data: bytes) -> None:
-    """New contents without touching the hard-linked original."""
+    """New contents in a new file."""
     path.unlink()
     path.write_bytes(data)
 
@@ -222,26 +219,31 @@ CORPUS = [
     Variant("symlink_file_out", symlink_out(("components", "vision", "file"), "file"), "components.vision.file"),
     Variant("symlink_folder_out", symlink_out(("components", "ocr_det", "file"), "folder"), "components.ocr_det.file"),
     Variant("symlink_weights_out", symlink_out(("shared_weights", "decoder", "file"), "file"),
-            "shared_weights.decoder.file"),
+            "shared_weights.decoder.file", package="shared"),
     Variant("symlink_loop", lambda r, d: ((r / "vision.onnx").unlink(), (r / "vision.onnx").symlink_to(r / "vision.onnx")),
             "components.vision.file"),
     Variant("tokenizer_dotdot", set_field("tokenizer", "file", value="../tokenizer.model"), "tokenizer.file"),
     Variant("extra_file_escape", set_field("components", "vision", "extra_files", value={"../x.bin": "0" * 64}),
             "components.vision.extra_files"),
     # shared weights
-    Variant("weights_negative_offset", weight_field("offset", -2048), "offset"),
-    Variant("weights_negative_nbytes", weight_field("nbytes", -2048), "nbytes"),
+    Variant("weights_negative_offset", weight_field("offset", -2048), "offset", package="shared"),
+    Variant("weights_negative_nbytes", weight_field("nbytes", -2048), "nbytes", package="shared"),
     Variant("weights_offset_beyond_file", weight_field("offset", lambda r, t: (r / "decoder.weights").stat().st_size),
-            "decoder.weights"),
-    Variant("weights_nbytes_mismatch", weight_field("nbytes", 1024), "nbytes"),
-    Variant("weights_dtype_unknown", weight_field("dtype", "float99"), "dtype"),
-    Variant("weights_shape_negative", weight_field("shape", [-64, 8]), "shape"),
-    Variant("weights_offset_null", weight_field("offset", None), "offset"),
-    Variant("weights_file_truncated", truncate_weights, "decoder.weights"),
+            "decoder.weights", package="shared"),
+    Variant("weights_nbytes_mismatch", weight_field("nbytes", 1024), "nbytes", package="shared"),
+    Variant("weights_dtype_unknown", weight_field("dtype", "float99"), "dtype", package="shared"),
+    Variant("weights_shape_negative", weight_field("shape", [-64, 8]), "shape", package="shared"),
+    Variant("weights_offset_null", weight_field("offset", None), "offset", package="shared"),
+    Variant("weights_file_truncated", truncate_weights, "decoder.weights", package="shared"),
     # files
     Variant("file_missing", lambda r, d: (r / "vision.onnx").unlink(), "vision.onnx"),
     Variant("file_is_folder", replaced_file("tokenizer.model", Path.mkdir), "tokenizer.model"),
-    Variant("hash_mismatch_graph", flip_byte("prefill.onnx"), "prefill.onnx"),
+    Variant("hash_mismatch_graph", flip_byte("decoder.onnx"), "decoder.onnx"),
+    Variant("fixed_feed_not_bool", set_field("components", "decode", "fixed_feeds", value={"is_prefill": "no"}),
+            "components.decode.fixed_feeds.is_prefill"),
+    Variant("fixed_feeds_list", set_field("components", "prefill", "fixed_feeds", value=["is_prefill"]),
+            "components.prefill.fixed_feeds"),
+    Variant("extra_weights_missing", lambda r, d: (r / "decoder.weights").unlink(), "decoder.weights"),
     Variant("hash_mismatch_weights", flip_byte("decoder.weights"), "decoder.weights"),
     Variant("hash_mismatch_tokenizer", flip_byte("tokenizer.model"), "tokenizer.model"),
     # npy content (hash updated: only the content is wrong)
@@ -294,9 +296,10 @@ def outcome(variant: Variant, root: Path) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tiny_packages, tmp_path_factory):
+def corpus(tiny_packages, tiny_fp16_io_package, tmp_path_factory):
     where = tmp_path_factory.mktemp("malformed")
-    return {v.name: (v, apply(v, Path(tiny_packages["moai"]), where)) for v in CORPUS}
+    packages = {"merged": Path(tiny_packages["moai"]), "shared": Path(tiny_fp16_io_package)}
+    return {v.name: (v, apply(v, packages[v.package], where)) for v in CORPUS}
 
 
 def test_every_malformed_package_is_refused_naming_the_field(corpus):

@@ -66,7 +66,8 @@ def test_verify_fails_on_a_tampered_package(tiny_packages, tmp_path):
     weights[: len(weights) // 2] *= 1.5
     weights.tofile(pkg / "decoder.weights")
     m = Manifest.load(pkg, verify=False)
-    m.shared_weights["decoder"].sha256 = sha256_of(pkg / "decoder.weights")
+    for name in ("prefill", "decode"):
+        m.components[name].extra_files["decoder.weights"] = sha256_of(pkg / "decoder.weights")
     m.save(pkg)
     out = subprocess.run([sys.executable, "-m", "moai_edge.runtime.cli", "verify", "--engine", str(pkg), "--max-new-tokens", "4"],
                          capture_output=True, text=True)
@@ -121,4 +122,4 @@ def test_ask_reads_and_hashes_each_package_file_once(tiny_packages, image_file, 
     capsys.readouterr()
     assert opened and max(opened.values()) == 1, opened  # every file read once ...
     assert len(hashed) == len(opened)  # ... and hashed once, on those bytes
-    assert {p.split("/")[-1] for p in opened} >= {"prefill.onnx", "decode.onnx", "decoder.weights", "tokenizer.model"}
+    assert {p.split("/")[-1] for p in opened} >= {"decoder.onnx", "decoder.weights", "tokenizer.model"}

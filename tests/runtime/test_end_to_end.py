@@ -113,7 +113,7 @@ def test_runtime_import_leaves_torch_out():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-@pytest.mark.parametrize("victim", ["decode.onnx", "decoder.weights", "tokenizer.model"])
+@pytest.mark.parametrize("victim", ["decoder.onnx", "decoder.weights", "tokenizer.model"])
 def test_corrupted_package_file_is_refused_by_name(tiny_packages, tmp_path, victim):
     copy = tmp_path / "pkg"
     shutil.copytree(tiny_packages["moai"], copy, ignore=shutil.ignore_patterns("checkpoint"))

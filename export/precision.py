@@ -1,0 +1,84 @@
+"""Precision presets: what each component of an engine package is stored and computed in.
+
+    moai-edge export ... --precision PRESET
+
+    preset     decoder (prefill + decode)        vision tower, experts     compressor, crayon    embedding
+    fp32       fp32                              fp32                      fp32                  fp32
+    fp16       fp16                              fp16                      fp16                  fp16
+    int8       int8 weight-only                  int8 dynamic              fp32                  fp16
+    int4       int4 weight-only                  int8 dynamic              fp32                  fp16
+    int4-fp16  int4 weight-only                  fp16                      fp16                  fp16
+
+Weight-only (onnxruntime's MatMulNBits) quantizes the decoder's base matmuls and the output head, the
+weights every token reads; the PLoRA, seg and mixer branches (prefill only, a small share of the bytes)
+stay float32, so what makes these models differ from a plain LLM keeps its precision. "int8 dynamic"
+(onnxruntime's quantize_dynamic) quantizes the matmul weights of the vision tower and the experts per
+channel, activations per call. Convolutions keep float32: onnxruntime's int8 Conv is slower on CPU than
+its float one. The PP-OCR graphs are kept as shipped. fp16 graphs keep float32 inputs and outputs, so the
+runtime's feeds and KV cache do not change; they are for GPUs (on a CPU onnxruntime computes them through
+casts, slowly, which serves to measure their accuracy).
+
+int4 and int8 are CPU presets (onnxruntime's MatMulNBits and integer matmuls); int4-fp16 is the GPU mix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moai_edge.engines.errors import InputError
+
+KINDS = ("fp32", "fp16", "int8", "int4")
+
+
+@dataclass(frozen=True)
+class WeightOnly:
+    """MatMulNBits settings. Block 32, symmetric, accuracy level 4 (int8 compute on CPU): see the measurements
+    in the issue-14 note; block 32 is what onnxruntime-genai's builder uses for int4 on CPU."""
+
+    bits: int
+    block_size: int = 32
+    symmetric: bool = True
+    accuracy_level: int = 4
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    decoder: str  # one of KINDS
+    tower: str  # vision tower and experts
+    small: str  # the compressor and crayon graphs
+    embedding: str  # the token table: fp32 or fp16
+
+    def of(self, component: str) -> str:
+        """The precision of a package component (the PP-OCR graphs and arrays other than the embedding: fp32)."""
+        if component in DECODER:
+            return self.decoder
+        if component in TOWER:
+            return self.tower
+        if component in SMALL:
+            return self.small
+        if component == "embedding":
+            return self.embedding
+        return "fp32"
+
+    def weight_only(self) -> WeightOnly | None:
+        return {"int4": WeightOnly(4), "int8": WeightOnly(8)}.get(self.decoder)
+
+
+DECODER = ("prefill", "decode")
+TOWER = ("vision", "panoptic", "detector", "scene_graph")
+SMALL = ("compressor", "crayon")
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("fp32", decoder="fp32", tower="fp32", small="fp32", embedding="fp32"),
+    Preset("fp16", decoder="fp16", tower="fp16", small="fp16", embedding="fp16"),
+    Preset("int8", decoder="int8", tower="int8", small="fp32", embedding="fp16"),
+    Preset("int4", decoder="int4", tower="int8", small="fp32", embedding="fp16"),
+    Preset("int4-fp16", decoder="int4", tower="fp16", small="fp16", embedding="fp16"),
+)}
+
+
+def precision_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise InputError(f"--precision: expected one of {', '.join(PRESETS)}, found {name!r}")
+    return PRESETS[name]

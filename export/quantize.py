@@ -1,0 +1,69 @@
+"""Graph transforms to a lower precision, on in-memory ONNX graphs (their weights loaded), with onnxruntime's tools.
+
+Each takes a ModelProto and returns a new one; `export.reduce_package` decides which applies to which graph.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from .onnx_weights import subgraphs
+from .precision import WeightOnly
+
+# The decoder's base weights and output head, by the node names the exporter gives them (module paths);
+# the PLoRA, seg and mixer branches are not matched and keep float32.
+BASE_MATMUL = re.compile(r"/(Plora_main|output)/MatMul$")
+
+
+@contextmanager
+def quiet():
+    """onnxruntime's quantizers log every node at INFO, and advice on the root logger at WARNING."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def branch_matmuls(model) -> list[str]:
+    """The MatMuls that are not base weights (branches, attention), in the graph and its subgraphs (the merged
+    decoder's If branches): the quantizer is told to leave them."""
+    return [n.name for g in subgraphs(model.graph) for n in g.node
+            if n.op_type == "MatMul" and not BASE_MATMUL.search(n.name)]
+
+
+def weight_only(model, settings: WeightOnly):
+    """The decoder's base matmuls as MatMulNBits (blockwise, `settings.bits` per weight, a scale per block)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(model, bits=settings.bits, block_size=settings.block_size,
+                                     is_symmetric=settings.symmetric, accuracy_level=settings.accuracy_level,
+                                     nodes_to_exclude=branch_matmuls(model))
+    with quiet():
+        quantizer.process()
+    return quantizer.model.model
+
+
+def dynamic_int8(model):
+    """MatMuls with constant weights as int8 (per channel) with activations quantized per call; the rest unchanged."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with quiet(), tempfile.TemporaryDirectory(prefix="moai-edge-int8-") as work:
+        out = Path(work) / "int8.onnx"
+        quantize_dynamic(model, out, op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8,
+                         use_external_data_format=model.ByteSize() > 1_800_000_000)
+        return onnx.load(str(out))
+
+
+def float16(model):
+    """Weights and computation in float16, inputs and outputs kept float32 (casts at the edges)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    return convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=model.ByteSize() > 1_800_000_000)

@@ -1,0 +1,143 @@
+"""Precision presets: a float32 package lowered to fp16 / int8 / int4, recorded, held to float32 on world questions."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="export needs moai-edge[export]")
+
+from moai_edge.engines.errors import ExportValidationError, InputError  # noqa: E402
+from moai_edge.engines.manifest import Manifest  # noqa: E402
+from moai_edge.export import reduce_package as reducing  # noqa: E402
+from moai_edge.export.precision import PRESETS, precision_preset  # noqa: E402
+from moai_edge.export.precision_check import BOUNDS  # noqa: E402
+from moai_edge.export.quantize import BASE_MATMUL  # noqa: E402
+from moai_edge.runtime.pipeline import Pipeline  # noqa: E402
+from moai_edge.runtime.samples import sample_image  # noqa: E402
+
+
+def branch_graph(root, component):
+    """The graph a component runs: its branch of the merged decoder graph, or its own graph. And every initializer
+    it can read."""
+    import onnx
+
+    m = Manifest.load(root)
+    c = m.component(component)
+    proto = onnx.load(str(m.path(c.file)))
+    inits = {i.name: i for i in proto.graph.initializer}
+    if not c.fixed_feeds:
+        return proto.graph, inits
+    (branch,) = [a.g for a in proto.graph.node[0].attribute if a.name == ("then_branch" if c.fixed_feeds["is_prefill"]
+                                                                           else "else_branch")]
+    return branch, {**inits, **{i.name: i for i in branch.initializer}}
+
+
+@pytest.fixture(scope="module")
+def int4_moai(tiny_packages, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int4") / "moai"
+    return reducing.reduce_and_check(tiny_packages["moai"], out, PRESETS["int4"]).root
+
+
+def test_unknown_preset_is_refused_before_anything_is_built(tmp_path):
+    with pytest.raises(InputError, match="expected one of fp32, fp16, int8, int4, int4-fp16, found 'int3'"):
+        precision_preset("int3")
+    out = subprocess.run([sys.executable, "-m", "moai_edge.runtime.cli", "export", "--tiny", "moai", "--precision",
+                          "int3", "--out", str(tmp_path / "pkg")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "int3" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_int4_package_records_each_components_precision(int4_moai):
+    m = Manifest.load(int4_moai)
+    got = {name: c.precision for name, c in m.components.items()}
+    assert got == {"vision": "int8", "compressor": "fp32", "prefill": "int4", "decode": "int4", "panoptic": "int8",
+                   "detector": "int8", "detector_queries": "fp32", "scene_graph": "int8", "ocr_det": "fp32",
+                   "ocr_cls": "fp32", "ocr_rec": "fp32", "embedding": "fp16"}
+    assert m.source["precision"] == "int4"
+    check = m.source["precision_check"]
+    assert check["decoder"]["token_agreement"] >= BOUNDS["int4"].token_agreement
+    assert check["decoder"]["kl"] <= BOUNDS["int4"].kl and check["decoder"]["questions"] > 0
+    assert m.load_array("embedding").dtype == np.float16
+
+
+def test_int4_quantizes_the_base_weights_only(int4_moai, tiny_packages):
+    """Every base matmul (and the output head) is MatMulNBits; the PLoRA and mixer branches keep float32 MatMuls."""
+    layers = Manifest.load(int4_moai).model.num_layers
+    decode, _ = branch_graph(int4_moai, "decode")
+    assert Counter(n.op_type for n in decode.node)["MatMulNBits"] == 5 * layers + 1
+    prefill, inits = branch_graph(int4_moai, "prefill")
+    fp32_prefill, _ = branch_graph(tiny_packages["moai"], "prefill")
+    quantized = [n for n in prefill.node if n.op_type == "MatMulNBits"]
+    assert len(quantized) == 5 * layers + 1 and all(BASE_MATMUL.search(n.name.removesuffix("_Q4")) for n in quantized)
+    branches = [n for n in prefill.node if n.op_type == "MatMul" and n.input[1] in inits]
+    assert any("Plora_A" in n.name for n in branches) and any("moai_" in n.name for n in branches)
+    assert all(inits[n.input[1]].data_type == 1 for n in branches)  # float32
+    expected = [n.name for n in fp32_prefill.node if n.op_type == "MatMul" and not BASE_MATMUL.search(n.name)]
+    assert sorted(n.name for n in prefill.node if n.op_type == "MatMul") == sorted(expected)
+
+
+def test_int4_decoder_weights_are_one_file_a_third_of_float32(int4_moai, tiny_packages):
+    """Prefill and decode stay the two branches of one graph, with one weights file for both."""
+    m, fp32 = Manifest.load(int4_moai), Manifest.load(tiny_packages["moai"])
+    assert m.shared_weights == {}
+    for name in ("prefill", "decode"):
+        c = m.component(name)
+        assert (c.file, list(c.extra_files), c.shared_weights) == ("decoder.onnx", ["decoder.weights"], None)
+    assert fp32.component("decode").file == "decoder.onnx"
+
+
+def test_int4_base_weights_take_under_a_fifth_of_their_float32_bytes(int4_moai, tiny_packages):
+    """4 bits a weight plus a float32 scale per block of 32: 5 bits against 32."""
+    from onnx import numpy_helper
+
+    def base_bytes(root, op):
+        graph, inits = branch_graph(root, "prefill")
+        nodes = [n for n in graph.node if n.op_type == op and BASE_MATMUL.search(n.name.removesuffix("_Q4"))]
+        return sum(numpy_helper.to_array(inits[i], base_dir=str(root)).nbytes
+                   for n in nodes for i in n.input[1:] if i in inits)
+
+    assert 0 < base_bytes(int4_moai, "MatMulNBits") < base_bytes(tiny_packages["moai"], "MatMul") / 5
+
+
+def test_int4_package_runs_the_whole_pipeline(int4_moai):
+    vocab = Manifest.load(int4_moai).model.vocab_size
+    with Pipeline.load(int4_moai) as pipe:
+        result = pipe.ask(sample_image(seed=0), "Describe the image.", max_new_tokens=6)
+    assert result.tokens and all(0 <= t < vocab for t in result.tokens) and result.experts["segments"] is not None
+
+
+@pytest.mark.parametrize("name", ["fp16", "int8"])
+def test_other_presets_pass_their_bounds(name, tiny_packages, tmp_path):
+    m = reducing.reduce_and_check(tiny_packages["collavo"], tmp_path / name, PRESETS[name])
+    preset = PRESETS[name]
+    assert {n: c.precision for n, c in m.components.items() if n in ("prefill", "decode", "vision", "panoptic")} == \
+        {"prefill": preset.decoder, "decode": preset.decoder, "vision": preset.tower, "panoptic": preset.tower}
+    check = m.source["precision_check"]["decoder"]
+    assert check["token_agreement"] >= BOUNDS[name].token_agreement and check["kl"] <= BOUNDS[name].kl
+    with Pipeline.load(tmp_path / name) as pipe:
+        assert pipe.ask(sample_image(seed=1), "What is this?", max_new_tokens=3).tokens
+
+
+def test_a_broken_conversion_fails_the_check(tiny_packages, tmp_path, monkeypatch):
+    """A decoder whose base weights are lost (zeroed) keeps its graph valid but no longer agrees with float32."""
+    from onnx import numpy_helper
+
+    def zeroed(proto, kind, *, decoder, preset):
+        if decoder:
+            for init in proto.graph.initializer:
+                if init.dims and len(init.dims) == 2 and init.dims[0] * init.dims[1] > 1024:
+                    init.CopyFrom(numpy_helper.from_array(np.zeros(tuple(init.dims), np.float32), init.name))
+        return proto
+
+    monkeypatch.setattr(reducing, "lowered", zeroed)
+    with pytest.raises(ExportValidationError, match=re.escape("int8 decoder against float32")):
+        reducing.reduce_and_check(tiny_packages["collavo"], tmp_path / "broken", PRESETS["int8"])
+    recorded = json.loads((tmp_path / "broken" / "manifest.json").read_text())["source"]["precision_check"]
+    assert recorded["decoder"]["token_agreement"] < BOUNDS["int8"].token_agreement
