@@ -32,8 +32,10 @@ KINDS = ("fp32", "fp16", "int8", "int4")
 
 @dataclass(frozen=True)
 class WeightOnly:
-    """MatMulNBits settings. Block 32, symmetric, accuracy level 4 (int8 compute on CPU): see the measurements
-    in the issue-14 note; block 32 is what onnxruntime-genai's builder uses for int4 on CPU."""
+    """MatMulNBits settings: block 32, symmetric, accuracy level 4 (int8 compute on CPU). Chosen by measurement
+    (trained world MoAI, int4 decoder against float32 on 52 world questions; small MoAI decode step, 1316-token
+    past, batch 1, interleaved): block 32 symmetric 92.5% token agreement, KL 0.0076, 27.6 ms; block 128
+    83.1%, KL 0.0168, 26.5 ms; block 32 asymmetric 84.0%, KL 0.0102; block 16 85.9%, KL 0.0118."""
 
     bits: int
     block_size: int = 32

@@ -3,11 +3,9 @@
 Files the preset keeps are copied; each graph file it lowers is transformed once (export.quantize), for every
 component that runs it (prefill and decode are branches of one decoder graph), and saved in its place. A graph
 with external weights keeps them outside, in `{stem}.weights` beside it: the merged decoder's weights stay one
-file, in memory once, and repacked by onnxruntime for its kernels. (A package in the two-graph layout, with a
-float16-IO decode graph, gets one weights file per graph: onnxruntime repacks quantized weights only in a session
-that owns them, and MatMulNBits unpacked dequantizes every weight on every call, measured on the small MoAI
-decoder at a 1316-token past, batch 1: 231 ms a step shared, 18.7 ms owned.) The manifest records each
-component's precision and the preset.
+file (export.merge_decoder says why that layout, and what it measures). A package in the two-graph layout (a
+float16-IO decode graph, for GPUs) gets one weights file per graph. The manifest records each component's
+precision and the preset.
 """
 
 from __future__ import annotations
