@@ -1,4 +1,4 @@
-"""Components that are branches of one graph file: one engine (one session, the weights once) serves them all.
+"""Components that are branches of one graph file: one engine (one session, one weights file) serves them all.
 
 A component with `fixed_feeds` runs the graph in its file with those constant inputs added (they select its
 branch, e.g. {"is_prefill": true}); the graph's inputs only the other branches read are fed as empty arrays.
@@ -73,8 +73,8 @@ class BranchEngine:
         return self.engine.metadata()
 
     def synchronize(self) -> None:
-        sync = getattr(self.engine, "synchronize", None)
-        if sync is not None and self.engine is not None:
+        sync = getattr(self.engine, "synchronize", None)  # None when closed, or on a backend without streams
+        if sync is not None:
             sync()
 
     def close(self) -> None:
