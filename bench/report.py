@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .footprint import GB
 from .footprint import markdown as footprint_markdown
+from .genai import markdown as genai_markdown
 
 PLOTS = ("latency_by_stage.png", "throughput_by_batch.png", "memory_over_time.png")
 
@@ -57,6 +58,8 @@ def markdown(report: dict) -> str:
               + (" **Above 100%: a measurement error.**" if roof["measurement_error"] else "")]
     if "footprint" in report:
         lines += ["", "## " + footprint_markdown(report["footprint"])]
+    if "compare" in report:
+        lines += ["", "## " + genai_markdown(report["compare"]["genai"])]
     if "reference" in report:
         lines += ["", "## Against the PyTorch reference (batch 1, interleaved)", "",
                   "| stage | runtime p50 ms | reference p50 ms | speed-up (median) | spread (min-max) |", "|---|---:|---:|---:|---:|"]
@@ -136,6 +139,9 @@ def summary(report: dict) -> str:
         fp = report["footprint"]
         lines.append(f"the real {fp['family']} 7B (computed): " + ", ".join(
             f"{name} {r['total'] / GB:.1f} GB" for name, r in fp["presets"].items()) + " (report.md: per device)")
+    for r in report.get("compare", {}).get("genai", []):
+        lines.append(f"vs onnxruntime-genai {r['precision']} batch {r['batch']}: {r['ours_tokens_per_s']:.1f} vs "
+                     f"{r['genai_tokens_per_s']:.1f} decode tokens/s ({r['ratio']:.2f}x)")
     if report.get("reference_differences"):
         lines.append("answers differ from the reference: " + "; ".join(report["reference_differences"]))
     for s, r in report.get("reference", {}).items():

@@ -52,7 +52,7 @@ class Agreement:
     questions: int
 
     def to_json(self) -> dict:
-        return {k: round(v, 5) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
 def seen(pipe: Pipeline, image) -> tuple[np.ndarray, AuxInputs]:

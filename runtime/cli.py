@@ -119,6 +119,8 @@ def add_bench_verbs(sub) -> None:
     b.add_argument("--max-new-tokens", type=int, default=32, help="decoded per answer, end-of-sequence ignored")
     b.add_argument("--images", nargs="*", default=[], help="default: generated sample images")
     b.add_argument("--sequential", action="store_true", help="experts one after another (default: concurrently)")
+    b.add_argument("--compare", choices=["genai"], help="also time onnxruntime-genai's decoder built from the same "
+                   "weights against ours, fp32 and int4, at each batch size (needs moai-edge[compare])")
     b.set_defaults(func=commands.cmd_bench)
 
     q = sub.add_parser("eval", help="accuracy per question type on held-out tiny-world images: report.json, report.md")

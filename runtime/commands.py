@@ -165,12 +165,19 @@ def cmd_bench(args) -> int:
         raise InputError(f"--batch-sizes: expected comma-separated integers like 1,2,4,8, found '{args.batch_sizes}'") from None
     if not sizes or min(sizes) < 1 or args.runs < 1 or args.warmup < 0:
         raise InputError(f"expected batch sizes >= 1, --runs >= 1, --warmup >= 0; found {sizes}, {args.runs}, {args.warmup}")
-    if args.reference:  # checked, not imported: the runtime's memory is measured before torch loads
+    if args.reference or args.compare:  # checked, not imported: the runtime's memory is measured before torch loads
         require_installed("torch", "export")
+    if args.compare:
+        require_installed("onnxruntime_genai", "compare")
     cfg = BenchConfig(engine_dir=Path(args.engine), batch_sizes=sizes, warmup=args.warmup, runs=args.runs,
                       reference=args.reference, options=runtime_options(args).replace(concurrent=not args.sequential),
                       max_new_tokens=args.max_new_tokens, images=args.images)
     report = PipelineBench(cfg).run()
+    if args.compare:
+        from moai_edge.bench.genai import CompareConfig, compare_genai
+
+        report["compare"] = {"genai": compare_genai(CompareConfig(engine_dir=Path(args.engine), batch_sizes=sizes,
+                                                                  options=runtime_options(args)))}
     files = write_report(report, Path(args.out))
     print(summary(report))
     print("report: " + ", ".join(str(f) for f in files))

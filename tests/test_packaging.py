@@ -27,7 +27,7 @@ EXPERTS = ROOT / "runtime" / "experts"  # needed to run a MoAI package: no optio
 DISTRIBUTION = {  # top-level module -> the distribution that provides it
     "numpy": "numpy", "onnxruntime": "onnxruntime", "sentencepiece": "sentencepiece", "PIL": "pillow",
     "cv2": "opencv-python-headless", "pyclipper": "pyclipper", "tqdm": "tqdm", "torch": "torch",
-    "cuda": "cuda-python", "tensorrt": "tensorrt", "matplotlib": "matplotlib",
+    "cuda": "cuda-python", "tensorrt": "tensorrt", "matplotlib": "matplotlib", "onnxruntime_genai": "onnxruntime-genai",
 }
 NEVER_IN_BASE = {"torch", "torchvision", "transformers", "optimum"}
 
