@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from moai_edge.export.config import CompressorConfig, CrayonConfig, DecoderConfig, VisionConfig, default_mixer_layers
 from moai_edge.export.precision import PRESETS, Preset
+from moai_edge.runtime.families import family_of
 
 GB = 1e9
 SCALE_BLOCK = 32
@@ -129,15 +130,21 @@ EXPERTS = {
     "psgtr-r50": Expert("PSGTR ResNet-50 (1333x800)", 17_911_040, 26_526_655, 4 * 256 * 200 * 334 * 4.0 * 3),
     "pp-ocr": Expert("PP-OCR det/cls/rec (as shipped)", 0, 3_996_025, 4 * 32 * 480 * 480 * 4.0, ships_as="fp32"),
 }
-FAMILY_EXPERTS = {"collavo": ("mask2former-swin-large",),
+FAMILY_EXPERTS = {"collavo": ("mask2former-swin-large",),  # the published experts of each family (data)
                   "moai": ("mask2former-swin-base", "owlv2-base-960", "psgtr-r50", "pp-ocr")}
 
 
-def real_decoder(family: str) -> DecoderConfig:
+def real_decoder(graphs: tuple[str, ...]) -> DecoderConfig:
+    """The published decoder with the branches the family's graphs feed: seg (crayon) or mixers (compressor)."""
     d = DecoderConfig()
-    if family == "collavo":
-        return DecoderConfig(seg_branch=True)
-    return DecoderConfig(mixer_layers=default_mixer_layers(d.num_layers))
+    return DecoderConfig(seg_branch="crayon" in graphs,
+                         mixer_layers=default_mixer_layers(d.num_layers) if "compressor" in graphs else ())
+
+
+def small_parts(graphs: tuple[str, ...], d: DecoderConfig, v: VisionConfig) -> list[Part]:
+    makers = {"compressor": lambda: compressor_part(CompressorConfig(), d.hidden_size),
+              "crayon": lambda: crayon_part(CrayonConfig(), v, d.hidden_size)}
+    return [makers[g]() for g in graphs]
 
 
 def kind_of(part: Part, preset: Preset) -> str:
@@ -164,10 +171,9 @@ def stage_activations(family: str, d: DecoderConfig, v: VisionConfig) -> dict[st
 
 def footprint(family: str) -> dict:
     """Per preset: weight bytes per part, KV bytes, activation peaks, the total and each device's headroom."""
-    d, v = real_decoder(family), VisionConfig()
-    parts = [*decoder_parts(d), vision_part(v, d.hidden_size),
-             compressor_part(CompressorConfig(), d.hidden_size) if family == "moai" else
-             crayon_part(CrayonConfig(), v, d.hidden_size)]
+    graphs = family_of(family).graphs
+    d, v = real_decoder(graphs), VisionConfig()
+    parts = [*decoder_parts(d), vision_part(v, d.hidden_size), *small_parts(graphs, d, v)]
     experts = [EXPERTS[k] for k in FAMILY_EXPERTS[family]]
     kv = 2 * d.num_layers * d.num_kv_heads * d.head_dim * (PROMPT_TOKENS + NEW_TOKENS) * 4.0
     activations = stage_activations(family, d, v)

@@ -18,9 +18,9 @@ from moai_edge.engines.registry import open_engine
 
 from .config import CLIP_MEAN, CLIP_STD, REFERENCE_PROMPTS, ModelConfig
 from .graphs import TARGETS, GraphTarget, targets_for, with_io_dtype
+from .merge_decoder import SWITCH, can_merge, merge_decoder
 from .modeling.vlm import VLM
 from .onnx_export import FP16_IO, Tolerance, export_graph, validate_graph
-from .merge_decoder import SWITCH, can_merge, merge_decoder
 from .onnx_weights import save_model, write_shared_weights
 
 SHARED = ("prefill", "decode")  # graphs that hold the decoder weights, loaded once for both
