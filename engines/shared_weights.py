@@ -1,4 +1,5 @@
-"""Decoder weights read once and handed to every graph that names them (prefill and decode).
+"""Decoder weights read once and handed to every graph that names them: prefill and decode in the two-graph
+layout (a float16-IO decode graph; otherwise they are branches of one graph, engines.branch).
 
 The file is memory-mapped once and hashed over that mapping; each tensor is a view of it. The ONNX
 Runtime backend turns the views into OrtValues over the same memory and gives them to every session

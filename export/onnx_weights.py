@@ -95,9 +95,17 @@ def write_shared_weights(models: dict, out_dir: Path, weights_file: str, *,
     return spec, models
 
 
-def save_model(proto, path: Path) -> str:
-    """Save a graph (its external data already written) and return its sha256."""
+def save_model(proto, path: Path, *, weights: str | None = None) -> str:
+    """Save a graph and return its sha256. With `weights`, its initializers of 1 KiB and more go to that file beside
+    it; without, the graph is saved as it is (external data it names already written)."""
     import onnx
 
-    onnx.save_model(proto, str(path))
-    return sha256_of(Path(path))
+    path = Path(path)
+    if weights is None:
+        onnx.save_model(proto, str(path))
+        return sha256_of(path)
+    (path.parent / weights).unlink(missing_ok=True)  # onnx appends to an existing file
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=weights,
+                    size_threshold=1024)
+    (path.parent / weights).chmod(path.stat().st_mode & 0o777)  # onnx creates it private; the package is not
+    return sha256_of(path)

@@ -22,8 +22,9 @@ from .merge_decoder import SWITCH, can_merge, merge_decoder
 from .modeling.vlm import VLM
 from .onnx_export import FP16_IO, Tolerance, export_graph, validate_graph
 from .onnx_weights import save_model, write_shared_weights
+from .precision import DECODER
 
-SHARED = ("prefill", "decode")  # graphs that hold the decoder weights, loaded once for both
+SHARED = DECODER  # the graphs that hold the decoder weights, in memory once for both
 DECODER_WEIGHTS = "decoder.weights"
 DECODER_GRAPH = "decoder.onnx"  # prefill and decode as the two branches of one graph
 

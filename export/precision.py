@@ -67,7 +67,7 @@ class Preset:
         return {"int4": WeightOnly(4), "int8": WeightOnly(8)}.get(self.decoder)
 
 
-DECODER = ("prefill", "decode")
+DECODER = ("prefill", "decode")  # the graphs holding the decoder weights (export.package.SHARED)
 TOWER = ("vision", "panoptic", "detector", "scene_graph")
 SMALL = ("compressor", "crayon")
 

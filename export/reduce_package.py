@@ -20,8 +20,8 @@ from moai_edge.engines.manifest import Component, Manifest, TensorSpec, sha256_o
 
 from . import quantize
 from .onnx_weights import save_model
-from .package import SHARED, io_specs
-from .precision import Preset
+from .package import io_specs
+from .precision import DECODER, Preset
 
 
 def lowered(proto, kind: str, *, decoder: bool, preset: Preset):
@@ -52,10 +52,10 @@ def reduce_package(src: Path, out: Path, preset: Preset) -> Manifest:
         by_file.setdefault(components[name].file, []).append(name)
     for file, names in by_file.items():
         first = components[names[0]]
-        proto = lowered(onnx.load(str(src / file)), first.precision, decoder=names[0] in SHARED, preset=preset)
+        proto = lowered(onnx.load(str(src / file)), first.precision, decoder=names[0] in DECODER, preset=preset)
         external = bool(first.extra_files or first.shared_weights)
         weights = f"{Path(file).stem}.weights" if external else None
-        digest = save_graph(proto, out / file, weights=weights)
+        digest = save_model(proto, out / file, weights=weights)
         extra = {weights: sha256_of(out / weights)} if weights else {}
         for name in names:
             changed = {"sha256": digest, "shared_weights": None, "extra_files": extra}
@@ -70,19 +70,6 @@ def reduce_package(src: Path, out: Path, preset: Preset) -> Manifest:
     manifest.source = {**manifest.source, "precision": preset.name}
     manifest.save(out)
     return manifest
-
-
-def save_graph(proto, path: Path, *, weights: str | None) -> str:
-    """Save a graph, its initializers of 1 KiB and more in the file `weights` beside it when named; its sha256."""
-    import onnx
-
-    if weights is None:
-        return save_model(proto, path)
-    (path.parent / weights).unlink(missing_ok=True)  # onnx appends to an existing file
-    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=weights,
-                    size_threshold=1024)
-    (path.parent / weights).chmod(path.stat().st_mode & 0o777)  # onnx creates it private; the package is not
-    return sha256_of(path)
 
 
 def half_embedding(manifest: Manifest, out: Path) -> Component:
