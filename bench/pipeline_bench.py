@@ -26,7 +26,7 @@ from moai_edge.runtime.samples import sample_image
 from .footprint import footprint
 from .machine import machine_info
 from .memory import RssSampler, gpu_memory, jetson_memory, rss_mb
-from .roofline import copy_bandwidth_gbs, kv_bytes_per_token, roofline
+from .roofline import read_bandwidth_gbs, kv_bytes_per_token, roofline
 
 # stage -> the timings_ms keys it sums (Pipeline and reference report the same keys)
 STAGES = {
@@ -116,7 +116,7 @@ class PipelineBench:
         context = int(cache_len - cfg.max_new_tokens / 2)  # the mean length of the cache while decoding
         report["footprint"] = footprint(self.manifest.family)
         report["roofline"] = roofline(self.manifest, tokens_per_s=one["decode_tokens_per_s"] / one["batch"],
-                                      context=context, bandwidth_gbs=copy_bandwidth_gbs(threads=cfg.options.threads))
+                                      context=context, bandwidth_gbs=read_bandwidth_gbs(threads=cfg.options.threads))
         b1, bmax = report["batches"].get("1"), report["batches"][str(max(cfg.batch_sizes))]
         if b1 and bmax is not b1:
             report["batching_speedup"] = bmax["images_per_s"] / b1["images_per_s"]

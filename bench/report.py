@@ -53,8 +53,8 @@ def markdown(report: dict) -> str:
         lines.append(f"Batch {max(report['config']['batch_sizes'])} vs batch 1: {report['batching_speedup']:.2f}x images/s.")
     lines += ["", "## Decode roofline (batch 1)", "",
               f"{roof['bytes_per_token'] / 2**20:.1f} MB read per token x {roof['tokens_per_s']:.2f} tokens/s = "
-              f"{roof['achieved_gbs']:.2f} GB/s, {roof['percent_of_bandwidth']:.0f}% of this machine's measured copy "
-              f"bandwidth ({roof['machine_copy_gbs']:.2f} GB/s)."
+              f"{roof['achieved_gbs']:.2f} GB/s, {roof['percent_of_bandwidth']:.0f}% of this machine's measured read "
+              f"bandwidth ({roof['machine_read_gbs']:.2f} GB/s)."
               + (" **Above 100%: a measurement error.**" if roof["measurement_error"] else "")]
     if "footprint" in report:
         lines += ["", "## " + footprint_markdown(report["footprint"])]
@@ -132,7 +132,7 @@ def summary(report: dict) -> str:
                      f"({e['peak_rss_vs_weights_plus_kv']:.2f}x weights + KV)")
     roof = report["roofline"]
     lines.append(f"decode: {roof['achieved_gbs']:.2f} GB/s = {roof['percent_of_bandwidth']:.0f}% of measured "
-                 f"{roof['machine_copy_gbs']:.2f} GB/s" + ("  (ABOVE 100%: measurement error)" if roof["measurement_error"] else ""))
+                 f"{roof['machine_read_gbs']:.2f} GB/s" + ("  (ABOVE 100%: measurement error)" if roof["measurement_error"] else ""))
     if "batching_speedup" in report:
         lines.append(f"batch {max(report['config']['batch_sizes'])} vs 1: {report['batching_speedup']:.2f}x images/s")
     if "footprint" in report:

@@ -62,12 +62,12 @@ class BranchEngine:
     def outputs(self) -> list[TensorSpec]:
         return list(self._outputs)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         if self.engine is None:
             raise EngineError(f"engine '{self.name}' is closed")
         if self.check_inputs:
             check_feeds(self._inputs, feeds, engine=self.name)
-        return self.engine.run({**feeds, **self.constant})
+        return self.engine.run({**feeds, **self.constant}, out)
 
     def metadata(self) -> dict[str, str]:
         return self.engine.metadata()

@@ -28,7 +28,9 @@ from .manifest_fields import (NAME, NON_NEGATIVE, NORM_MEAN, NORM_STD, NUMBER, P
 from .npy import array_in, check_npy_file
 from .protocol import TensorSpec
 
-SCHEMA_VERSION = 2  # 2: the generation section is a DecodingConfig; the model section has no eos_id / pad_id
+# 2: the generation section is a DecodingConfig; the model section has no eos_id / pad_id.
+# 3: the decode graph updates KV buffers (batch, kv_heads, max_len, head_dim) in place (export.gqa_decode).
+SCHEMA_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 FAMILIES = ("collavo", "moai")
 COMPONENT_KINDS = ("onnx", "npy")

@@ -117,17 +117,42 @@ class OrtEngine:
     def outputs(self) -> list[TensorSpec]:
         return list(self._outputs)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         if self.session is None:
             raise EngineError(f"engine '{self.name}' is closed")
         if self.check_inputs:
             check_feeds(self._inputs, feeds, engine=self.name)
         names = [o.name for o in self._outputs]
         try:
-            values = self.session.run(names, feeds)
+            if not out:
+                return dict(zip(names, self.session.run(names, feeds)))
+            return self.run_bound(feeds, out, names)
+        except EngineError:
+            raise
         except Exception as exc:
             raise EngineError(f"engine '{self.name}' failed to run: {exc}") from exc
-        return dict(zip(names, values))
+
+    def run_bound(self, feeds: dict[str, np.ndarray], out: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        """onnxruntime's IOBinding over the callers' arrays: inputs and the outputs in `out` are used where they lie
+        (host memory), the other outputs come back as new arrays."""
+        import onnxruntime as ort
+
+        unknown = sorted(set(out) - set(names))
+        if unknown:
+            raise EngineError(f"engine '{self.name}': cannot write outputs {unknown}; its outputs are {names}")
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in names:
+            if name in out:
+                if not out[name].flags.c_contiguous:
+                    raise EngineError(f"engine '{self.name}': the array for output '{name}' must be C-contiguous")
+                binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(out[name]))
+            else:
+                binding.bind_output(name)
+        self.session.run_with_iobinding(binding)
+        values = binding.get_outputs()
+        return {name: out[name] if name in out else value.numpy() for name, value in zip(names, values)}
 
     def metadata(self) -> dict[str, str]:
         """The graph's custom metadata (e.g. PP-OCR's character dictionary)."""

@@ -2,8 +2,8 @@
 
 Each target is registered by name with `@graph(...)`; a family (export.families) names the ones it
 exports and `targets_for(family)` lists them.
-KV tensors are sequence-major, (seq, batch, kv_heads, head_dim), so that the runtime's cache
-buffer allocated once for the maximum length can be fed as a contiguous prefix `buf[:S]`.
+The prefill graph returns its keys and values sequence-major, (seq, batch, kv_heads, head_dim); the decode graph
+(export.gqa_decode) reads and writes the runtime's KV buffers (batch, kv_heads, max_len, head_dim) in place.
 """
 
 from __future__ import annotations
@@ -27,14 +27,18 @@ class GraphTarget:
     inputs: Callable[[VLM, int], dict[str, torch.Tensor]]  # example inputs for a batch size
     dynamic_axes: Callable[[VLM], dict[str, dict[int, str]]]
     output_names: Callable[[VLM], list[str]]
+    # a graph written directly in ONNX (from the model and the IO dtype) rather than traced; `build` is then its
+    # PyTorch twin, used only to validate it
+    onnx_graph: Callable[[VLM, str], object] | None = None
+    io_dtype: str = "float32"
 
 
 TARGETS: dict[str, GraphTarget] = {}
 
 
-def graph(name: str, *, inputs, dynamic_axes, outputs):
+def graph(name: str, *, inputs, dynamic_axes, outputs, onnx_graph=None):
     def register(build):
-        TARGETS[name] = GraphTarget(name, build, inputs, dynamic_axes, outputs)
+        TARGETS[name] = GraphTarget(name, build, inputs, dynamic_axes, outputs, onnx_graph)
         return build
 
     return register
@@ -154,38 +158,50 @@ def build_prefill(m: VLM) -> nn.Module:
 
 # ---- decode ----------------------------------------------------------------------------------
 class DecodeGraph(nn.Module):
+    """The PyTorch twin of export.gqa_decode's graph, for validation: one token per row over KV buffers
+    (B, kv_heads, M, head_dim) whose first seqlens_k[row] slots hold the row's past; the new key and value go to
+    slot seqlens_k[row], which is also the token's RoPE position."""
+
     def __init__(self, m: VLM):
         super().__init__()
         self.m = m
 
-    def forward(self, inputs_embeds, attention_mask, position_ids, *past):
-        pairs = [(past[2 * i].permute(1, 2, 0, 3), past[2 * i + 1].permute(1, 2, 0, 3)) for i in range(len(past) // 2)]
-        logits, kv = self.m.decode_step(inputs_embeds, attention_mask, position_ids, pairs)
-        return (logits, *to_seq_major(kv))
+    def forward(self, inputs_embeds, seqlens_k, total_sequence_length, *past):
+        lengths = seqlens_k.long()
+        slots = torch.arange(past[0].shape[2])
+        mask = torch.cat([(slots[None] < lengths[:, None]).long(), torch.ones(len(lengths), 1, dtype=torch.long)], 1)
+        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
+        logits, kv = self.m.decode_step(inputs_embeds, mask, lengths[:, None], pairs)
+        at = (slots[None] == lengths[:, None])[:, None, :, None]  # (B,1,M,1): the slot each row writes
+        return (logits, *(torch.where(at, new, old) for pair, new_pair in zip(pairs, kv)
+                          for old, new in zip(pair, new_pair)))
 
 
 def _decode_inputs(m: VLM, b: int):
     d = m.cfg.decoder
-    past = 9
-    feeds = {"inputs_embeds": torch.randn(b, 1, d.hidden_size),
-             "attention_mask": torch.ones(b, past + 1, dtype=torch.int64),
-             "position_ids": torch.full((b, 1), past, dtype=torch.int64)}
-    feeds["attention_mask"][1:, past - 2:past] = 0  # padding slots inside the cache of other rows
+    max_len = 12
+    lengths = torch.tensor([9 - 2 * (r % 3) for r in range(b)], dtype=torch.int32)  # rows of different lengths
+    feeds = {"inputs_embeds": torch.randn(b, 1, d.hidden_size), "seqlens_k": lengths,
+             "total_sequence_length": lengths.max() + 1}
     for name in kv_names(m, "past_"):
-        feeds[name] = torch.randn(past, b, d.num_kv_heads, d.head_dim)
+        feeds[name] = torch.randn(b, d.num_kv_heads, max_len, d.head_dim)
     return feeds
 
 
 def _decode_axes(m: VLM):
-    axes = {"inputs_embeds": {0: "batch"}, "attention_mask": {0: "batch", 1: "total"}, "position_ids": {0: "batch"},
-            "logits": {0: "batch"}}
-    axes.update({k: {0: "past", 1: "batch"} for k in kv_names(m, "past_")})
-    axes.update({k: {1: "batch"} for k in kv_names(m)})
+    axes = {"inputs_embeds": {0: "batch"}, "seqlens_k": {0: "batch"}, "logits": {0: "batch"}}
+    axes.update({k: {0: "batch", 2: "max_len"} for k in (*kv_names(m, "past_"), *kv_names(m))})
     return axes
 
 
+def _decode_graph(m: VLM, io_dtype: str):
+    from .gqa_decode import build_gqa_decode
+
+    return build_gqa_decode(m, io_dtype)
+
+
 @graph("decode", inputs=_decode_inputs, dynamic_axes=_decode_axes,
-       outputs=lambda m: ["logits", *kv_names(m)])
+       outputs=lambda m: ["logits", *kv_names(m)], onnx_graph=_decode_graph)
 def build_decode(m: VLM) -> nn.Module:
     return DecodeGraph(m)
 
@@ -220,4 +236,4 @@ def with_io_dtype(target: GraphTarget, io_dtype: str) -> GraphTarget:
     def inputs(m: VLM, b: int) -> dict[str, torch.Tensor]:
         return {k: v.to(dtype) if v.is_floating_point() else v for k, v in target.inputs(m, b).items()}
 
-    return replace(target, build=lambda m: CastIO(target.build(m), dtype), inputs=inputs)
+    return replace(target, build=lambda m: CastIO(target.build(m), dtype), inputs=inputs, io_dtype=io_dtype)

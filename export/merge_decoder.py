@@ -48,7 +48,7 @@ def as_branch(graph, tag: str, outer: set[str]):
         node.CopyFrom(n)
         node.name = f"{tag}/{n.name}"
         node.input[:] = [renamed(x) if x else x for x in n.input]
-        node.output[:] = [renamed(x) for x in n.output]
+        node.output[:] = [renamed(x) if x else x for x in n.output]  # "" marks an unused optional output
         nodes.append(node)
     inits = []
     for i in graph.initializer:
@@ -77,6 +77,12 @@ def merged_inputs(prefill, decode) -> list:
         merged[value.name] = dims
     types = {v.name: v.type.tensor_type.elem_type for v in (*prefill.graph.input, *decode.graph.input)}
     return [helper.make_tensor_value_info(name, types[name], dims) for name, dims in merged.items()]
+
+
+def branch_of(model, prefill: bool):
+    """The graph a merged decoder runs when `is_prefill` is `prefill`."""
+    node = next(n for n in model.graph.node if n.op_type == "If" and list(n.input) == [SWITCH])
+    return next(a.g for a in node.attribute if a.name == ("then_branch" if prefill else "else_branch"))
 
 
 def merge_decoder(prefill, decode):

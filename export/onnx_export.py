@@ -36,10 +36,11 @@ class Tolerance:
         return bool(np.all(np.abs(ours - ref) <= self.atol + self.rtol * scale))
 
 
-# A float16 output is the float32 result rounded to nearest: within half a unit in the last place (2^-11 of its
-# magnitude) of it. Where the graph's and PyTorch's float32 noise (bounded by 1e-4 as for float32 graphs) falls on
-# two sides of a rounding boundary, the two round one unit apart: 2^-10 of the magnitude. Greedy tokens must agree.
-FP16_IO = Tolerance(atol=1e-4, rtol=2.0**-10, argmax_of=("logits",), row_rtol=2.0**-10)
+# The decode graph with float16 IO keeps a float16 KV cache, and onnxruntime's GroupQueryAttention computes in its
+# cache's type: the new key is rounded to float16 before its rotary, and the attention rounds at float16. Measured on
+# the tiny models: within 2^-11 of each output's largest magnitude; the bound is two float16 steps at that magnitude
+# (2^-9 of it). Greedy tokens must agree.
+FP16_IO = Tolerance(atol=1e-4, rtol=2.0**-9, of_max=True, argmax_of=("logits",), row_rtol=2.0**-10)
 
 
 def example_inputs(target: GraphTarget, model: VLM, batch: int) -> dict[str, torch.Tensor]:
@@ -49,7 +50,14 @@ def example_inputs(target: GraphTarget, model: VLM, batch: int) -> dict[str, tor
 
 def export_graph(target: GraphTarget, model: VLM, path: Path) -> None:
     """torch -> ONNX with the target's named I/O and symbolic axes (TorchScript exporter, opset 17), then the
-    structural checks every graph must pass: symbolic axes and TensorRT-safe GridSample modes."""
+    structural checks every graph must pass: symbolic axes and TensorRT-safe GridSample modes. A target written
+    directly in ONNX (`target.onnx_graph`) is saved as written."""
+    if target.onnx_graph is not None:
+        import onnx
+
+        onnx.save_model(target.onnx_graph(model, target.io_dtype), str(path))
+        check_symbolic_axes(target, model, path)
+        return
     module = target.build(model).eval()
     feeds = example_inputs(target, model, TRACE_BATCH)
     names = list(feeds)

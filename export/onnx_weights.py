@@ -29,6 +29,21 @@ def subgraphs(graph):
                 yield from subgraphs(g)
 
 
+def initializer_nbytes(init) -> int:
+    """From its dims and type, so it works with the data loaded or left outside."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    return int(np.prod(init.dims, dtype=np.int64)) * np.dtype(tensor_dtype_to_np_dtype(init.data_type)).itemsize
+
+
+def bytes_read(model, graph) -> int:
+    """The bytes of the initializers that the nodes of `graph` (a graph of `model`, or a branch inside it) and of its
+    subgraphs read: its own initializers and the outer graph's it names."""
+    used = {name for g in subgraphs(graph) for node in g.node for name in node.input}
+    inits = {i.name: i for g in (model.graph, *subgraphs(graph)) for i in g.initializer}
+    return sum(initializer_nbytes(inits[name]) for name in used & inits.keys())
+
+
 def _rename_inputs(graph, renames: dict[str, str]) -> None:
     for g in subgraphs(graph):
         for node in g.node:

@@ -14,9 +14,9 @@ from pathlib import Path
 from .onnx_weights import subgraphs
 from .precision import WeightOnly
 
-# The decoder's base weights and output head, by the node names the exporter gives them (module paths);
-# the PLoRA, seg and mixer branches are not matched and keep float32.
-BASE_MATMUL = re.compile(r"/(Plora_main|output)/MatMul$")
+# The decoder's base weights and output head, by node name: the prefill's as the exporter names them (module paths),
+# the decode graph's as export.gqa_decode does; the PLoRA, seg and mixer branches are not matched and keep float32.
+BASE_MATMUL = re.compile(r"/(Plora_main|output|base)/MatMul$")
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from moai_edge.engines.manifest import Component, Manifest, TensorSpec, sha256_o
 
 from . import quantize
 from .onnx_weights import save_model
-from .package import io_specs
+from .package import decode_weight_bytes, io_specs
 from .precision import DECODER, Preset
 
 
@@ -68,6 +68,8 @@ def reduce_package(src: Path, out: Path, preset: Preset) -> Manifest:
     manifest.shared_weights = {k: w for k, w in manifest.shared_weights.items()
                                if any(c.shared_weights == k for c in components.values())}
     manifest.source = {**manifest.source, "precision": preset.name}
+    manifest.save(out)
+    manifest.source["decode_weight_bytes"] = decode_weight_bytes(manifest)  # of the lowered graph, now in `out`
     manifest.save(out)
     return manifest
 

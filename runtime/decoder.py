@@ -1,9 +1,9 @@
-"""Prefill and decode over the engines, holding the KV cache and each row's mask and next position.
+"""Prefill and decode over the engines, holding the KV cache.
 
-Rows are right-padded: a row's real tokens sit at slots [0, length) of the prompt part, every
-decode step writes slot L_max + t for all rows, and the attention mask hides the padding slots.
-RoPE positions count only real tokens, so a row gives exactly its batch-1 result. The cache's and
-the feeds' dtypes are the decode graph's input dtypes.
+Rows are right-padded in the prefill: a row's real tokens sit at slots [0, length), its padding after them.
+Each decode step writes a row's new token at slot `length` (which is also its RoPE position: positions count
+only real tokens), so a row gives exactly its batch-1 result. The cache's and the feeds' dtypes are the decode
+graph's input dtypes.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ class DecoderRunner:
         self.dims = dims
         self.dtypes = input_dtypes(decode)
         self.cache: KVCache | None = None
-        self.mask: np.ndarray | None = None  # (rows, cache length)
-        self.next_pos: np.ndarray | None = None  # (rows,)
 
     def prefill(self, feeds: dict[str, np.ndarray], *, max_new_tokens: int) -> np.ndarray:
         """feeds: the prefill graph's inputs (inputs_embeds, attention_mask, position_ids, im_mask, ...).
@@ -41,29 +39,17 @@ class DecoderRunner:
         self.cache = KVCache(num_layers=d.num_layers, rows=rows, kv_heads=d.num_kv_heads, head_dim=d.head_dim,
                              max_len=seq + max_new_tokens, dtype=self.dtypes["past_key.0"])
         out = self.prefill_engine.run(feeds)
-        self.cache.append(out)
-        self.mask = mask.astype(self.dtypes["attention_mask"])
-        self.next_pos = mask.sum(axis=1).astype(self.dtypes["position_ids"])
+        self.cache.fill(out, lengths=mask.sum(axis=1))
         return out["logits"]
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         """tokens (R,) -> logits (R,V) for the next position; advances the cache one slot."""
-        rows = len(tokens)
-        self.mask = np.concatenate([self.mask, np.ones((rows, 1), self.mask.dtype)], axis=1)
         embeds = self.embed_table[np.asarray(tokens, np.int64)][:, None, :]
-        feeds = {
-            "inputs_embeds": embeds.astype(self.dtypes["inputs_embeds"], copy=False),
-            "attention_mask": self.mask,
-            "position_ids": self.next_pos[:, None].copy(),
-            **self.cache.feeds(),
-        }
-        out = self.decode_engine.run(feeds)
-        self.cache.append(out)
-        self.next_pos = self.next_pos + 1
+        kv_feeds, in_place = self.cache.step_feeds()
+        feeds = {"inputs_embeds": embeds.astype(self.dtypes["inputs_embeds"], copy=False), **kv_feeds}
+        out = self.decode_engine.run(feeds, out=in_place)
+        self.cache.advance()
         return out["logits"]
 
     def select_rows(self, index: np.ndarray) -> None:
-        index = np.asarray(index, np.int64)
-        self.cache.select_rows(index)
-        self.mask = self.mask[index]
-        self.next_pos = self.next_pos[index]
+        self.cache.select_rows(np.asarray(index, np.int64))

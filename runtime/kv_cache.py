@@ -1,7 +1,8 @@
-"""The KV cache: per layer K and V buffers of (max_len, rows, kv_heads, head_dim), allocated once.
+"""The KV cache: per layer a K and a V buffer of (rows, kv_heads, max_len, head_dim), allocated once.
 
-Sequence-major so that the filled prefix `buf[:length]` is contiguous and is fed to the decode
-graph without a copy; the graph returns only the new token's K/V, written in place.
+The decode graph (export.gqa_decode) reads a buffer as its past and writes the new token's key and value into the
+same buffer at the row's own length, so a step copies nothing. Row r's real tokens fill slots [0, lengths[r]);
+slots after that may hold the prefill's padding, which no step attends to and the next tokens overwrite.
 """
 
 from __future__ import annotations
@@ -13,44 +14,47 @@ from moai_edge.engines.errors import InputError
 
 class KVCache:
     def __init__(self, *, num_layers: int, rows: int, kv_heads: int, head_dim: int, max_len: int, dtype: np.dtype):
-        shape = (max_len, rows, kv_heads, head_dim)
+        shape = (rows, kv_heads, max_len, head_dim)
         self.keys = [np.zeros(shape, dtype) for _ in range(num_layers)]
         self.values = [np.zeros(shape, dtype) for _ in range(num_layers)]
-        self.length = 0
+        self.lengths = np.zeros(rows, np.int64)
 
     @property
     def max_len(self) -> int:
-        return self.keys[0].shape[0]
+        return self.keys[0].shape[2]
 
     def nbytes(self) -> int:
         return sum(b.nbytes for b in self.keys + self.values)
 
-    def append(self, outputs: dict[str, np.ndarray]) -> None:
-        """Write `key.{i}` / `value.{i}` (n, rows, kv, hd) of new positions after the filled prefix."""
+    def fill(self, outputs: dict[str, np.ndarray], lengths: np.ndarray) -> None:
+        """The prefill's `key.{i}` / `value.{i}` (seq, rows, kv, hd) into slots [0, seq); `lengths` (rows,): each row's
+        real tokens among them."""
         n = outputs["key.0"].shape[0]
-        if self.length + n > self.max_len:
-            raise InputError(f"KV cache full: {self.length} + {n} positions exceed the allocated {self.max_len}")
-        end = self.length + n
+        if n > self.max_len:
+            raise InputError(f"KV cache full: {n} prompt positions exceed the allocated {self.max_len}")
         for i, (k, v) in enumerate(zip(self.keys, self.values)):
-            k[self.length:end] = outputs[f"key.{i}"]
-            v[self.length:end] = outputs[f"value.{i}"]
-        self.length = end
+            k[:, :, :n] = outputs[f"key.{i}"].transpose(1, 2, 0, 3)
+            v[:, :, :n] = outputs[f"value.{i}"].transpose(1, 2, 0, 3)
+        self.lengths = np.asarray(lengths, np.int64).copy()
 
-    def feeds(self) -> dict[str, np.ndarray]:
+    def step_feeds(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The decode graph's KV and length inputs, and the outputs it writes in place (the same buffers)."""
+        if int(self.lengths.max(initial=0)) >= self.max_len:
+            raise InputError(f"KV cache full: a row holds {int(self.lengths.max())} of {self.max_len} positions")
+        feeds = {"seqlens_k": self.lengths.astype(np.int32),
+                 "total_sequence_length": np.array(self.lengths.max(initial=0) + 1, np.int32)}
         out = {}
         for i, (k, v) in enumerate(zip(self.keys, self.values)):
-            out[f"past_key.{i}"] = k[: self.length]
-            out[f"past_value.{i}"] = v[: self.length]
-        return out
+            feeds[f"past_key.{i}"] = out[f"key.{i}"] = k
+            feeds[f"past_value.{i}"] = out[f"value.{i}"] = v
+        return feeds, out
+
+    def advance(self) -> None:
+        self.lengths += 1
 
     def select_rows(self, index: np.ndarray) -> None:
         """Keep rows `index` (may repeat rows: beams expand B rows to B*num_beams)."""
-        n = self.length
         for bufs in (self.keys, self.values):
             for i, b in enumerate(bufs):
-                if len(index) == b.shape[1]:
-                    b[:n] = b[:n, index]
-                else:
-                    new = np.zeros((b.shape[0], len(index), *b.shape[2:]), b.dtype)
-                    new[:n] = b[:n, index]
-                    bufs[i] = new
+                bufs[i] = b[index]
+        self.lengths = self.lengths[index]

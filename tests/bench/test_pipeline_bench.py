@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from moai_edge.bench.roofline import roofline
+from moai_edge.bench.roofline import decode_weight_bytes, kv_bytes_per_token, roofline
 from moai_edge.engines.manifest import Manifest
 from moai_edge.runtime.cli import main
 
@@ -31,7 +31,7 @@ def test_bench_with_reference_writes_every_figure(tiny_packages, tmp_path, capsy
     assert report["batches"]["2"]["kv_cache_mb"] > report["batches"]["1"]["kv_cache_mb"]
     mem = report["memory"]
     assert mem["weights_mb"] > 1 and mem["peak_rss_mb"] >= mem["rss_after_load_mb"] and "skipped" in mem["gpu"]
-    assert 0 < report["roofline"]["percent_of_bandwidth"] and report["roofline"]["machine_copy_gbs"] > 0
+    assert 0 < report["roofline"]["percent_of_bandwidth"] and report["roofline"]["machine_read_gbs"] > 0
     assert report["machine"]["versions"]["onnxruntime"] and len(report["machine"]["engine_manifest_sha256"]) == 64
     ref = report["reference"]
     assert {"expert_panoptic", "experts", "vision", "prefill", "decode_per_token", "total"} <= set(ref)
@@ -48,8 +48,21 @@ def test_bench_with_reference_writes_every_figure(tiny_packages, tmp_path, capsy
 def test_roofline_flags_more_than_the_machine_can_move(tiny_packages):
     m = Manifest.load(tiny_packages["collavo"])
     fine = roofline(m, tokens_per_s=10, context=100, bandwidth_gbs=10.0)
-    assert not fine["measurement_error"] and fine["bytes_per_token"] > m.path(m.component("decode").file).stat().st_size
+    assert not fine["measurement_error"] and fine["bytes_per_token"] == decode_weight_bytes(m) + kv_bytes_per_token(m, 100)
     assert roofline(m, tokens_per_s=1e6, context=100, bandwidth_gbs=10.0)["measurement_error"]
+
+
+def test_decode_reads_its_base_weights_not_the_whole_decoder_file(tiny_packages):
+    """The roofline's bytes: the decode graph's own weights (base matmuls, output head, norms, rope tables), less than
+    the decoder file, which also holds the PLoRA and seg branches only prefill reads."""
+    m = Manifest.load(tiny_packages["collavo"])
+    d, cfg = m.model, m.source["model_config"]["decoder"]
+    h, inter = d.hidden_size, cfg["intermediate_size"]
+    matmuls = d.num_layers * (h * (d.num_heads + 2 * d.num_kv_heads) * d.head_dim + d.num_heads * d.head_dim * h
+                              + 3 * h * inter) + h * d.vocab_size
+    norms_and_rope = (2 * d.num_layers + 1) * h + d.max_context * d.head_dim
+    assert 0 <= decode_weight_bytes(m) - 4 * (matmuls + norms_and_rope) < 256  # and a few int64 shape constants
+    assert decode_weight_bytes(m) < sum(m.path(f).stat().st_size for f in m.component_files("decode"))
 
 
 def test_bad_batch_sizes_are_named(tiny_packages, capsys):

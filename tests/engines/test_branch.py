@@ -13,13 +13,13 @@ from moai_edge.engines.registry import open_engine
 OPTIONS = RuntimeOptions(threads=1)
 
 
-def decode_feeds(m, past: int = 3) -> dict[str, np.ndarray]:
+def decode_feeds(m, past: int = 3, max_len: int = 6) -> dict[str, np.ndarray]:
     d = m.model
-    feeds = {"inputs_embeds": np.ones((1, 1, d.hidden_size), np.float32),
-             "attention_mask": np.ones((1, past + 1), np.int64), "position_ids": np.array([[past]])}
+    feeds = {"inputs_embeds": np.ones((1, 1, d.hidden_size), np.float32), "seqlens_k": np.array([past], np.int32),
+             "total_sequence_length": np.array(past + 1, np.int32)}
     for i in range(d.num_layers):
         for kind in ("key", "value"):
-            feeds[f"past_{kind}.{i}"] = np.full((past, 1, d.num_kv_heads, d.head_dim), 0.1, np.float32)
+            feeds[f"past_{kind}.{i}"] = np.full((1, d.num_kv_heads, max_len, d.head_dim), 0.1, np.float32)
     return feeds
 
 
@@ -31,8 +31,12 @@ def test_prefill_and_decode_share_one_engine_until_both_close(tiny_packages):
     inner = decode.engine
     assert {s.name for s in decode.inputs()} == set(decode_feeds(m))  # the branch's own inputs, not the graph's
     prefill.close()
-    out = decode.run(decode_feeds(m))  # the other branch still runs
-    assert out["logits"].shape == (1, m.model.vocab_size) and out["key.0"].shape[0] == 1
+    feeds = decode_feeds(m, past=3)
+    buffer = feeds["past_key.0"]
+    out = decode.run(feeds, out={"key.0": buffer})  # the other branch still runs, writing the KV buffer in place
+    assert out["logits"].shape == (1, m.model.vocab_size) and out["key.0"] is buffer
+    written = np.any(buffer != np.float32(0.1), axis=(0, 1, 3))
+    assert written.tolist() == [False, False, False, True, False, False]  # only slot 3, the new token's
     decode.close()
     assert inner.session is None  # the last branch closed the engine
     with pytest.raises(EngineError, match="closed"):

@@ -48,7 +48,7 @@ def manifest_dict(root: Path) -> dict:
               "detector_queries": component(root, "q", "queries.npy", kind="npy",
                                             outputs=[{"name": "query_embeds", "dtype": "float32", "shape": [3, 2]}])}
     return {
-        "schema_version": 2, "family": "moai", "source": {"preset": "synthetic"},
+        "schema_version": 3, "family": "moai", "source": {"preset": "synthetic"},
         "model": {"family": "moai", "hidden_size": 4, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "head_dim": 2,
                   "vocab_size": 4, "image_token_id": 4, "max_context": 32, "image_size": 28, "patch_size": 14, "grid": 2,
                   "num_image_tokens": 4, "bos_id": 1},
@@ -116,7 +116,7 @@ def test_unreadable_manifest_text(package, raw, words):
 
 SET, DROP = object(), object()
 BAD_FIELDS = [  # (path into the manifest, new value or DROP, words the message must hold)
-    (("schema_version",), 1, "schema_version"), (("schema_version",), 3, "schema_version"),
+    (("schema_version",), 1, "schema_version"), (("schema_version",), 2, "schema_version"),
     (("schema_version",), True, "schema_version"),
     (("family",), "gpt", "family"), (("model",), DROP, "model"), (("surprise",), 1, "surprise"),
     (("model", "image_size"), 0, "model.image_size"), (("model", "hidden_size"), -4, "model.hidden_size"),

@@ -30,5 +30,7 @@ def test_kv_cache_dtype_comes_from_the_spec():
     from moai_edge.runtime.kv_cache import KVCache
 
     cache = KVCache(num_layers=2, rows=1, kv_heads=2, head_dim=4, max_len=5, dtype=np.dtype("float16"))
-    cache.append({f"{k}.{i}": np.ones((2, 1, 2, 4), np.float32) for i in range(2) for k in ("key", "value")})
-    assert cache.feeds()["past_key.0"].dtype == np.float16 and cache.length == 2
+    cache.fill({f"{k}.{i}": np.ones((2, 1, 2, 4), np.float32) for i in range(2) for k in ("key", "value")}, [2])
+    feeds, out = cache.step_feeds()
+    assert feeds["past_key.0"].dtype == np.float16 and feeds["past_key.0"] is out["key.0"]  # one buffer, in place
+    assert feeds["seqlens_k"].tolist() == [2] and int(feeds["total_sequence_length"]) == 3
