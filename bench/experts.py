@@ -1,11 +1,13 @@
 """Per-expert latency on full-size architectures with random weights: onnxruntime vs PyTorch, one image
 (Mask2Former Swin-B/L, OWLv2 B/16, PSGTR-R50, PP-OCR).
 
-    python -m moai_edge.bench.experts [--device cpu] [--threads 2] [--runs 3] [--only panoptic]
+    python -m moai_edge.bench.experts [--device cpu] [--threads 2] [--runs 3] [--only panoptic] [--arena]
 
 Also measures what caching OWLv2's text side saves: the 1847-query text forward the reference
 repeats for every image. OCR is timed against rapidocr (the reference runs PaddleOCR; there is no
-PyTorch OCR to compare with).
+PyTorch OCR to compare with). With --arena, each graph is timed with onnxruntime's CPU memory arena on and off
+(interleaved) instead of against PyTorch: the runtime runs its experts with the arena off, so their activations go
+back to the system after each image.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from moai_edge.engines.registry import open_file
 from .timing import interleaved_ms, timed_ms
 
 
-def bench_graph(target, model, feeds: dict, work: Path, options: RuntimeOptions, runs: int) -> dict:
-    """The expert exported to ONNX and opened on the `options` backend, timed against its PyTorch module."""
+def bench_graph(target, model, feeds: dict, work: Path, options: RuntimeOptions, runs: int, *,
+                arena: bool = False) -> dict:
+    """The expert exported to ONNX and opened on the `options` backend, timed against its PyTorch module (or, with
+    `arena`, with the memory arena on against off)."""
     import torch
 
     from moai_edge.export.onnx_export import export_graph
@@ -35,6 +39,8 @@ def bench_graph(target, model, feeds: dict, work: Path, options: RuntimeOptions,
     t0 = time.perf_counter()
     export_graph(target, model, path)
     export_s = time.perf_counter() - t0
+    if arena:
+        return {**arena_on_off(path, {k: v.numpy() for k, v in feeds.items()}, options, runs), "export_s": export_s}
     module = target.build(model).eval()
     engine = open_file(path, options)
     np_feeds = {k: v.numpy() for k, v in feeds.items()}
@@ -47,6 +53,16 @@ def bench_graph(target, model, feeds: dict, work: Path, options: RuntimeOptions,
             "speedup": torch_ms / ours_ms, "export_s": export_s}
 
 
+def arena_on_off(path: Path, feeds: dict, options: RuntimeOptions, runs: int) -> dict:
+    on, off = (open_file(path, options.replace(memory_arena=a)) for a in (True, False))
+    try:
+        on_ms, off_ms = interleaved_ms(lambda: on.run(feeds), lambda: off.run(feeds), runs)
+    finally:
+        on.close()
+        off.close()
+    return {"arena_on_ms": on_ms, "arena_off_ms": off_ms, "on_over_off_speedup": off_ms / on_ms}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=DEVICES, default="cpu", help="where the exported graphs run (default: cpu)")
@@ -54,6 +70,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=3, help="timed runs per side after one warm-up (default: 3)")
     p.add_argument("--queries", type=int, default=1847, help="detector text queries (default: MoAI's 1847)")
     p.add_argument("--only", choices=["panoptic", "detector", "scene_graph", "ocr"], help="one expert (default: all)")
+    p.add_argument("--arena", action="store_true", help="time each graph with the CPU memory arena on against off")
     args = p.parse_args(argv)
 
     import torch
@@ -65,7 +82,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if "panoptic" in wanted:
-            report.update(bench_panoptic(options, args.runs, work))
+            report.update(bench_panoptic(options, args.runs, work, arena=args.arena))
         if "detector" in wanted:
             report.update(bench_detector(args, options, work))
         if "scene_graph" in wanted:  # PSGTR-R50 on MoAI's 490 image rescaled to 800x800
@@ -73,15 +90,16 @@ def main(argv=None) -> int:
 
             model = psgtr.Psgtr(psgtr.PsgtrConfig()).eval()
             feeds = {"pixel_values": torch.randn(1, 3, 800, 800)}
-            report["scene_graph_psgtr_r50"] = bench_graph(psgtr.SCENE_GRAPH, model, feeds, work, options, args.runs)
+            report["scene_graph_psgtr_r50"] = bench_graph(psgtr.SCENE_GRAPH, model, feeds, work, options, args.runs,
+                                                          arena=args.arena)
             print("scene_graph", report["scene_graph_psgtr_r50"], flush=True)
-    if "ocr" in wanted:
+    if "ocr" in wanted and not args.arena:
         report["ocr"] = bench_ocr(options, args.runs)
     print(json.dumps(report, indent=2))
     return 0
 
 
-def bench_panoptic(options: RuntimeOptions, runs: int, work: Path) -> dict:
+def bench_panoptic(options: RuntimeOptions, runs: int, work: Path, *, arena: bool = False) -> dict:
     """Each family's Mask2Former (the Swin size its reference uses, export.families), at its full size."""
     import torch
     from transformers import Mask2FormerForUniversalSegmentation
@@ -94,7 +112,8 @@ def bench_panoptic(options: RuntimeOptions, runs: int, work: Path) -> dict:
     for swin, family in {f.panoptic_swin: f.name for f in FAMILIES.values()}.items():
         name = f"panoptic_swin_{swin}"
         model = Mask2FormerForUniversalSegmentation(panoptic_config("small", family, COCO_PANOPTIC_CLASSES)).eval()
-        report[name] = bench_graph(PANOPTIC, model, {"pixel_values": torch.randn(1, 3, 384, 384)}, work, options, runs)
+        report[name] = bench_graph(PANOPTIC, model, {"pixel_values": torch.randn(1, 3, 384, 384)}, work, options, runs,
+                                   arena=arena)
         print(name, report[name], flush=True)
         del model
     return report
@@ -110,8 +129,9 @@ def bench_detector(args, options: RuntimeOptions, work: Path) -> dict:
     names = [f"object {i}" for i in range(args.queries)]
     queries = torch.from_numpy(owl.query_embeddings(model, names[:8])).repeat(args.queries // 8 + 1, 1)[: args.queries]
     feeds = {"pixel_values": torch.randn(1, 3, 960, 960), "query_embeds": queries}
-    report = {"detector_owlv2_b16": bench_graph(owl.DETECTOR, model, feeds, work, options, args.runs),
-              "detector_text_side_per_image_ms": timed_ms(lambda: owl.query_embeddings(model, names))}
+    report = {"detector_owlv2_b16": bench_graph(owl.DETECTOR, model, feeds, work, options, args.runs, arena=args.arena)}
+    if not args.arena:
+        report["detector_text_side_per_image_ms"] = timed_ms(lambda: owl.query_embeddings(model, names))
     print("detector", report, flush=True)
     return report
 

@@ -50,7 +50,8 @@ class Part:
 
     def nbytes(self, kind: str) -> float:
         other = 2.0 if kind == "fp16" else 4.0
-        if self.group == "tower" and kind == "int8":  # dynamic int8: matmul weights int8, per-channel scales
+        if self.group == "tower" and kind in ("int8", "int8-qdq"):  # matmul weights int8 with per-channel scales
+            # (QDQ quantizes convolutions too; they are counted float32 here, an upper bound)
             return self.matmul * 1.0 + self.other * other
         return self.matmul * bytes_per_weight(kind) + self.other * other
 

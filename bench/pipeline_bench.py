@@ -104,13 +104,20 @@ class PipelineBench:
                 pipe = stack.enter_context(Pipeline.load(cfg.engine_dir, cfg.options))
                 loaded = max(mb for _, mb in sampler.samples)
                 report["batches"] = {str(b): self.bench_batch(pipe, b, sampler) for b in cfg.batch_sizes}
+            stage_alone = dict(pipe.schedule.peaks_mb)  # measured when a --memory-budget ran the stages one by one
             if cfg.reference:  # after the memory figures: torch is imported from here on
                 report["reference"], report["reference_differences"] = self.side_by_side(pipe)
         report["memory"] = {"weights_mb": weights / 2**20, "rss_before_load_mb": base, "rss_after_load_mb": loaded,
+                            "stage_alone_peak_mb": stage_alone,
                             "peak_rss_mb": sampler.peak_mb(), "gpu": gpu_memory(), "jetson": jetson_memory(),
                             "timeline": [(round(t - sampler.samples[0][0], 3), round(mb, 1)) for t, mb in sampler.samples[::10]]}
         for b, entry in report["batches"].items():
             entry["peak_rss_vs_weights_plus_kv"] = entry["peak_rss_mb"] / (weights / 2**20 + entry["kv_cache_mb"])
+            # what the package holds once an answer is done, above the process before loading it
+            entry["rss_after_answer_vs_weights"] = (entry["rss_after_answer_mb"] - base) / (weights / 2**20)
+            if stage_alone:  # the bound the issue sets: weights + KV + the largest stage's own peak, measured alone
+                bound = weights / 2**20 + entry["kv_cache_mb"] + max(stage_alone.values())
+                entry["peak_rss_vs_weights_kv_largest_stage"] = (entry["peak_rss_mb"] - base) / bound
         one = report["batches"].get("1") or next(iter(report["batches"].values()))
         cache_len = one["kv_cache_mb"] * 2**20 / one["batch"] / kv_bytes_per_token(self.manifest, context=1)
         context = int(cache_len - cfg.max_new_tokens / 2)  # the mean length of the cache while decoding
@@ -147,7 +154,7 @@ class PipelineBench:
         return {"batch": batch, "stages_ms": stages, "images_per_s": batch / (stages["total"]["p50"] / 1e3),
                 "decode_tokens_per_s": batch * steps / decode_s if decode_s > 0 else float("nan"),
                 "kv_cache_mb": results[0].kv_cache_bytes / 2**20, "peak_rss_mb": sampler.peak_mb(start, end),
-                "stage_peak_rss_mb": stage_peaks}
+                "stage_peak_rss_mb": stage_peaks, "rss_after_answer_mb": rss_mb()}
 
     def side_by_side(self, pipe: Pipeline) -> tuple[dict, list[str]]:
         """Batch 1, runtime and PyTorch reference interleaved; ratios are reference / runtime per run pair. Also the

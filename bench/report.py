@@ -40,14 +40,21 @@ def markdown(report: dict) -> str:
         lines += [f"| {s} | {fmt(v['p50'])} | {fmt(v['p90'])} | {fmt(v['p99'])} | {fmt(v['mean'])} |"
                   for s, v in entry["stages_ms"].items()]
         lines.append("")
-    lines += ["## Throughput and memory", "", "| batch | images/s | decode tokens/s | KV cache MB | peak RSS MB | RSS / (weights + KV) |",
-              "|---:|---:|---:|---:|---:|---:|"]
+    lines += ["## Throughput and memory", "", "| batch | images/s | decode tokens/s | KV cache MB | peak RSS MB | "
+              "peak / (weights + KV) | RSS after the answer MB | (after - before load) / weights |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {b} | {fmt(e['images_per_s'], 3)} | {fmt(e['decode_tokens_per_s'])} | {fmt(e['kv_cache_mb'])} | "
-              f"{fmt(e['peak_rss_mb'])} | {fmt(e['peak_rss_vs_weights_plus_kv'], 2)} |" for b, e in batches.items()]
+              f"{fmt(e['peak_rss_mb'])} | {fmt(e['peak_rss_vs_weights_plus_kv'], 2)} | {fmt(e['rss_after_answer_mb'])} | "
+              f"{fmt(e['rss_after_answer_vs_weights'], 2)} |" for b, e in batches.items()]
     mem, roof = report["memory"], report["roofline"]
     lines += ["", f"Weights loaded: {fmt(mem['weights_mb'])} MB; RSS before load {fmt(mem['rss_before_load_mb'])} MB, "
-              f"after load {fmt(mem['rss_after_load_mb'])} MB, peak {fmt(mem['peak_rss_mb'])} MB.",
-              f"GPU memory: {mem['gpu'].get('skipped') or fmt(mem['gpu'].get('used_mb')) + ' MB'}. "
+              f"after load {fmt(mem['rss_after_load_mb'])} MB, peak {fmt(mem['peak_rss_mb'])} MB."]
+    if mem.get("stage_alone_peak_mb"):
+        alone = ", ".join(f"{k} {fmt(v)}" for k, v in mem["stage_alone_peak_mb"].items())
+        ratios = ", ".join(f"batch {b}: {fmt(e['peak_rss_vs_weights_kv_largest_stage'], 2)}x" for b, e in batches.items())
+        lines.append(f"Each stage's own peak, run alone (--memory-budget): {alone} MB. Peak RSS above the process "
+                     f"before loading / (weights + KV + the largest of those): {ratios}.")
+    lines += [f"GPU memory: {mem['gpu'].get('skipped') or fmt(mem['gpu'].get('used_mb')) + ' MB'}. "
               f"Jetson shared memory: {mem['jetson'].get('skipped') or fmt(mem['jetson'].get('used_mb')) + ' MB'}."]
     if "batching_speedup" in report:
         lines.append(f"Batch {max(report['config']['batch_sizes'])} vs batch 1: {report['batching_speedup']:.2f}x images/s.")

@@ -29,6 +29,7 @@ class RuntimeOptions:
     concurrent: bool = True  # experts and vision tower at the same time (threads on CPU, streams on GPU)
     expert_batch: int | None = None  # images per expert graph run; None: 1 on cpu, the whole batch on GPU
     memory_arena: bool = True
+    memory_budget_mb: int | None = None  # run no more experts at once than fit (runtime.experts.schedule)
     verify_hashes: bool = True
     check_inputs: bool = True
     device_id: int = 0
@@ -45,6 +46,9 @@ class RuntimeOptions:
         if self.expert_batch is not None and (not is_int(self.expert_batch) or self.expert_batch < 1):
             raise InputError(f"expert_batch: expected None (1 on cpu, the whole batch on a GPU) or an integer >= 1, "
                              f"found {self.expert_batch!r}")
+        if self.memory_budget_mb is not None and (not is_int(self.memory_budget_mb) or self.memory_budget_mb < 1):
+            raise InputError(f"memory_budget_mb: expected None (no budget) or a number of MB >= 1, "
+                             f"found {self.memory_budget_mb!r}")
         if not is_int(self.device_id) or self.device_id < 0:
             raise InputError(f"device_id: expected an integer >= 0, found {self.device_id!r}")
         for name in ("concurrent", "memory_arena", "verify_hashes", "check_inputs"):

@@ -8,6 +8,7 @@
     int8       int8 weight-only                  int8 dynamic              fp32                  fp16
     int4       int4 weight-only                  int8 dynamic              fp32                  fp16
     int4-fp16  int4 weight-only                  fp16                      fp16                  fp16
+    fp16-int8  fp16                              int8 static, QDQ          fp16                  fp16
 
 Weight-only (onnxruntime's MatMulNBits) quantizes the decoder's base matmuls and the output head, the
 weights every token reads; the PLoRA, seg and mixer branches (prefill only, a small share of the bytes)
@@ -19,6 +20,9 @@ runtime's feeds and KV cache do not change; they are for GPUs (on a CPU onnxrunt
 casts, slowly, which serves to measure their accuracy).
 
 int4 and int8 are CPU presets (onnxruntime's MatMulNBits and integer matmuls); int4-fp16 is the GPU mix.
+fp16-int8 is for TensorRT: its tower and experts carry QuantizeLinear/DequantizeLinear pairs around their
+convolutions and matmuls (symmetric, weights per channel), with activation ranges calibrated on training-split
+world images (export.calibration) — the explicit quantization TensorRT builds int8 engines from.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 
 from moai_edge.engines.errors import InputError
 
-KINDS = ("fp32", "fp16", "int8", "int4")
+KINDS = ("fp32", "fp16", "int8", "int8-qdq", "int4")
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("int8", decoder="int8", tower="int8", small="fp32", embedding="fp16"),
     Preset("int4", decoder="int4", tower="int8", small="fp32", embedding="fp16"),
     Preset("int4-fp16", decoder="int4", tower="fp16", small="fp16", embedding="fp16"),
+    Preset("fp16-int8", decoder="fp16", tower="int8-qdq", small="fp16", embedding="fp16"),
 )}
 
 

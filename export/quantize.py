@@ -67,3 +67,30 @@ def float16(model):
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     return convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=model.ByteSize() > 1_800_000_000)
+
+
+def static_int8_qdq(model, feeds: list[dict]):
+    """Convolutions and matmuls as int8 in QDQ form (QuantizeLinear/DequantizeLinear pairs), the explicit
+    quantization TensorRT builds int8 engines from: weights per channel, activations per tensor with ranges
+    calibrated (min-max) on `feeds`, both symmetric (TensorRT takes zero points of 0 only)."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self):
+            self.left = iter(feeds)
+
+        def get_next(self):
+            return next(self.left, None)
+
+    with quiet(), tempfile.TemporaryDirectory(prefix="moai-edge-qdq-") as work:
+        src, out = Path(work) / "float.onnx", Path(work) / "qdq.onnx"
+        large = model.ByteSize() > 1_800_000_000
+        onnx.save_model(model, str(src), save_as_external_data=large)
+        quantize_static(str(src), str(out), Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["Conv", "MatMul", "Gemm"], calibrate_method=CalibrationMethod.MinMax,
+                        use_external_data_format=large,
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+        return onnx.load(str(out))

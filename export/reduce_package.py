@@ -19,14 +19,17 @@ import numpy as np
 from moai_edge.engines.manifest import Component, Manifest, TensorSpec, sha256_of
 
 from . import quantize
+from .calibration import calibration_feeds
 from .onnx_weights import save_model
 from .package import decode_weight_bytes, io_specs
 from .precision import DECODER, Preset
 
 
-def lowered(proto, kind: str, *, decoder: bool, preset: Preset):
+def lowered(proto, kind: str, *, decoder: bool, preset: Preset, calibration: list[dict] | None = None):
     if kind == "fp16":
         return quantize.float16(proto)
+    if kind == "int8-qdq":
+        return quantize.static_int8_qdq(proto, calibration)
     if decoder:
         return quantize.weight_only(proto, preset.weight_only())
     return quantize.dynamic_int8(proto)
@@ -50,9 +53,12 @@ def reduce_package(src: Path, out: Path, preset: Preset) -> Manifest:
     by_file: dict[str, list[str]] = {}
     for name in sorted(lower - {"embedding"}):
         by_file.setdefault(components[name].file, []).append(name)
+    calibrated = {name for name in lower if components[name].precision == "int8-qdq"}
+    feeds = calibration_feeds(src, calibrated) if calibrated else {}
     for file, names in by_file.items():
         first = components[names[0]]
-        proto = lowered(onnx.load(str(src / file)), first.precision, decoder=names[0] in DECODER, preset=preset)
+        proto = lowered(onnx.load(str(src / file)), first.precision, decoder=names[0] in DECODER, preset=preset,
+                        calibration=feeds.get(names[0]))
         external = bool(first.extra_files or first.shared_weights)
         weights = f"{Path(file).stem}.weights" if external else None
         digest = save_model(proto, out / file, weights=weights)

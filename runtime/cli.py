@@ -32,6 +32,9 @@ def engine_options(p: argparse.ArgumentParser, *, engine_required: bool = True) 
     p.add_argument("--device", choices=DEVICES, default="cpu", help="where the engines run (default: cpu)")
     p.add_argument("--threads", type=int, default=0,
                    help="intra-op threads per engine; 0 lets onnxruntime choose (default: 0)")
+    p.add_argument("--memory-budget", type=int, default=None, metavar="MB",
+                   help="run no more experts at once than fit in MB of RSS, measured on the first image "
+                        "(default: no budget; at most one expert per core)")
 
 
 def generation_options(p: argparse.ArgumentParser) -> None:

@@ -16,8 +16,8 @@ DEMO_MAX_NEW_TOKENS = 48  # the longest description is ~40 tokens
 
 
 def runtime_options(args) -> RuntimeOptions:
-    """--device and --threads mean the same on every verb that runs engines."""
-    return RuntimeOptions(device=args.device, threads=args.threads)
+    """--device, --threads and --memory-budget mean the same on every verb that runs engines."""
+    return RuntimeOptions(device=args.device, threads=args.threads, memory_budget_mb=args.memory_budget)
 
 
 def cmd_export(args) -> int:

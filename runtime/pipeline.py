@@ -7,8 +7,9 @@
 
 With `RuntimeOptions.concurrent`, the experts of an image and the vision tower run at the same time
 on a thread pool: on CPU each expert engine has one intra-op thread; on a GPU each engine has its own
-CUDA stream (engines/registry). Calls are serialized by a lock, so one Pipeline may be shared
-between threads.
+CUDA stream (engines/registry). How many at once: at most one per core, and with `memory_budget_mb` no
+more than fit (runtime.experts.schedule). After each call the freed activations go back to the system
+(runtime.memory.release_freed). Calls are serialized by a lock, so one Pipeline may be shared between threads.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import numpy as np
 
 from moai_edge.engines.errors import EngineError
 from moai_edge.engines.manifest import Manifest, load_manifest
-from moai_edge.engines.options import RuntimeOptions
+from moai_edge.engines.options import RuntimeOptions, usable_cores
 
 from .backbone import Backbone
 from .experts.runner import Experts, ExpertResults
+from .experts.schedule import StageSchedule
+from .memory import release_freed, rss_mb
 from .asking import Asking
 from .families import AuxInputs, family_of
 from .request import OnToken, Request, Result
@@ -47,6 +50,7 @@ class Pipeline(Asking):
         self.expert_batch = self.options.expert_batch or (1 if self.options.device == "cpu" else None)
         workers = (len(self.experts.steps()) if self.experts else 0) + 1  # + the vision tower
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="expert") if concurrent else None
+        self.schedule = StageSchedule(cores=usable_cores(), budget_mb=self.options.memory_budget_mb)
         self.lock = threading.RLock()  # close() waits for a call in flight; a token callback may close
 
     @classmethod
@@ -82,6 +86,7 @@ class Pipeline(Asking):
                 aux = [req.aux if req.aux is not None else self.family.aux_inputs(r) if r is not None else AuxInputs()
                        for req, r in zip(requests, results)]
             answers = self.generate(requests, features, aux, timer, on_token)
+            release_freed()
             total = (time.perf_counter() - t0) * 1e3
         return [Result(req.id, ans.answer, ans.tokens, r.to_json() if r is not None else {}, self.family.display_text(a),
                        {**timer.ms, "total": total}, ans.kv_cache_bytes, timer.spans)
@@ -99,24 +104,27 @@ class Pipeline(Asking):
             pixels = self.expert_input(image)
             if self.experts is None:
                 return AuxInputs()
-            result = self.experts.run([pixels], pool=self.pool, max_batch=self.expert_batch)[0]
+            gate = self.schedule.gate(list(self.experts.steps()), rss_mb())
+            result = self.experts.run([pixels], pool=self.pool, max_batch=self.expert_batch, gate=gate)[0]
             return self.family.aux_inputs(result)
 
     def see(self, pixels: list[np.ndarray], wanted: list[bool], timer: Timer) -> tuple[list, np.ndarray]:
         """The experts (on the images that want them) and the vision tower: independent, so side by side when
         concurrent. Returns each image's ExpertResults (or None) and the image features."""
-        def vision():
-            with timer("vision"):
-                return self.vision.encode(pixels)
-
         results: list[ExpertResults | None] = [None] * len(pixels)
         todo = [i for i, w in enumerate(wanted) if w] if self.experts is not None else []
+        gate = self.schedule.gate(["vision", *(self.experts.steps() if todo else ())], rss_mb())
+
+        def vision():
+            with gate.stage("vision"), timer("vision"):
+                return self.vision.encode(pixels)
+
         if not todo:
             return results, vision()
         features = self.pool.submit(vision) if self.pool is not None else None
         with timer("experts"):
             found = self.experts.run([pixels[i] for i in todo], pool=self.pool, timings=timer.ms,
-                                     max_batch=self.expert_batch)
+                                     max_batch=self.expert_batch, gate=gate)
         for i, r in zip(todo, found):
             results[i] = r
         return results, features.result() if features is not None else vision()

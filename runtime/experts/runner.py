@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Executor
+from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import Callable
@@ -17,6 +18,7 @@ from moai_edge.engines.registry import open_engine
 from .detector import DetectorConfig, post_process_detections, preprocess_detector
 from .ocr import OcrConfig, OcrLine, OcrReader
 from .panoptic import PanopticConfig, PanopticResult, post_process_panoptic, preprocess_panoptic
+from .schedule import StageGate
 from .scene_graph import HEADS as SCENE_GRAPH_HEADS
 from .scene_graph import (SceneGraphConfig, SceneGraphResult, mask_size, post_process_scene_graph, preprocess_scene_graph,
                           relations_of)
@@ -98,16 +100,17 @@ class Experts:
         return steps
 
     def run(self, images: list[np.ndarray], *, pool: Executor | None = None, timings: dict[str, float] | None = None,
-            max_batch: int | None = None) -> list[ExpertResults]:
-        """images: HxWx3 uint8 RGB arrays (see runtime.images.load_image). With a pool, the experts run concurrently.
-        Each expert takes at most `max_batch` images per graph run (None: all at once)."""
+            max_batch: int | None = None, gate: StageGate | None = None) -> list[ExpertResults]:
+        """images: HxWx3 uint8 RGB arrays (see runtime.images.load_image). With a pool, the experts run concurrently,
+        as many at once as `gate` admits. Each expert takes at most `max_batch` images per graph run (None: all)."""
         def in_chunks(fn):
             step = max_batch or len(images)
             return [r for i in range(0, len(images), step) for r in fn(images[i:i + step])]
 
         def timed(name, fn):
-            t0 = time.perf_counter()
-            out = in_chunks(fn)
+            with gate.stage(name) if gate is not None else nullcontext():
+                t0 = time.perf_counter()
+                out = in_chunks(fn)
             if timings is not None:
                 timings[f"expert_{name}"] = (time.perf_counter() - t0) * 1e3
             return out

@@ -28,6 +28,8 @@ def test_bench_with_reference_writes_every_figure(tiny_packages, tmp_path, capsy
         assert entry["images_per_s"] > 0 and entry["decode_tokens_per_s"] > 0
         assert entry["kv_cache_mb"] > 0 and entry["peak_rss_mb"] > report["memory"]["rss_before_load_mb"]
         assert {"experts", "prefill", "decode"} <= set(entry["stage_peak_rss_mb"])
+        assert report["memory"]["rss_before_load_mb"] < entry["rss_after_answer_mb"] <= entry["peak_rss_mb"]
+        assert entry["rss_after_answer_vs_weights"] > 0
     assert report["batches"]["2"]["kv_cache_mb"] > report["batches"]["1"]["kv_cache_mb"]
     mem = report["memory"]
     assert mem["weights_mb"] > 1 and mem["peak_rss_mb"] >= mem["rss_after_load_mb"] and "skipped" in mem["gpu"]
@@ -43,6 +45,17 @@ def test_bench_with_reference_writes_every_figure(tiny_packages, tmp_path, capsy
     for png in report["plots"]["files"]:
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert "vs reference total" in capsys.readouterr().out
+
+
+def test_a_memory_budget_reports_each_stage_alone_and_the_peak_against_it(tiny_packages, tmp_path):
+    out = tmp_path / "report"
+    assert main(["bench", "--engine", str(tiny_packages["moai"]), "--batch-sizes", "1", "--runs", "1", "--warmup", "1",
+                 "--max-new-tokens", "3", "--memory-budget", "100000", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    alone = report["memory"]["stage_alone_peak_mb"]
+    assert set(alone) == {"vision", "panoptic", "detector", "scene_graph", "ocr"} and all(v >= 0 for v in alone.values())
+    assert report["batches"]["1"]["peak_rss_vs_weights_kv_largest_stage"] > 0
+    assert "run alone (--memory-budget)" in (out / "report.md").read_text()
 
 
 def test_roofline_flags_more_than_the_machine_can_move(tiny_packages):

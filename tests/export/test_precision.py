@@ -46,7 +46,7 @@ def int4_moai(tiny_packages, tmp_path_factory):
 
 
 def test_unknown_preset_is_refused_before_anything_is_built(tmp_path):
-    with pytest.raises(InputError, match="expected one of fp32, fp16, int8, int4, int4-fp16, found 'int3'"):
+    with pytest.raises(InputError, match="expected one of fp32, fp16, int8, int4, int4-fp16, fp16-int8, found 'int3'"):
         precision_preset("int3")
     out = subprocess.run([sys.executable, "-m", "moai_edge.runtime.cli", "export", "--tiny", "moai", "--precision",
                           "int3", "--out", str(tmp_path / "pkg")], capture_output=True, text=True, timeout=120)
@@ -125,11 +125,44 @@ def test_other_presets_pass_their_bounds(name, tiny_packages, tmp_path):
         assert pipe.ask(sample_image(seed=1), "What is this?", max_new_tokens=3).tokens
 
 
+def test_the_tensorrt_preset_calibrates_symmetric_qdq_on_world_images(tiny_packages, tmp_path, monkeypatch):
+    """fp16-int8: the tower's and experts' convolutions and matmuls behind QuantizeLinear/DequantizeLinear with zero
+    points of 0 (TensorRT's explicit int8), activation ranges calibrated on each graph's own runtime inputs."""
+    import onnx
+    from onnx import numpy_helper
+
+    from moai_edge.export import calibration
+
+    seen = {}
+    real = calibration.calibration_feeds
+
+    def spy(package, components, **kw):
+        got = real(package, components, **kw)
+        seen.update({k: len(v) for k, v in got.items()})
+        return got
+
+    monkeypatch.setattr(reducing, "calibration_feeds", spy)
+    m = reducing.reduce_and_check(tiny_packages["moai"], tmp_path / "trt", PRESETS["fp16-int8"])
+    assert seen == {"vision": 16, "panoptic": 16, "detector": 16, "scene_graph": 16}  # one feed per image
+    for name in ("vision", "panoptic", "detector", "scene_graph"):
+        assert m.component(name).precision == "int8-qdq"
+        graph = onnx.load(str(m.path(m.component(name).file))).graph
+        inits = {i.name: i for i in graph.initializer}
+        quantize = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+        assert quantize and len([n for n in graph.node if n.op_type == "DequantizeLinear"]) >= len(quantize)
+        for node in quantize:  # activations: int8, zero point 0
+            zero = numpy_helper.to_array(inits[node.input[2]])
+            assert zero.dtype == np.int8 and not zero.any(), (name, node.name)
+    assert m.component("decode").precision == "fp16" and m.source["precision_check"]["decoder"]["token_agreement"] >= 0.95
+    with Pipeline.load(tmp_path / "trt") as pipe:
+        assert pipe.ask(sample_image(seed=2), "What is this?", max_new_tokens=3).tokens
+
+
 def test_a_broken_conversion_fails_the_check(tiny_packages, tmp_path, monkeypatch):
     """A decoder whose base weights are lost (zeroed) keeps its graph valid but no longer agrees with float32."""
     from onnx import numpy_helper
 
-    def zeroed(proto, kind, *, decoder, preset):
+    def zeroed(proto, kind, *, decoder, preset, calibration=None):
         if decoder:
             for init in proto.graph.initializer:
                 if init.dims and len(init.dims) == 2 and init.dims[0] * init.dims[1] > 1024:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from moai_edge.runtime import DecodingConfig, Pipeline, RuntimeOptions
 from moai_edge.runtime.samples import sample_image
@@ -34,3 +35,39 @@ def test_kv_cache_dtype_comes_from_the_spec():
     feeds, out = cache.step_feeds()
     assert feeds["past_key.0"].dtype == np.float16 and feeds["past_key.0"] is out["key.0"]  # one buffer, in place
     assert feeds["seqlens_k"].tolist() == [2] and int(feeds["total_sequence_length"]) == 3
+
+
+def prefill_feeds(engine, table: np.ndarray, lengths: list[int]) -> dict[str, np.ndarray]:
+    """Right-padded rows of token 7 with the given real lengths; no image, every family input zero."""
+    rows, seq = len(lengths), max(lengths)
+    mask = (np.arange(seq)[None] < np.array(lengths)[:, None]).astype(np.int64)
+    feeds = {"inputs_embeds": np.repeat(table[[[7] * seq]], rows, axis=0).astype(np.float32), "attention_mask": mask,
+             "position_ids": np.broadcast_to(np.arange(seq), (rows, seq)).copy(), "im_mask": np.zeros((rows, seq), bool)}
+    for spec in engine.inputs():
+        if spec.name not in feeds:
+            feeds[spec.name] = np.zeros([rows if a == "batch" else a if isinstance(a, int) else 1 for a in spec.shape],
+                                        spec.dtype)
+    return feeds
+
+
+def test_each_row_writes_its_next_token_at_its_own_length_until_the_cache_is_full(tiny_packages):
+    from moai_edge.engines.errors import InputError
+    from moai_edge.engines.manifest import load_manifest
+    from moai_edge.engines.registry import open_engine
+    from moai_edge.runtime.decoder import DecoderRunner
+
+    m = load_manifest(tiny_packages["moai"])
+    options = RuntimeOptions(threads=1)
+    with open_engine(m, "prefill", options) as prefill, open_engine(m, "decode", options) as decode:
+        table = m.load_array("embedding")
+        runner = DecoderRunner(prefill=prefill, decode=decode, embed_table=table, dims=m.model)
+        runner.prefill(prefill_feeds(prefill, table, [5, 3]), max_new_tokens=3)
+        for step, expected in enumerate(([5, 3], [6, 4], [7, 5])):
+            before = [k.copy() for k in runner.cache.keys]
+            runner.step(np.array([5, 6]))
+            for k, old in zip(runner.cache.keys, before):
+                written = [np.nonzero(np.any(k[r] != old[r], axis=(0, 2)))[0].tolist() for r in range(2)]
+                assert written == [[s] for s in expected], step  # one slot per row, in place, nothing else
+        assert runner.cache.lengths.tolist() == [8, 6] and runner.cache.max_len == 8
+        with pytest.raises(InputError, match="KV cache full: a row holds 8 of 8 positions"):
+            runner.step(np.array([5, 6]))

@@ -1,0 +1,61 @@
+"""The decode graph on onnxruntime's fused ops (export.gqa_decode): its shape, its PyTorch twin, and what it refuses."""
+
+from __future__ import annotations
+
+from collections import Counter
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import onnx  # noqa: E402
+
+from moai_edge.engines.errors import ExportValidationError  # noqa: E402
+from moai_edge.engines.manifest import Manifest  # noqa: E402
+from moai_edge.export.gqa_decode import build_gqa_decode, check_decodable  # noqa: E402
+from moai_edge.export.graphs import TARGETS, kv_names, to_seq_major  # noqa: E402
+from moai_edge.export.merge_decoder import branch_of  # noqa: E402
+from moai_edge.export.onnx_export import example_inputs, torch_outputs  # noqa: E402
+
+
+def test_one_fused_attention_per_layer_and_no_kv_reshuffling(tiny_packages):
+    """The KV path has no transpose, concatenation or head expansion: one GroupQueryAttention per layer reads and
+    writes the buffers; the branch is a few nodes per layer (the traced graph had ~180)."""
+    m = Manifest.load(tiny_packages["moai"])
+    model = onnx.load(str(m.path(m.component("decode").file)), load_external_data=False)
+    ops = Counter(n.op_type for n in branch_of(model, prefill=False).node)
+    layers = m.model.num_layers
+    assert ops["GroupQueryAttention"] == layers and ops["SkipSimplifiedLayerNormalization"] == 2 * layers
+    assert not {"Transpose", "Concat", "Expand", "Softmax"} & set(ops)
+    assert sum(ops.values()) <= 16 * layers + 4
+
+
+def test_the_twin_is_the_reference_decode_step_over_the_buffers(tiny_references):
+    """DecodeGraph (what export validates the graph against) equals the model's own decode step run on each row's
+    past alone, with the new key and value at the row's length and every other slot unchanged."""
+    model = tiny_references["collavo"]
+    target = TARGETS["decode"]
+    feeds = example_inputs(target, model, 3)
+    out = torch_outputs(target, model, feeds)
+    names = kv_names(model)
+    for row, length in enumerate(feeds["seqlens_k"].tolist()):
+        past = [(feeds[f"past_key.{i}"][row:row + 1, :, :length], feeds[f"past_value.{i}"][row:row + 1, :, :length])
+                for i in range(model.cfg.decoder.num_layers)]
+        with torch.no_grad():
+            logits, kv = model.decode_step(feeds["inputs_embeds"][row:row + 1], torch.ones(1, length + 1, dtype=torch.long),
+                                           torch.tensor([[length]]), past)
+        np.testing.assert_allclose(out["logits"][row], logits[0].numpy(), atol=1e-5)
+        for name, new in zip(names, to_seq_major(kv)):  # (1, 1, kv, hd) each
+            buffer = out[name][row]
+            np.testing.assert_allclose(buffer[:, length], new[0, 0].numpy(), atol=1e-6)
+            untouched = np.delete(buffer, length, axis=1)
+            assert np.array_equal(untouched, np.delete(feeds[f"past_{name}"][row].numpy(), length, axis=1))
+
+
+def test_a_head_size_gqa_cannot_take_is_refused():
+    model = SimpleNamespace(cfg=SimpleNamespace(decoder=SimpleNamespace(head_dim=24)))
+    with pytest.raises(ExportValidationError, match="multiple of 16, found 24"):
+        check_decodable(model)
+    with pytest.raises(ExportValidationError, match="found 24"):
+        build_gqa_decode(model)
