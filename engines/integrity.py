@@ -1,7 +1,9 @@
 """Each package file's sha256 is checked at most once per process, on the bytes that are then used.
 
-A file is read (an ONNX graph: its bytes, handed to the backend) or memory-mapped (arrays, shared
-weights: the mapping the arrays are views of) and hashed there, before anything uses it. The digest is
+A file is read (an ONNX graph with external data: its bytes, handed to the backend) or memory-mapped (arrays,
+shared weights: the mapping the arrays are views of; a self-contained ONNX graph, which the backend then opens
+by path, and which must still have the stamp it was hashed with once it is open) and hashed there, before
+anything uses it. The digest is
 kept per (resolved path, inode, size, mtime_ns), so a second open of an unchanged file never hashes
 again. A file rewritten in place with the same size within one file-system timestamp tick keeps its
 record; a re-export writes new files and is always seen.
@@ -36,6 +38,15 @@ class Stamp:
     def of(cls, fd: int, path: Path) -> "Stamp":
         st = os.fstat(fd)
         return cls(str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def check_unchanged(self, label: str) -> None:
+        """IntegrityError unless the file is still this version (after a backend opened it by path)."""
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise IntegrityError(f"{label} disappeared while it was loaded: {exc}") from exc
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != (self.inode, self.size, self.mtime_ns):
+            raise IntegrityError(f"{label} changed while it was loaded (after its sha256 was checked)")
 
 
 def digest(data) -> str:

@@ -30,6 +30,7 @@ class RuntimeOptions:
     expert_batch: int | None = None  # images per expert graph run; None: 1 on cpu, the whole batch on GPU
     memory_arena: bool = True
     memory_budget_mb: int | None = None  # run no more experts at once than fit (runtime.experts.schedule)
+    image_cache_mb: int = 0  # keep each image's features and expert results for its next question (runtime.image_cache)
     verify_hashes: bool = True
     check_inputs: bool = True
     device_id: int = 0
@@ -49,6 +50,8 @@ class RuntimeOptions:
         if self.memory_budget_mb is not None and (not is_int(self.memory_budget_mb) or self.memory_budget_mb < 1):
             raise InputError(f"memory_budget_mb: expected None (no budget) or a number of MB >= 1, "
                              f"found {self.memory_budget_mb!r}")
+        if not is_int(self.image_cache_mb) or self.image_cache_mb < 0:
+            raise InputError(f"image_cache_mb: expected an integer >= 0 (0 = no cache), found {self.image_cache_mb!r}")
         if not is_int(self.device_id) or self.device_id < 0:
             raise InputError(f"device_id: expected an integer >= 0, found {self.device_id!r}")
         for name in ("concurrent", "memory_arena", "verify_hashes", "check_inputs"):

@@ -65,6 +65,16 @@ def session_options(options: RuntimeOptions, shared: SharedWeights | None, folde
     return so
 
 
+def shrinking_arena():
+    """Run options that hand the CPU arena's unused chunks back at the end of each run, so what a run's activations
+    took does not stay resident after it (the arena still serves the allocations within a run)."""
+    import onnxruntime as ort
+
+    run_options = ort.RunOptions()
+    run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return run_options
+
+
 def _spec(arg) -> TensorSpec:
     dims = tuple(d if isinstance(d, int) else str(d) for d in arg.shape)
     return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), dims)
@@ -75,8 +85,9 @@ class OrtEngine:
     devices = DEVICES
 
     def __init__(self, session, *, name: str, check_inputs: bool, shared: SharedWeights | None,
-                 stream: CudaStream | None):
+                 stream: CudaStream | None, run_options=None):
         self.session = session
+        self.run_options = run_options
         self.name = name
         self.check_inputs = check_inputs
         self.shared = shared  # held so the mapped weights outlive the session
@@ -109,7 +120,8 @@ class OrtEngine:
             if stream is not None:
                 stream.close()
             raise EngineError(f"onnxruntime could not load '{graph.path}' ({graph.name}): {exc}") from exc
-        return cls(session, name=graph.name, check_inputs=options.check_inputs, shared=shared, stream=stream)
+        return cls(session, name=graph.name, check_inputs=options.check_inputs, shared=shared, stream=stream,
+                   run_options=shrinking_arena() if options.memory_arena and options.device == "cpu" else None)
 
     def inputs(self) -> list[TensorSpec]:
         return list(self._inputs)
@@ -125,7 +137,7 @@ class OrtEngine:
         names = [o.name for o in self._outputs]
         try:
             if not out:
-                return dict(zip(names, self.session.run(names, feeds)))
+                return dict(zip(names, self.session.run(names, feeds, self.run_options)))
             return self.run_bound(feeds, out, names)
         except EngineError:
             raise
@@ -150,7 +162,7 @@ class OrtEngine:
                 binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(out[name]))
             else:
                 binding.bind_output(name)
-        self.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding, self.run_options)
         values = binding.get_outputs()
         return {name: out[name] if name in out else value.numpy() for name, value in zip(names, values)}
 

@@ -9,7 +9,9 @@ With `RuntimeOptions.concurrent`, the experts of an image and the vision tower r
 on a thread pool: on CPU each expert engine has one intra-op thread; on a GPU each engine has its own
 CUDA stream (engines/registry). How many at once: at most one per core, and with `memory_budget_mb` no
 more than fit (runtime.experts.schedule). After each call the freed activations go back to the system
-(runtime.memory.release_freed). Calls are serialized by a lock, so one Pipeline may be shared between threads.
+(runtime.memory.release_freed). With `image_cache_mb`, a question about an image seen before reuses its features
+and expert results (runtime.image_cache). Calls are serialized by a lock, so one Pipeline may be shared between
+threads.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from moai_edge.engines.options import RuntimeOptions, usable_cores
 from .backbone import Backbone
 from .experts.runner import Experts, ExpertResults
 from .experts.schedule import StageSchedule
+from .image_cache import ImageCache, Seen, image_key
 from .memory import release_freed, rss_mb
 from .asking import Asking
 from .families import AuxInputs, family_of
@@ -51,6 +54,9 @@ class Pipeline(Asking):
         workers = (len(self.experts.steps()) if self.experts else 0) + 1  # + the vision tower
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="expert") if concurrent else None
         self.schedule = StageSchedule(cores=usable_cores(), budget_mb=self.options.memory_budget_mb)
+        cache_mb = self.options.image_cache_mb
+        self.image_cache = ImageCache(cache_mb * 2**20) if cache_mb else None
+        release_freed()  # what loading parsed and dropped (graph protos, copies) goes back before the first answer
         self.lock = threading.RLock()  # close() waits for a call in flight; a token callback may close
 
     @classmethod
@@ -81,16 +87,15 @@ class Pipeline(Asking):
             t0, timer = time.perf_counter(), Timer()
             with timer("load"):
                 pixels = [self.expert_input(r.image) for r in requests]
-            results, features = self.see(pixels, [r.aux is None for r in requests], timer)
-            with timer("verbalize"):
-                aux = [req.aux if req.aux is not None else self.family.aux_inputs(r) if r is not None else AuxInputs()
-                       for req, r in zip(requests, results)]
+            seen = self.observe(pixels, [r.aux is None for r in requests], timer)
+            aux = [req.aux if req.aux is not None else s.aux or AuxInputs() for req, s in zip(requests, seen)]
+            features = np.stack([s.features for s in seen])
             answers = self.generate(requests, features, aux, timer, on_token)
             release_freed()
             total = (time.perf_counter() - t0) * 1e3
-        return [Result(req.id, ans.answer, ans.tokens, r.to_json() if r is not None else {}, self.family.display_text(a),
-                       {**timer.ms, "total": total}, ans.kv_cache_bytes, timer.spans)
-                for req, r, a, ans in zip(requests, results, aux, answers)]
+        return [Result(req.id, ans.answer, ans.tokens, s.results.to_json() if s.results is not None else {},
+                       self.family.display_text(a), {**timer.ms, "total": total}, ans.kv_cache_bytes, timer.spans)
+                for req, s, a, ans in zip(requests, seen, aux, answers)]
 
     def check_open(self) -> None:
         if self.closed:
@@ -107,6 +112,23 @@ class Pipeline(Asking):
             gate = self.schedule.gate(list(self.experts.steps()), rss_mb())
             result = self.experts.run([pixels], pool=self.pool, max_batch=self.expert_batch, gate=gate)[0]
             return self.family.aux_inputs(result)
+
+    def observe(self, pixels: list[np.ndarray], wanted: list[bool], timer: Timer) -> list[Seen]:
+        """Per image: its features, and where `wanted` its expert results and the family inputs made from them;
+        from the image cache where it holds them, else from `see` (and then kept there)."""
+        keys = [image_key(p) for p in pixels] if self.image_cache is not None else [None] * len(pixels)
+        need = [w and self.experts is not None for w in wanted]
+        out = [self.image_cache.get(k, need_experts=n) if k else None for k, n in zip(keys, need)]
+        todo = [i for i, s in enumerate(out) if s is None]
+        if not todo:
+            return out
+        results, features = self.see([pixels[i] for i in todo], [wanted[i] for i in todo], timer)
+        with timer("verbalize"):
+            for i, r, f in zip(todo, results, features):
+                out[i] = Seen(f, r, self.family.aux_inputs(r) if r is not None else None)
+                if keys[i]:
+                    self.image_cache.put(keys[i], out[i])
+        return out
 
     def see(self, pixels: list[np.ndarray], wanted: list[bool], timer: Timer) -> tuple[list, np.ndarray]:
         """The experts (on the images that want them) and the vision tower: independent, so side by side when

@@ -41,14 +41,14 @@ class FakeEngine:
     def outputs(self) -> list[TensorSpec]:
         return []
 
-    def run(self, feeds):
+    def run(self, feeds, out=None):
         return {}
 
     def metadata(self) -> dict[str, str]:
         return {}
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
 
 @pytest.fixture
@@ -72,9 +72,29 @@ def test_the_options_pick_a_registered_backend(fake, package):
     assert isinstance(e.shared, SharedWeights) and set(e.shared.arrays) == {"shared/w"}
     vision = open_engine(m, "vision", RuntimeOptions(backend="fake", device="cuda"))
     assert vision.shared is None and not vision.graph.external_data and vision.options.threads == 0
+    assert vision.graph.data is None and vision.graph.stamp.size == (m.root / "vision.onnx").stat().st_size  # by path
     assert type(open_file(m.root / "vision.onnx", RuntimeOptions(backend="fake"))) is FakeEngine
     with pytest.raises(EngineError, match="backend 'fake'.*found FakeEngine and Other"):
         backend("fake")(type("Other", (FakeEngine,), {}))
+
+
+def test_a_graph_changed_while_the_backend_read_it_is_refused(fake, package, monkeypatch):
+    """A self-contained graph is hashed, then opened by path: the file must still be the version that was hashed."""
+    from moai_edge.engines.errors import IntegrityError
+
+    m, _ = package
+    opened = []
+
+    def open_and_rewrite(graph, options, *, shared):
+        engine = FakeEngine(graph, options, shared)
+        opened.append(engine)
+        graph.path.write_bytes(graph.path.read_bytes() + b" ")  # someone rewrites it meanwhile
+        return engine
+
+    monkeypatch.setattr(FakeEngine, "open", staticmethod(open_and_rewrite))
+    with pytest.raises(IntegrityError, match="'vision.onnx' \\(vision\\) changed while it was loaded"):
+        open_engine(m, "vision", RuntimeOptions(backend="fake"))
+    assert opened[0].closed  # the engine that read the other version is not left open
 
 
 def test_unknown_backends_and_unserved_devices_list_what_there_is(fake, package):
