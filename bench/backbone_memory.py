@@ -36,10 +36,10 @@ def peak_mb() -> float:
     raise OSError("no VmHWM in /proc/self/status")
 
 
-def zero_prefill_feeds(engine: Engine, seq: int) -> dict[str, np.ndarray]:
-    """A one-row, `seq`-token prompt for the prefill graph, shaped and typed from its input specs: all positions
+def zero_prefill_feeds(engine: Engine, seq: int, rows: int = 1) -> dict[str, np.ndarray]:
+    """A `rows` x `seq`-token prompt for the prefill graph, shaped and typed from its input specs: all positions
     real, nothing at image positions, every family input zero (whatever the family calls it)."""
-    sizes = {"batch": 1, "seq": seq}
+    sizes = {"batch": rows, "seq": seq}
     feeds = {}
     for spec in engine.inputs():
         unknown = [a for a in spec.shape if isinstance(a, str) and a not in sizes]

@@ -27,6 +27,8 @@ from moai_edge.engines.options import RuntimeOptions
 from moai_edge.engines.registry import open_engine
 from moai_edge.runtime.decoder import DecoderRunner
 
+from .backbone_memory import zero_prefill_feeds
+
 PRECISIONS = ("fp32", "int4")
 
 
@@ -102,13 +104,8 @@ class OurDecode:
         rows, length = ids.shape
         runner = DecoderRunner(prefill=self.prefill_engine, decode=self.decode_engine, embed_table=self.table,
                                dims=self.manifest.model)
-        feeds = {"inputs_embeds": self.table[ids].astype(np.float32), "attention_mask": np.ones((rows, length), np.int64),
-                 "position_ids": np.broadcast_to(np.arange(length), (rows, length)).copy(),
-                 "im_mask": np.zeros((rows, length), bool)}
-        for spec in self.prefill_engine.inputs():  # the family's input (seg features, aux tokens): none here
-            if spec.name not in feeds:
-                shape = [rows if axis == "batch" else axis if isinstance(axis, int) else length for axis in spec.shape]
-                feeds[spec.name] = np.zeros(shape, spec.dtype)
+        feeds = zero_prefill_feeds(self.prefill_engine, length, rows)  # no image, no family input
+        feeds["inputs_embeds"][:] = self.table[ids]
         runner.prefill(feeds, max_new_tokens=steps)
         token = np.full(rows, ids[0, -1])
         start = time.perf_counter()

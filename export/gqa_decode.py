@@ -38,7 +38,7 @@ def rope_tables(model: VLM) -> tuple[np.ndarray, np.ndarray]:
 
 
 class GraphWriter:
-    """Nodes, initializers and unique names for one graph."""
+    """The nodes and initializers of one graph, each named from the step it is."""
 
     def __init__(self):
         self.nodes, self.initializers = [], []

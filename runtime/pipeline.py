@@ -32,7 +32,7 @@ from .backbone import Backbone
 from .experts.runner import Experts, ExpertResults
 from .experts.schedule import StageSchedule
 from .image_cache import ImageCache, Seen, image_key
-from .memory import release_freed, rss_mb
+from .memory import release_freed
 from .asking import Asking
 from .families import AuxInputs, family_of
 from .request import OnToken, Request, Result
@@ -109,7 +109,7 @@ class Pipeline(Asking):
             pixels = self.expert_input(image)
             if self.experts is None:
                 return AuxInputs()
-            gate = self.schedule.gate(list(self.experts.steps()), rss_mb())
+            gate = self.schedule.gate(list(self.experts.steps()))
             result = self.experts.run([pixels], pool=self.pool, max_batch=self.expert_batch, gate=gate)[0]
             return self.family.aux_inputs(result)
 
@@ -135,7 +135,7 @@ class Pipeline(Asking):
         concurrent. Returns each image's ExpertResults (or None) and the image features."""
         results: list[ExpertResults | None] = [None] * len(pixels)
         todo = [i for i, w in enumerate(wanted) if w] if self.experts is not None else []
-        gate = self.schedule.gate(["vision", *(self.experts.steps() if todo else ())], rss_mb())
+        gate = self.schedule.gate(["vision", *(self.experts.steps() if todo else ())])
 
         def vision():
             with gate.stage("vision"), timer("vision"):

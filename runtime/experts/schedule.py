@@ -37,8 +37,9 @@ class StageSchedule:
                           f"{largest[0]:.0f} MB exceed it; running one stage at a time", RuntimeWarning, stacklevel=2)
         return k
 
-    def gate(self, stages: list[str], resident_mb: float | None) -> "StageGate":
-        k = self.workers(stages, resident_mb)
+    def gate(self, stages: list[str]) -> "StageGate":
+        """For one call: the resident memory is read only when a budget needs it."""
+        k = self.workers(stages, memory.rss_mb() if self.budget_mb is not None else None)
         return StageGate(self, threading.BoundedSemaphore(k), measure=k == 1 and self.budget_mb is not None)
 
 

@@ -16,6 +16,7 @@ pytest.importorskip("torch", reason="export needs moai-edge[export]")
 from moai_edge.engines.errors import ExportValidationError, InputError  # noqa: E402
 from moai_edge.engines.manifest import Manifest  # noqa: E402
 from moai_edge.export import reduce_package as reducing  # noqa: E402
+from moai_edge.export.merge_decoder import branch_of  # noqa: E402
 from moai_edge.export.precision import PRESETS, precision_preset  # noqa: E402
 from moai_edge.export.precision_check import BOUNDS  # noqa: E402
 from moai_edge.export.quantize import BASE_MATMUL  # noqa: E402
@@ -34,8 +35,7 @@ def branch_graph(root, component):
     inits = {i.name: i for i in proto.graph.initializer}
     if not c.fixed_feeds:
         return proto.graph, inits
-    (branch,) = [a.g for a in proto.graph.node[0].attribute if a.name == ("then_branch" if c.fixed_feeds["is_prefill"]
-                                                                           else "else_branch")]
+    branch = branch_of(proto, prefill=c.fixed_feeds["is_prefill"])
     return branch, {**inits, **{i.name: i for i in branch.initializer}}
 
 

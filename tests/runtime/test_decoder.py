@@ -39,14 +39,11 @@ def test_kv_cache_dtype_comes_from_the_spec():
 
 def prefill_feeds(engine, table: np.ndarray, lengths: list[int]) -> dict[str, np.ndarray]:
     """Right-padded rows of token 7 with the given real lengths; no image, every family input zero."""
-    rows, seq = len(lengths), max(lengths)
-    mask = (np.arange(seq)[None] < np.array(lengths)[:, None]).astype(np.int64)
-    feeds = {"inputs_embeds": np.repeat(table[[[7] * seq]], rows, axis=0).astype(np.float32), "attention_mask": mask,
-             "position_ids": np.broadcast_to(np.arange(seq), (rows, seq)).copy(), "im_mask": np.zeros((rows, seq), bool)}
-    for spec in engine.inputs():
-        if spec.name not in feeds:
-            feeds[spec.name] = np.zeros([rows if a == "batch" else a if isinstance(a, int) else 1 for a in spec.shape],
-                                        spec.dtype)
+    from moai_edge.bench.backbone_memory import zero_prefill_feeds
+
+    feeds = zero_prefill_feeds(engine, max(lengths), rows=len(lengths))
+    feeds["inputs_embeds"][:] = table[7]
+    feeds["attention_mask"][:] = np.arange(max(lengths))[None] < np.array(lengths)[:, None]
     return feeds
 
 
