@@ -38,6 +38,7 @@ class Answer:
     tokens: list[int]
     text: str
     kv_cache_bytes: int  # the batch's KV cache, allocated once for prompt + max_new_tokens
+    prompt_tokens: int  # the prompt's length in positions, image features included
 
 
 class Backbone:
@@ -74,10 +75,11 @@ class Backbone:
         timer = timer or Timer()
         runner, first = self.prefill(features, aux, questions, max_new_tokens=cfg.max_new_tokens, template=template,
                                      timer=timer)
+        prompt_tokens = [int(n) for n in runner.cache.lengths]
         with timer("decode"):
             rows = generate(first, runner.step, runner.select_rows, cfg, on_token=on_token)
         timer.ms["decode_per_token"] = timer.ms["decode"] / max(1, max(len(r) for r in rows) - 1)
-        return [self.answer(ids, runner.cache.nbytes()) for ids in rows]
+        return [self.answer(ids, runner.cache.nbytes(), n) for ids, n in zip(rows, prompt_tokens)]
 
     def prefill(self, features: np.ndarray, aux: list[AuxInputs], questions: list[str], *, max_new_tokens: int,
                 template: str | None = None, timer: Timer | None = None) -> tuple[DecoderRunner, np.ndarray]:
@@ -98,6 +100,6 @@ class Backbone:
             first = runner.prefill(feeds, max_new_tokens=max_new_tokens)
         return runner, first
 
-    def answer(self, ids: list[int], kv_bytes: int) -> Answer:
+    def answer(self, ids: list[int], kv_bytes: int, prompt_tokens: int) -> Answer:
         text = self.tokenizer.decode(ids)
-        return Answer(cut_answer(text, self.manifest.prompts), list(map(int, ids)), text, kv_bytes)
+        return Answer(cut_answer(text, self.manifest.prompts), list(map(int, ids)), text, kv_bytes, prompt_tokens)

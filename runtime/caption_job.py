@@ -42,6 +42,14 @@ class JobSummary:
                 f"done{ignored}; {self.images_per_s:.2f} images/s -> {out}")
 
 
+def record_line(record: CaptionRecord) -> dict:
+    """A record as the output holds it: {"id", "caption" | "error", "timings_ms"}."""
+    line = {"id": record.id}
+    line.update({"caption": record.caption} if record.error is None else {"error": record.error})
+    line["timings_ms"] = {k: round(v, 2) for k, v in record.timings_ms.items()}
+    return line
+
+
 def progress_bar(total: int, initial: int):
     """tqdm on a terminal, nothing otherwise."""
     if not sys.stderr.isatty():
@@ -97,10 +105,7 @@ class CaptionJob:
         writer = RecordWriter(self.out)
 
         def write(record: CaptionRecord) -> None:
-            line = {"id": record.id}
-            line.update({"caption": record.caption} if record.error is None else {"error": record.error})
-            line["timings_ms"] = {k: round(v, 2) for k, v in record.timings_ms.items()}
-            writer.write(line)
+            writer.write(record_line(record))
             counts["caption" if record.error is None else "error"] += 1
             if bar is not None:
                 bar.update(1)

@@ -90,11 +90,23 @@ def add_runtime_verbs(sub) -> None:
     c = sub.add_parser("caption", help="caption a folder (or list file) of images into JSON lines, resumable")
     c.add_argument("input", help="a folder (searched recursively) or a text file with one image path per line")
     engine_options(c)
-    c.add_argument("--out", required=True, help="JSONL file: one record per image (id, caption or error, timings_ms)")
+    c.add_argument("--out", required=True, help="JSONL file: one record per image (id, caption or error, timings_ms); "
+                                                 "with --ray a folder of such files")
     c.add_argument("--batch-size", type=int, default=1, help="images per batch (default: 1)")
     c.add_argument("--question", default=DEFAULT_QUESTION, help="what to ask about every image")
     c.add_argument("--resume", action="store_true", help="keep the captions in --out, retry its errors, do the rest")
     c.add_argument("--max-new-tokens", type=int, help="tokens to generate at most (default: the package's)")
+    r = c.add_argument_group("on a Ray cluster (needs moai-edge[ray])")
+    r.add_argument("--ray", action="store_true", help="caption with Ray Data actors; --out is then a folder of JSONL "
+                                                      "shards, merged by id")
+    r.add_argument("--ray-address", metavar="ADDR", help="the cluster to join: 'auto' for the one this machine is a "
+                                                         "node of (default: $RAY_ADDRESS, else a new local cluster)")
+    r.add_argument("--num-workers", type=int, help="caption actors, each loading the package once (default: 1)")
+    r.add_argument("--worker-cpus", type=float, help="CPUs each actor reserves, and its threads unless --threads "
+                                                     "(default: 1)")
+    r.add_argument("--worker-memory-mb", type=int, metavar="MB", help="memory each actor reserves: the peak RSS "
+                   "'moai-edge bench' reports at this --batch-size, plus headroom (default: none reserved)")
+    r.add_argument("--worker-gpus", type=float, help="GPUs each actor reserves; needed with --device cuda (default: 0)")
     c.set_defaults(func=commands.cmd_caption, interrupted="the records finished so far are kept: run again with --resume")
 
     d = sub.add_parser("demo", help="build the trained tiny-world MoAI package if missing; caption and "
@@ -102,6 +114,29 @@ def add_runtime_verbs(sub) -> None:
     engine_options(d, engine_required=False)
     d.add_argument("--max-new-tokens", type=int, help="tokens per answer (default: 48)")
     d.set_defaults(func=commands.cmd_demo)
+
+
+def add_serve(sub) -> None:
+    s = sub.add_parser("serve", help="an HTTP server for the package: OpenAI chat completions (streamed), /v1/ask, "
+                                     "a camera WebSocket, health and Prometheus metrics (needs moai-edge[serve])")
+    engine_options(s)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="default: 8000")
+    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $MOAI_EDGE_API_KEY if set, else "
+                                     "no key)")
+    s.add_argument("--allow-path", action="append", default=[], metavar="DIR",
+                   help="a folder whose files an image_url may name (repeatable; default: no local files)")
+    s.add_argument("--max-queue", type=int, default=8, help="requests waiting at most; more get 429 (default: 8)")
+    s.add_argument("--max-batch", type=int, default=1, help="requests answered as one batch (default: 1)")
+    s.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default: 5)")
+    s.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body (default: 20)")
+    s.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height (default: 40M)")
+    s.add_argument("--max-new-tokens", type=int, help="the most tokens a request may ask for (default: no limit "
+                                                       "beyond the package's context)")
+    s.add_argument("--image-cache-mb", type=int, default=256,
+                   help="keep recent images' features and expert results for their next question "
+                        "(default: 256; 0: off)")
+    s.set_defaults(func=commands.cmd_serve, interrupted="the server stopped")
 
 
 def add_bench_verbs(sub) -> None:
@@ -145,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     add_export(sub)
     add_runtime_verbs(sub)
+    add_serve(sub)
     add_bench_verbs(sub)
     return p
 

@@ -86,12 +86,20 @@ def cmd_ask(args) -> int:
     return 0
 
 
+RAY_ONLY = ("ray_address", "num_workers", "worker_cpus", "worker_memory_mb", "worker_gpus")
+
+
 def cmd_caption(args) -> int:
+    if args.ray:
+        return cmd_caption_ray(args)
     from .caption_job import CaptionJob
     from .captioner import Captioner
     from .limits import check_batch_size
     from .pipeline import Pipeline
 
+    given = [f"--{name.replace('_', '-')}" for name in RAY_ONLY if getattr(args, name) is not None]
+    if given:
+        raise InputError(f"{', '.join(given)} only apply with --ray")
     check_batch_size(args.batch_size)  # everything that can be refused is, before the package loads
     options = runtime_options(args)
     with CaptionJob.open(args.input, args.out, resume=args.resume) as job, Pipeline.load(args.engine, options) as pipe:
@@ -99,6 +107,44 @@ def cmd_caption(args) -> int:
                               decoding=pipe.decoding("greedy", max_new_tokens=args.max_new_tokens))
         summary = job.run(captioner)
     print(summary.line(args.out), file=sys.stderr)
+    return 0
+
+
+def cmd_caption_ray(args) -> int:
+    """`caption --ray`: the same job on Ray Data actors, into a folder of shards (runtime/caption_ray.py)."""
+    from .caption_ray import RayWorkers, run_ray_caption_job
+
+    workers = RayWorkers(count=1 if args.num_workers is None else args.num_workers,
+                         cpus=1.0 if args.worker_cpus is None else args.worker_cpus, memory_mb=args.worker_memory_mb,
+                         gpus=0.0 if args.worker_gpus is None else args.worker_gpus)
+    summary = run_ray_caption_job(args.engine, args.input, args.out, options=runtime_options(args),
+                                  question=args.question, batch_size=args.batch_size,
+                                  max_new_tokens=args.max_new_tokens, resume=args.resume, workers=workers,
+                                  address=args.ray_address)
+    print(summary.line(args.out), file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    """The package behind a localhost HTTP server; the package is checked here so a wrong path fails at once."""
+    import os
+
+    from moai_edge.engines.manifest import load_manifest
+
+    uvicorn = require("uvicorn", "serve")
+    from .pipeline import Pipeline
+    from .serve.app import create_app
+    from .serve.config import ServeConfig
+
+    options = runtime_options(args).replace(image_cache_mb=args.image_cache_mb)
+    load_manifest(args.engine, verify_hashes=False)
+    config = ServeConfig(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("MOAI_EDGE_API_KEY"),
+                         allow_paths=tuple(Path(p) for p in args.allow_path), max_queue=args.max_queue,
+                         max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+                         max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels,
+                         max_new_tokens=args.max_new_tokens)
+    app = create_app(lambda: Pipeline.load(args.engine, options), config, model=Path(args.engine).resolve().name)
+    uvicorn.run(app, host=config.host, port=config.port, ws_max_size=config.max_body_bytes, log_level="info")
     return 0
 
 

@@ -76,7 +76,7 @@ def open_path(path: Path, name: str):
 
 def load_image(src, *, name: str | None = None) -> np.ndarray:
     """A path, bytes, PIL image or array -> HxWx3 uint8 RGB, EXIF orientation applied."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     name = name or _describe(src)
     if isinstance(src, np.ndarray):
@@ -96,6 +96,10 @@ def load_image(src, *, name: str | None = None) -> np.ndarray:
         raise ImageError(f"{name} is refused as a decompression bomb: {exc}") from exc
     except ImageError:
         raise
+    except UnidentifiedImageError as exc:  # Pillow's text names the source, bytes by a memory address: the same image,
+        # as a path or as bytes (a Ray worker's), must get the same record
+        raise ImageError(f"{name} is not a readable image: UnidentifiedImageError: cannot identify the image "
+                         f"format") from exc
     except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types (struct.error, IndexError, ...) on corrupt input
         raise ImageError(f"{name} is not a readable image: {type(exc).__name__}: {exc}") from exc
 

@@ -41,15 +41,20 @@ def check_generation(dims: ModelDims, *, max_new_tokens: int | None, rows: int, 
     context, and the KV cache of `rows` full-context rows must fit in the memory available now."""
     if max_new_tokens is None:
         return
-    room = dims.max_context - dims.num_image_tokens - 1
-    check_range("max_new_tokens", max_new_tokens, 1, room,
-                f" (the package's context is {dims.max_context} tokens, {dims.num_image_tokens + 1} of them "
-                f"taken by the image and BOS at least)")
+    check_new_tokens(dims, max_new_tokens)
     need = kv_cache_bytes(dims, rows=rows, positions=dims.max_context, itemsize=itemsize)
     free = available_memory()
     if free is not None and need > free:
         raise InputError(f"a KV cache of {rows} rows x {dims.max_context} positions needs {need / 2**30:.1f} GiB, "
                          f"{free / 2**30:.1f} GiB of memory is available: lower the batch size")
+
+
+def check_new_tokens(dims: ModelDims, max_new_tokens: int) -> None:
+    """Room for `max_new_tokens` after the smallest prompt (the image tokens and BOS) in the package's context."""
+    room = dims.max_context - dims.num_image_tokens - 1
+    check_range("max_new_tokens", max_new_tokens, 1, room,
+                f" (the package's context is {dims.max_context} tokens, {dims.num_image_tokens + 1} of them "
+                f"taken by the image and BOS at least)")
 
 
 def check_context(prompt_len: int, max_new_tokens: int, max_context: int) -> None:

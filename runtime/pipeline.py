@@ -94,7 +94,8 @@ class Pipeline(Asking):
             release_freed()
             total = (time.perf_counter() - t0) * 1e3
         return [Result(req.id, ans.answer, ans.tokens, s.results.to_json() if s.results is not None else {},
-                       self.family.display_text(a), {**timer.ms, "total": total}, ans.kv_cache_bytes, timer.spans)
+                       self.family.display_text(a), {**timer.ms, "total": total}, ans.kv_cache_bytes, ans.prompt_tokens,
+                       timer.spans)
                 for req, s, a, ans in zip(requests, seen, aux, answers)]
 
     def check_open(self) -> None:
@@ -119,16 +120,17 @@ class Pipeline(Asking):
         keys = [image_key(p) for p in pixels] if self.image_cache is not None else [None] * len(pixels)
         need = [w and self.experts is not None for w in wanted]
         out = [self.image_cache.get(k, need_experts=n) if k else None for k, n in zip(keys, need)]
-        todo = [i for i, s in enumerate(out) if s is None]
-        if not todo:
-            return out
-        results, features = self.see([pixels[i] for i in todo], [wanted[i] for i in todo], timer)
-        with timer("verbalize"):
-            for i, r, f in zip(todo, results, features):
-                out[i] = Seen(f, r, self.family.aux_inputs(r) if r is not None else None)
-                if keys[i]:
-                    self.image_cache.put(keys[i], out[i])
-        return out
+        first: dict = {}  # with the cache on, an image that appears twice in one batch is seen once
+        todo = [i for i, s in enumerate(out)
+                if s is None and (keys[i] is None or first.setdefault((keys[i], need[i]), i) == i)]
+        if todo:
+            results, features = self.see([pixels[i] for i in todo], [wanted[i] for i in todo], timer)
+            with timer("verbalize"):
+                for i, r, f in zip(todo, results, features):
+                    out[i] = Seen(f, r, self.family.aux_inputs(r) if r is not None else None)
+                    if keys[i]:
+                        self.image_cache.put(keys[i], out[i])
+        return [s if s is not None else out[first[(keys[i], need[i])]] for i, s in enumerate(out)]
 
     def see(self, pixels: list[np.ndarray], wanted: list[bool], timer: Timer) -> tuple[list, np.ndarray]:
         """The experts (on the images that want them) and the vision tower: independent, so side by side when

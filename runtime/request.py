@@ -32,6 +32,7 @@ class Result:
     verbalized: str | None  # the family's display text: MoAI's verbalized experts, CoLLaVO's segment text
     timings_ms: dict[str, float]
     kv_cache_bytes: int = 0
+    prompt_tokens: int = 0  # the prompt's length in positions, image features included
     spans: list[tuple[str, float, float]] = field(default_factory=list)  # (stage, start, end) perf_counter seconds
 
     def to_json(self) -> dict:

@@ -24,10 +24,13 @@ except ModuleNotFoundError:  # Python 3.10
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_PARTS = ("runtime", "engines")  # what `pip install moai-edge` gives a robot
 EXPERTS = ROOT / "runtime" / "experts"  # needed to run a MoAI package: no optional import here
+EXTRA_FOLDERS = {ROOT / "runtime" / "serve": "serve"}  # imported only by its extra's users, after require() names it
 DISTRIBUTION = {  # top-level module -> the distribution that provides it
     "numpy": "numpy", "onnxruntime": "onnxruntime", "sentencepiece": "sentencepiece", "PIL": "pillow",
     "cv2": "opencv-python-headless", "pyclipper": "pyclipper", "tqdm": "tqdm", "torch": "torch",
     "cuda": "cuda-python", "tensorrt": "tensorrt", "matplotlib": "matplotlib", "onnxruntime_genai": "onnxruntime-genai",
+    "fastapi": "fastapi", "starlette": "starlette", "sse_starlette": "sse-starlette", "uvicorn": "uvicorn",
+    "prometheus_client": "prometheus-client", "ray": "ray",
 }
 NEVER_IN_BASE = {"torch", "torchvision", "transformers", "optimum"}
 
@@ -81,6 +84,9 @@ def test_every_import_of_the_runtime_is_a_base_dependency(project):
             continue
         dist = canonicalize_name(DISTRIBUTION[module])
         needed_by_experts = path.is_relative_to(EXPERTS)
+        folder_extra = next((extra for folder, extra in EXTRA_FOLDERS.items() if path.is_relative_to(folder)), None)
+        if how == "import" and folder_extra:
+            how = f"require:{folder_extra}"
         if (how == "import" or needed_by_experts) and dist not in base:
             wrong.append(f"{where}: needs '{dist}', which is not a base dependency")
         elif how.startswith("require:") and not needed_by_experts:

@@ -112,7 +112,8 @@ class ReferenceBackbone:
         with timer("decode"):
             tokens = generate(logits, state.step, state.select_rows, cfg, on_token=on_token)[0]
         text = self.tokenizer.decode(tokens)
-        return Answer(reference_answer(text), list(map(int, tokens)), text, state.nbytes())
+        return Answer(reference_answer(text), list(map(int, tokens)), text, state.nbytes(),
+                      int(inputs.attention_mask.sum()))
 
     def ask(self, image: np.ndarray, question: str, *, aux: AuxInputs | None = None,
             decoding: DecodingConfig | None = None, template: str | None = None, timer: Timer | None = None) -> Answer:

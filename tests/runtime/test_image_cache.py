@@ -43,6 +43,20 @@ def entry(kb: int) -> Seen:
     return Seen(features=np.zeros(kb * 256, np.float32))
 
 
+def test_one_image_twice_in_a_batch_is_seen_once(tiny_packages):
+    image, other = sample_image(size=160, seed=5), sample_image(size=160, seed=6)
+    images, questions = [image, other, image], [QUESTIONS[0], QUESTIONS[0], QUESTIONS[1]]
+    with Pipeline.load(tiny_packages["moai"], RuntimeOptions(threads=1)) as plain:
+        expected = plain.ask_batch(images, questions, decoding="greedy", max_new_tokens=6)
+    with Pipeline.load(tiny_packages["moai"], RuntimeOptions(threads=1, image_cache_mb=64)) as pipe:
+        see, seen = pipe.see, []
+        pipe.see = lambda pixels, *args: seen.append(len(pixels)) or see(pixels, *args)
+        got = pipe.ask_batch(images, questions, decoding="greedy", max_new_tokens=6)
+        assert seen == [2] and len(pipe.image_cache.entries) == 2  # the experts and the tower ran on two images
+    for g, e in zip(got, expected):
+        assert g.tokens == e.tokens and g.experts == e.experts and g.verbalized == e.verbalized
+
+
 def test_the_cache_holds_at_most_its_bytes_and_drops_the_least_recently_used():
     cache = ImageCache(max_bytes=3 * 1024)
     for key in "abc":

@@ -51,6 +51,8 @@ def test_pipeline_equals_the_pytorch_reference_pipeline(pipelines, tiny_packages
     batch = pipe.ask_batch(four_images(), [QUESTION] * 4, decoding="greedy", max_new_tokens=10)
     assert compare_results(batch, theirs) == []  # experts, display text, tokens
     assert [got.verbalized for got in batch] == [r.verbalized for r in theirs]  # the text exactly, not up to rounding
+    assert [got.prompt_tokens for got in batch] == [r.prompt_tokens for r in theirs]  # the usage a server reports
+    assert batch[0].prompt_tokens > pipe.manifest.model.num_image_tokens
     found = sum(len(got.experts["segments"]) + len(got.experts["detections"]) + len(got.experts["relations"])
                 for got in batch)
     assert found > 0  # the experts found something, so the comparison could fail

@@ -1,0 +1,1 @@
+"""`moai-edge serve`: the package behind a localhost HTTP server (extra `serve`)."""

@@ -1,0 +1,41 @@
+"""What `moai-edge serve` is told: where it listens, who may ask, and how much it takes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from moai_edge.engines.errors import InputError
+
+from ..limits import check_range
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"  # localhost unless told otherwise
+    port: int = 8000
+    api_key: str | None = None  # given: every endpoint but /health* needs `Authorization: Bearer <key>`
+    allow_paths: tuple[Path, ...] = ()  # folders an image_url may name local files in; none: no local files
+    max_queue: int = 8  # requests waiting for the model; one more gets 429
+    max_batch: int = 1  # requests answered as one batch (same decoding settings)
+    batch_wait_ms: float = 5.0  # how long the first request of a batch waits for others
+    max_body_bytes: int = 20 * 2**20
+    max_pixels: int = 40_000_000  # width x height of an image, read from its header before it is decoded
+    max_new_tokens: int | None = None  # the most a request may ask for; None: the package's context decides
+    warmup: bool = True  # answer one question on a sample image before /health/ready says ready
+
+    def __post_init__(self) -> None:
+        check_range("port", self.port, 0, 65535)
+        check_range("max_queue", self.max_queue, 1, 1 << 16)
+        check_range("max_batch", self.max_batch, 1, 1024)
+        check_range("max_body_bytes", self.max_body_bytes, 1024, 1 << 34)
+        check_range("max_pixels", self.max_pixels, 1, 1 << 34)
+        if self.max_new_tokens is not None:
+            check_range("max_new_tokens", self.max_new_tokens, 1, 1 << 20)
+        if not 0 <= self.batch_wait_ms <= 10_000:
+            raise InputError(f"batch_wait_ms: expected 0 to 10000 ms, found {self.batch_wait_ms!r}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise InputError("api_key: expected a non-empty key, found an empty string")
+        for folder in self.allow_paths:
+            if not Path(folder).is_dir():
+                raise InputError(f"allow_paths: expected existing folders, found '{folder}'")
