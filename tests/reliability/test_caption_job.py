@@ -42,7 +42,9 @@ def lines_in(out) -> int:
 
 def start_and_wait(cmd, out, records: int, timeout: float = 120):
     """Start a job and return it once `out` holds `records` complete lines (0: once the job holds its lock)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal delivers it: a job started from a background shell inherits it ignored
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lock = out.with_name(out.name + ".lock")
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
