@@ -33,8 +33,11 @@ from .panoptic import PANOPTIC, build_tiny_panoptic, input_size, labels_of, load
 
 # Mask2Former's decoder thresholds its intermediate masks at 0.5 for masked attention: fp32 noise flips the
 # pixels that sit on the threshold and moves a query's logits by up to ~2e-3 of their range (seen on random
-# inputs), where the rest of the graph agrees to ~1e-6.
-TOLERANCES = {"panoptic": Tolerance(atol=1e-4, rtol=1e-2, of_max=True),
+# inputs), where the rest of the graph agrees to ~1e-6. A flip can also change a query's attention enough to move
+# its logits by any amount: on the `small` CoLLaVO's Swin-B at batch 4, 7 of 800 queries were off (all in one
+# image; up to 2.6% of the range), the other 793 within 1e-6. So 97% of the queries must agree: a graph that mixed
+# the images of a batch would put at least a quarter of a batch of 4 off.
+TOLERANCES = {"panoptic": Tolerance(atol=1e-4, rtol=1e-2, of_max=True, query_agreement=0.97),
               # the best query is an argmax: near-tied logits may pick another query on a few boxes. With full-size
               # random weights (the `small` preset) PyTorch's own fp32 boxes are 1.9e-3 off a float64 run, where
               # onnxruntime's are 0.9e-3 off, so the two fp32 runs may differ by ~3e-3 of the image.
