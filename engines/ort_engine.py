@@ -17,6 +17,7 @@ from .errors import EngineError
 from .options import DEVICES, RuntimeOptions
 from .protocol import TensorSpec, check_feeds
 from .registry import Graph, backend
+from .resident_pages import drop_resident_pages
 from .shared_weights import SharedWeights
 
 EXECUTION_PROVIDERS = {
@@ -120,6 +121,7 @@ class OrtEngine:
             if stream is not None:
                 stream.close()
             raise EngineError(f"onnxruntime could not load '{graph.path}' ({graph.name}): {exc}") from exc
+        drop_resident_pages(graph.external_files)  # what prepacking read and will not read again
         return cls(session, name=graph.name, check_inputs=options.check_inputs, shared=shared, stream=stream,
                    run_options=shrinking_arena() if options.memory_arena and options.device == "cpu" else None)
 

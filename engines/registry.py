@@ -38,6 +38,7 @@ class Graph:
     data: bytes | None = None  # the verified bytes to open; None: the backend reads `path` itself
     external_data: bool = False  # the graph names files beside it (shared weights, extra_files)
     stamp: integrity.Stamp | None = None  # the version of `path` that was hashed, when the backend reads it itself
+    external_files: tuple[Path, ...] = ()  # the external data files the graph names (the manifest's extra_files)
 
 
 class Backend(Protocol):
@@ -160,15 +161,17 @@ def package_graph(manifest: Manifest, component: str, *, verify: bool) -> Graph:
     is handed over as bytes; its external data files (`extra_files`) are hashed here, and the backend reads them
     from the package folder."""
     c = manifest.component(component)
+    extra = []
     for rel in c.extra_files:
         path, expected, label = manifest.file_check(rel)
+        extra.append(path)
         if verify and expected is not None:
             integrity.map_verified(path, expected, label)
     path, expected, label = manifest.file_check(c.file)
     external = bool(c.extra_files or c.shared_weights)
     if external:
         return Graph(component, path, integrity.read_verified(path, expected if verify else None, label),
-                     external_data=True)
+                     external_data=True, external_files=tuple(extra))
     _, stamp = integrity.map_verified(path, expected if verify else None, label)
     return Graph(component, path, stamp=stamp)
 
