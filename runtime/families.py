@@ -102,7 +102,10 @@ class CoLLaVO(Family):
             n = np.zeros((g, g), np.int64) if a.number_map is None else np.asarray(a.number_map, np.int64)
             if c.shape != (g, g) or n.shape != (g, g):
                 raise InputError(f"crayon maps must be ({g}, {g}), found class {c.shape} and number {n.shape}")
-            if c.min() < 0 or c.max() >= d.num_seg_classes or n.min() < 0 or n.max() >= d.num_seg_numbers:
+            # the reference indexes its number table unguarded and fails on an image with more instances of a class
+            # than the table has numbers (20); here those instances share the last number
+            n = np.minimum(n, d.num_seg_numbers - 1)
+            if c.min() < 0 or c.max() >= d.num_seg_classes or n.min() < 0:
                 raise InputError(f"crayon map values out of range: class ids must be in [0, {d.num_seg_classes}), "
                                  f"numbers in [0, {d.num_seg_numbers}); found class {c.min()}..{c.max()}, "
                                  f"number {n.min()}..{n.max()}")
