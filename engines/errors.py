@@ -25,6 +25,10 @@ class ImageError(InputError):
     """An image could not be read or decoded."""
 
 
+class ContextError(InputError):
+    """A prompt and the tokens asked for do not fit the package's context."""
+
+
 class CheckpointError(MoaiEdgeError):
     """A checkpoint could not be found or does not have the expected layout."""
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from moai_edge.engines.errors import ExportValidationError
+from moai_edge.engines.errors import ContextError, ExportValidationError
 from moai_edge.runtime.families import AuxInputs
 from moai_edge.runtime.generation import log_softmax
 from moai_edge.runtime.pipeline import Pipeline
@@ -50,6 +50,7 @@ class Agreement:
     same_answers: float
     positions: int
     questions: int
+    skipped: int = 0  # questions whose prompt does not fit the package's context (many segments, a random model)
 
     def to_json(self) -> dict:
         return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -87,6 +88,7 @@ class Tally:
         self.hits: list[bool] = []
         self.kls: list[float] = []
         self.same: list[bool] = []
+        self.skipped = 0
 
     def add(self, tokens: list[int], ref: list[np.ndarray], ours: list[np.ndarray]) -> None:
         hits = [int(np.argmax(o)) == t for o, t in zip(ours, tokens)]
@@ -95,8 +97,10 @@ class Tally:
         self.same.append(all(hits))
 
     def agreement(self) -> Agreement:
+        if not self.hits:
+            raise ExportValidationError(f"none of the {self.skipped} world questions fits the package's context")
         return Agreement(float(np.mean(self.hits)), float(np.mean(self.kls)), float(np.mean(self.same)),
-                         len(self.hits), len(self.same))
+                         len(self.hits), len(self.same), self.skipped)
 
 
 def measure_agreement(reference: Pipeline, reduced: Pipeline, *, images: int = CHECK_IMAGES,
@@ -109,9 +113,16 @@ def measure_agreement(reference: Pipeline, reduced: Pipeline, *, images: int = C
         world = generate(s)
         ref_inputs, our_inputs = seen(reference, world.image), seen(reduced, world.image)
         for qa in questions_for(world.scene, random.Random(s)):
-            tokens, ref = answer_logits(reference, *ref_inputs, qa.question, None)
+            try:
+                tokens, ref = answer_logits(reference, *ref_inputs, qa.question, None)
+            except ContextError:
+                decoder.skipped, end_to_end.skipped = decoder.skipped + 1, end_to_end.skipped + 1
+                continue
             decoder.add(tokens, ref, answer_logits(reduced, *ref_inputs, qa.question, tokens)[1])
-            end_to_end.add(tokens, ref, answer_logits(reduced, *our_inputs, qa.question, tokens)[1])
+            try:  # the reduced experts may find more segments, so a longer prompt
+                end_to_end.add(tokens, ref, answer_logits(reduced, *our_inputs, qa.question, tokens)[1])
+            except ContextError:
+                end_to_end.skipped += 1
     return {"decoder": decoder.agreement(), "end_to_end": end_to_end.agreement()}
 
 

@@ -62,7 +62,8 @@ def cmd_export(args) -> int:
         if part != "against":
             print(f"  {m.source['precision']} {part} against fp32 on {check['questions']} world questions: token "
                   f"agreement {check['token_agreement']:.2%}, mean KL {check['kl']:.2g} nats, "
-                  f"same answers {check['same_answers']:.0%}")
+                  f"same answers {check['same_answers']:.0%}"
+                  + (f" ({check['skipped']} skipped: longer than the context)" if check.get("skipped") else ""))
     return 0
 
 

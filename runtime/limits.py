@@ -5,7 +5,7 @@ Each check raises InputError naming the option, the allowed range and the value 
 
 from __future__ import annotations
 
-from moai_edge.engines.errors import InputError
+from moai_edge.engines.errors import ContextError, InputError
 from moai_edge.engines.manifest import ModelDims
 
 MAX_BATCH_SIZE = 1024
@@ -59,6 +59,6 @@ def check_new_tokens(dims: ModelDims, max_new_tokens: int) -> None:
 
 def check_context(prompt_len: int, max_new_tokens: int, max_context: int) -> None:
     if prompt_len + max_new_tokens > max_context:
-        raise InputError(f"a prompt of {prompt_len} tokens (image tokens included) + {max_new_tokens} new tokens "
+        raise ContextError(f"a prompt of {prompt_len} tokens (image tokens included) + {max_new_tokens} new tokens "
                          f"exceeds the package's context of {max_context} tokens: ask for at most "
                          f"{max(0, max_context - prompt_len)} new tokens")

@@ -174,3 +174,28 @@ def test_a_broken_conversion_fails_the_check(tiny_packages, tmp_path, monkeypatc
         reducing.reduce_and_check(tiny_packages["collavo"], tmp_path / "broken", PRESETS["int8"])
     recorded = json.loads((tmp_path / "broken" / "manifest.json").read_text())["source"]["precision_check"]
     assert recorded["decoder"]["token_agreement"] < BOUNDS["int8"].token_agreement
+
+
+def test_questions_longer_than_the_context_are_skipped_and_counted(tiny_packages, monkeypatch):
+    """A random-weight model's experts may find so many segments that a prompt outgrows the context: that question
+    is skipped and counted, not the whole check stopped; with none left the check says so."""
+    from moai_edge.engines.errors import ContextError
+    from moai_edge.export import precision_check
+
+    real, calls = precision_check.answer_logits, []
+
+    def every_third_too_long(pipe, features, aux, question, tokens):
+        calls.append(question)
+        if tokens is None and len(calls) % 3 == 1:
+            raise ContextError("a prompt of 9999 tokens exceeds the package's context")
+        return real(pipe, features, aux, question, tokens)
+
+    monkeypatch.setattr(precision_check, "answer_logits", every_third_too_long)
+    with Pipeline.load(tiny_packages["moai"]) as pipe:
+        found = precision_check.measure_agreement(pipe, pipe, images=1)
+        assert found["decoder"].skipped == found["end_to_end"].skipped >= 1
+        assert found["decoder"].token_agreement == 1.0 and found["decoder"].questions >= 1
+        monkeypatch.setattr(precision_check, "answer_logits",
+                            lambda *a: (_ for _ in ()).throw(ContextError("too long")))
+        with pytest.raises(ExportValidationError, match="none of the .* world questions fits"):
+            precision_check.measure_agreement(pipe, pipe, images=1)
