@@ -8,10 +8,8 @@ when the app starts, so /health answers at once and /health/ready once the packa
 """
 
 import asyncio
-import hmac
 import json
 import logging
-import threading
 import time
 from contextlib import asynccontextmanager
 from typing import Callable
@@ -20,118 +18,19 @@ from moai_edge.engines.errors import MoaiEdgeError, require
 
 from ..pipeline import Pipeline
 from ..request import DEFAULT_QUESTION, Request, Result
-from ..samples import sample_image
 from .camera import run_camera
 from .config import ServeConfig
 from .errors import RequestRefused, error_body, status_of
-from .metrics import Metrics
+from .metrics import CountRequests
 from .openai_chat import Completion, parse_chat
 from .request_images import decode_image, image_bytes_from_url
+from .state import Server
 from .text_stream import TextStream
-from .worker import Cancelled, Job, Worker
+from .worker import Job
 
 log = logging.getLogger("moai_edge.serve")
 ENDPOINTS = ("/v1/chat/completions", "/v1/ask", "/v1/camera", "/v1/models", "/health", "/health/ready", "/metrics")
 CLIENT_GONE = 499  # nginx's "client closed request": counted, never seen by a client
-
-
-class Server:
-    """What every route shares: the package (loaded on a background thread), the worker and the metrics."""
-
-    def __init__(self, load: Callable[[], Pipeline], config: ServeConfig, *, model: str, owns_pipeline: bool):
-        self.config, self.model, self.owns_pipeline = config, model, owns_pipeline
-        self.pipeline: Pipeline | None = None
-        self.worker: Worker | None = None
-        self.failure: str | None = None
-        self.ready = threading.Event()
-        self.metrics = Metrics(queue_depth=lambda: self.worker.depth() if self.worker else 0,
-                               in_flight=lambda: self.worker.running if self.worker else 0,
-                               cache_counts=self.cache_counts)
-        self.loader = threading.Thread(target=self.start, args=(load,), name="serve-load", daemon=True)
-
-    def start(self, load: Callable[[], Pipeline]) -> None:
-        try:
-            pipeline = load()
-            if self.config.warmup:  # the first run pays for allocations and lazy initialisation, not a client
-                pipeline.ask(sample_image(), DEFAULT_QUESTION, decoding="greedy", max_new_tokens=2)
-            self.pipeline = pipeline
-            self.worker = Worker(pipeline, max_queue=self.config.max_queue, max_batch=self.config.max_batch,
-                                 batch_wait_ms=self.config.batch_wait_ms)
-            self.ready.set()
-            log.info("%s loaded and warm: ready", self.model)
-        except Exception as exc:  # noqa: BLE001 - reported by /health/ready and to every request
-            self.failure = f"{type(exc).__name__}: {exc}"
-            log.error("the package failed to load: %s", self.failure)
-
-    def close(self) -> None:
-        if self.worker is not None:
-            self.worker.close()
-        if self.pipeline is not None and self.owns_pipeline:
-            self.pipeline.close()
-
-    def cache_counts(self) -> tuple[int, int]:
-        cache = self.pipeline.image_cache if self.pipeline is not None else None
-        return (cache.hits, cache.misses) if cache is not None else (0, 0)
-
-    def ready_pipeline(self) -> Pipeline:
-        if self.failure:
-            raise RequestRefused(503, f"the package failed to load: {self.failure}", kind="server_error")
-        if not self.ready.is_set():
-            raise RequestRefused(503, "the package is still loading", kind="server_error",
-                                 headers={"Retry-After": "5"})
-        return self.pipeline
-
-    def authorize(self, headers) -> None:
-        key = self.config.api_key
-        if key is None:
-            return
-        scheme, _, given = headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
-            raise RequestRefused(401, "expected the header 'Authorization: Bearer <api key>' with this server's key",
-                                 kind="authentication_error")
-
-    def submit(self, request: Request, *, stream: bool) -> tuple[Job, asyncio.Future, asyncio.Queue | None]:
-        """Queue a request; its answer settles the returned future and, when streaming, its tokens (then None) go
-        into the returned queue, both on this event loop."""
-        loop = asyncio.get_running_loop()
-        answer, tokens = loop.create_future(), (asyncio.Queue() if stream else None)
-
-        def done(job: Job, result: Result | None, error: Exception | None) -> None:
-            if job.cancelled.is_set() or isinstance(error, Cancelled):
-                self.metrics.cancelled.inc()
-            elif result is not None:
-                self.metrics.answered(result, job.queue_ms)
-            to_loop(loop, settle, answer, result, error)
-            if tokens is not None:
-                to_loop(loop, tokens.put_nowait, None)
-
-        on_token = (lambda token: to_loop(loop, tokens.put_nowait, token)) if stream else None
-        job = Job(request, done, on_token)
-        try:
-            self.worker.submit(job)
-        except RequestRefused as exc:
-            if exc.status == 429:
-                self.metrics.rejected.inc()
-            raise
-        return job, answer, tokens
-
-
-def to_loop(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
-    try:
-        loop.call_soon_threadsafe(fn, *args)
-    except RuntimeError:  # the loop is closed: the server is stopping and nobody waits for this any more
-        pass
-
-
-def settle(future: asyncio.Future, result, error) -> None:
-    if future.done():
-        return
-    if isinstance(error, Cancelled):  # nobody waits for it any more
-        future.cancel()
-    elif error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 def create_app(load: Callable[[], Pipeline], config: ServeConfig | None = None, *, model: str = "moai-edge",
@@ -157,13 +56,14 @@ def create_app(load: Callable[[], Pipeline], config: ServeConfig | None = None, 
 
     app = fastapi.FastAPI(title="moai-edge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
-    app.add_middleware(CountRequests, metrics=server.metrics)
+    app.add_middleware(CountRequests, metrics=server.metrics, endpoints=ENDPOINTS)
 
     def refused(exc: Exception) -> JSONResponse:
         status, kind = status_of(exc)
-        message = str(exc) if status < 500 or isinstance(exc, RequestRefused) else f"{type(exc).__name__}: {exc}"
-        if status >= 500 and not isinstance(exc, RequestRefused):
+        message = str(exc)
+        if status >= 500 and not isinstance(exc, RequestRefused):  # an engine failure or a bug: logged in full
             log.exception("a request failed", exc_info=exc)
+            message = f"{type(exc).__name__}: {exc}"
         return JSONResponse(error_body(message, kind, status), status_code=status,
                             headers=getattr(exc, "headers", None))
 
@@ -310,27 +210,3 @@ def create_app(load: Callable[[], Pipeline], config: ServeConfig | None = None, 
                          metrics=server.metrics)
 
     return app
-
-
-class CountRequests:
-    """Counts every HTTP request by endpoint and status (a plain ASGI middleware: it leaves streaming and
-    disconnect detection alone)."""
-
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        status = [500]
-
-        async def record(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record)
-        finally:
-            endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
-            self.metrics.requests.labels(endpoint, str(status[0])).inc()

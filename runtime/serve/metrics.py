@@ -66,3 +66,27 @@ class CacheLookups:
         for outcome, n in zip(("hit", "miss"), self.counts()):
             family.add_metric([outcome], n)
         yield family
+
+
+class CountRequests:
+    """Counts every HTTP request by endpoint and status (a plain ASGI middleware: it leaves streaming and
+    disconnect detection alone)."""
+
+    def __init__(self, app, metrics: Metrics, endpoints: tuple[str, ...]):
+        self.app, self.metrics, self.endpoints = app, metrics, endpoints
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = [500]
+
+        async def record(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            endpoint = scope["path"] if scope["path"] in self.endpoints else "other"
+            self.metrics.requests.labels(endpoint, str(status[0])).inc()

@@ -1,0 +1,117 @@
+"""What every route of the server shares: the package (loaded on a background thread), the worker in front of it,
+the metrics, and the bridge between the worker's thread and the event loop."""
+
+import asyncio
+import hmac
+import logging
+import threading
+from typing import Callable
+
+from ..pipeline import Pipeline
+from ..request import DEFAULT_QUESTION, Request, Result
+from ..samples import sample_image
+from .config import ServeConfig
+from .errors import RequestRefused
+from .metrics import Metrics
+from .worker import Cancelled, Job, Worker
+
+log = logging.getLogger("moai_edge.serve")
+
+
+class Server:
+    """What every route shares: the package (loaded on a background thread), the worker and the metrics."""
+
+    def __init__(self, load: Callable[[], Pipeline], config: ServeConfig, *, model: str, owns_pipeline: bool):
+        self.config, self.model, self.owns_pipeline = config, model, owns_pipeline
+        self.pipeline: Pipeline | None = None
+        self.worker: Worker | None = None
+        self.failure: str | None = None
+        self.ready = threading.Event()
+        self.metrics = Metrics(queue_depth=lambda: self.worker.depth() if self.worker else 0,
+                               in_flight=lambda: self.worker.running if self.worker else 0,
+                               cache_counts=self.cache_counts)
+        self.loader = threading.Thread(target=self.start, args=(load,), name="serve-load", daemon=True)
+
+    def start(self, load: Callable[[], Pipeline]) -> None:
+        try:
+            pipeline = load()
+            if self.config.warmup:  # the first run pays for allocations and lazy initialisation, not a client
+                pipeline.ask(sample_image(), DEFAULT_QUESTION, decoding="greedy", max_new_tokens=2)
+            self.pipeline = pipeline
+            self.worker = Worker(pipeline, max_queue=self.config.max_queue, max_batch=self.config.max_batch,
+                                 batch_wait_ms=self.config.batch_wait_ms)
+            self.ready.set()
+            log.info("%s loaded and warm: ready", self.model)
+        except Exception as exc:  # noqa: BLE001 - reported by /health/ready and to every request
+            self.failure = f"{type(exc).__name__}: {exc}"
+            log.error("the package failed to load: %s", self.failure)
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+        if self.pipeline is not None and self.owns_pipeline:
+            self.pipeline.close()
+
+    def cache_counts(self) -> tuple[int, int]:
+        cache = self.pipeline.image_cache if self.pipeline is not None else None
+        return (cache.hits, cache.misses) if cache is not None else (0, 0)
+
+    def ready_pipeline(self) -> Pipeline:
+        if self.failure:
+            raise RequestRefused(503, f"the package failed to load: {self.failure}", kind="server_error")
+        if not self.ready.is_set():
+            raise RequestRefused(503, "the package is still loading", kind="server_error",
+                                 headers={"Retry-After": "5"})
+        return self.pipeline
+
+    def authorize(self, headers) -> None:
+        key = self.config.api_key
+        if key is None:
+            return
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+            raise RequestRefused(401, "expected the header 'Authorization: Bearer <api key>' with this server's key",
+                                 kind="authentication_error")
+
+    def submit(self, request: Request, *, stream: bool) -> tuple[Job, asyncio.Future, asyncio.Queue | None]:
+        """Queue a request; its answer settles the returned future and, when streaming, its tokens (then None) go
+        into the returned queue, both on this event loop."""
+        loop = asyncio.get_running_loop()
+        answer, tokens = loop.create_future(), (asyncio.Queue() if stream else None)
+
+        def done(job: Job, result: Result | None, error: Exception | None) -> None:
+            if job.cancelled.is_set() or isinstance(error, Cancelled):
+                self.metrics.cancelled.inc()
+            elif result is not None:
+                self.metrics.answered(result, job.queue_ms)
+            to_loop(loop, settle, answer, result, error)
+            if tokens is not None:
+                to_loop(loop, tokens.put_nowait, None)
+
+        on_token = (lambda token: to_loop(loop, tokens.put_nowait, token)) if stream else None
+        job = Job(request, done, on_token)
+        try:
+            self.worker.submit(job)
+        except RequestRefused as exc:
+            if exc.status == 429:
+                self.metrics.rejected.inc()
+            raise
+        return job, answer, tokens
+
+
+def to_loop(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:  # the loop is closed: the server is stopping and nobody waits for this any more
+        pass
+
+
+def settle(future: asyncio.Future, result, error) -> None:
+    if future.done():
+        return
+    if isinstance(error, Cancelled):  # nobody waits for it any more
+        future.cancel()
+    elif error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
