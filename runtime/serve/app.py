@@ -14,7 +14,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import Callable
 
-from moai_edge.engines.errors import MoaiEdgeError, require
+from moai_edge.engines.errors import InputError, MoaiEdgeError, require
 
 from ..pipeline import Pipeline
 from ..request import DEFAULT_QUESTION, Request, Result
@@ -137,7 +137,8 @@ def create_app(load: Callable[[], Pipeline], config: ServeConfig | None = None, 
             body = json.loads(await body_of(request))
         except ValueError as exc:
             raise RequestRefused(400, f"the body is not JSON: {exc}") from exc
-        ask = parse_chat(body, pipe.manifest.generation, config.max_new_tokens)
+        ask = parse_chat(body, pipe.manifest.generation)
+        config.check_new_tokens(ask.decoding.max_new_tokens, "max_tokens")
         image = await run_in_threadpool(
             lambda: decode_image(image_bytes_from_url(ask.image_url, config.allow_paths), config.max_pixels))
         job, answer, tokens = server.submit(Request(image, ask.question, ask.decoding), stream=ask.stream)
@@ -182,9 +183,7 @@ def create_app(load: Callable[[], Pipeline], config: ServeConfig | None = None, 
         data = await body_of(request)
         cfg = pipe.decoding(decoding, max_new_tokens=max_new_tokens, seed=seed)
         cfg.validate()
-        if config.max_new_tokens is not None and cfg.max_new_tokens > config.max_new_tokens:
-            raise RequestRefused(400, f"max_new_tokens: this server answers with at most {config.max_new_tokens} "
-                                      f"tokens, found {cfg.max_new_tokens}")
+        config.check_new_tokens(cfg.max_new_tokens)
         image = await run_in_threadpool(decode_image, data, config.max_pixels)
         job, answer, _ = server.submit(Request(image, question, cfg), stream=False)
         result = await answer_of(request, job, answer)
@@ -198,10 +197,14 @@ def create_app(load: Callable[[], Pipeline], config: ServeConfig | None = None, 
         try:
             server.authorize(ws.headers)
             pipe = server.ready_pipeline()
-            limit = ws.query_params.get("max_new_tokens")
-            max_new_tokens = int(limit) if limit is not None else config.max_new_tokens
-        except (RequestRefused, ValueError) as exc:
+            asked = ws.query_params.get("max_new_tokens")
+            max_new_tokens = int(asked) if asked is not None else config.max_new_tokens
+            if max_new_tokens is not None:
+                pipe.decoding("greedy", max_new_tokens=max_new_tokens).validate()
+                config.check_new_tokens(max_new_tokens)
+        except (InputError, ValueError) as exc:
             code = 1008 if getattr(exc, "status", 400) in (400, 401) else 1013  # policy violation / try again later
+            await ws.accept()  # then closed with the reason: refused before accepting, a client sees only HTTP 403
             await ws.close(code=code, reason=str(exc)[:120])
             return
         await ws.accept()

@@ -8,6 +8,7 @@ from pathlib import Path
 from moai_edge.engines.errors import InputError
 
 from ..limits import check_range
+from .errors import RequestRefused
 
 
 @dataclass(frozen=True)
@@ -39,3 +40,9 @@ class ServeConfig:
         for folder in self.allow_paths:
             if not Path(folder).is_dir():
                 raise InputError(f"allow_paths: expected existing folders, found '{folder}'")
+
+    def check_new_tokens(self, n: int, option: str = "max_new_tokens") -> None:
+        """400 for a request that asks for more tokens than this server answers with."""
+        if self.max_new_tokens is not None and n > self.max_new_tokens:
+            raise RequestRefused(400, f"{option}: this server answers with at most {self.max_new_tokens} tokens, "
+                                      f"found {n}")

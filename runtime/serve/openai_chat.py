@@ -29,8 +29,8 @@ def refuse(message: str) -> RequestRefused:
     return RequestRefused(400, message)
 
 
-def parse_chat(body: object, defaults: DecodingConfig, max_new_tokens: int | None) -> ChatAsk:
-    """`defaults`: the package's generation settings; `max_new_tokens`: the server's limit (None: none)."""
+def parse_chat(body: object, defaults: DecodingConfig) -> ChatAsk:
+    """`defaults`: the package's generation settings."""
     if not isinstance(body, dict):
         raise refuse(f"expected a JSON object with 'messages', found {type(body).__name__}")
     messages = body.get("messages")
@@ -42,7 +42,7 @@ def parse_chat(body: object, defaults: DecodingConfig, max_new_tokens: int | Non
         raise refuse(f"messages: this model answers one question about one image, expected exactly one user message "
                      f"(system messages aside), found {roles}")
     question, image_url = read_content(turns[0].get("content"))
-    return ChatAsk(image_url, question, decoding_of(body, defaults, max_new_tokens), stream_flag(body),
+    return ChatAsk(image_url, question, decoding_of(body, defaults), stream_flag(body),
                    bool((body.get("stream_options") or {}).get("include_usage", False)))
 
 
@@ -76,7 +76,7 @@ def stream_flag(body: dict) -> bool:
     return stream
 
 
-def decoding_of(body: dict, defaults: DecodingConfig, limit: int | None) -> DecodingConfig:
+def decoding_of(body: dict, defaults: DecodingConfig) -> DecodingConfig:
     """max_tokens (or max_completion_tokens), temperature (0: greedy, > 0: sampling; absent: the package's strategy),
     top_p and seed; n must be 1 and stop sequences are not supported."""
     if body.get("n", 1) != 1:
@@ -89,9 +89,6 @@ def decoding_of(body: dict, defaults: DecodingConfig, limit: int | None) -> Deco
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
             raise refuse(f"max_tokens: expected an integer >= 1, found {tokens!r}")
         changes["max_new_tokens"] = tokens
-    if limit is not None and changes.get("max_new_tokens", defaults.max_new_tokens) > limit:
-        raise refuse(f"max_tokens: this server answers with at most {limit} tokens, "
-                     f"found {changes.get('max_new_tokens', defaults.max_new_tokens)}")
     temperature = body.get("temperature")
     if temperature is not None:
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:

@@ -19,7 +19,6 @@ log = logging.getLogger("moai_edge.serve")
 
 
 class Server:
-    """What every route shares: the package (loaded on a background thread), the worker and the metrics."""
 
     def __init__(self, load: Callable[[], Pipeline], config: ServeConfig, *, model: str, owns_pipeline: bool):
         self.config, self.model, self.owns_pipeline = config, model, owns_pipeline

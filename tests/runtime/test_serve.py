@@ -383,3 +383,18 @@ def test_without_the_serve_extra_the_error_names_it(monkeypatch, pipe):
     monkeypatch.setitem(__import__("sys").modules, "fastapi", None)  # as if not installed
     with pytest.raises(MissingExtraError, match=r"moai-edge\[serve\]"):
         create_app(lambda: pipe, ServeConfig(port=0), owns_pipeline=False)
+
+
+def test_the_token_limit_holds_on_every_endpoint(pipe):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    with serving(pipe, max_new_tokens=4) as server:
+        chat = httpx.post(f"{server.url}/v1/chat/completions", json=chat_body(png_url(sample_image(64)), QUESTION, 8))
+        ask = httpx.post(f"{server.url}/v1/ask", params={"max_new_tokens": 8}, content=png(sample_image(64)))
+        for r, option in ((chat, "max_tokens"), (ask, "max_new_tokens")):
+            assert r.status_code == 400 and r.json()["error"]["message"].startswith(f"{option}: this server answers")
+        with connect(server.url.replace("http", "ws") + "/v1/camera?max_new_tokens=8") as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 1008 and "at most 4 tokens" in closed.value.rcvd.reason
