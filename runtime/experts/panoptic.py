@@ -74,14 +74,14 @@ def post_process_panoptic(class_logits: np.ndarray, mask_logits: np.ndarray, cfg
         masks = 1.0 / (1.0 + np.exp(-masks))
     masks = resize_planes(masks, t, t) * scores[keep][:, None, None]
     owner = masks.argmax(0)
+    areas = np.bincount(owner.ravel(), minlength=len(masks))
+    originals = (masks >= cfg.mask_threshold).sum((1, 2))
     segmentation = np.zeros((t, t), np.int32)
     segments: list[Segment] = []
-    for k, (label, score) in enumerate(zip(labels[keep], scores[keep])):
-        mask_k = owner == k
-        area, original = mask_k.sum(), (masks[k] >= cfg.mask_threshold).sum()
+    for k, (label, score, area, original) in enumerate(zip(labels[keep], scores[keep], areas, originals)):
         # the area ratio is a float32 division in transformers: 4/5 is then just above 0.8
         if area == 0 or original == 0 or not float(np.float32(area) / np.float32(original)) > cfg.overlap_mask_area_threshold:
             continue
         segments.append(Segment(id=len(segments) + 1, label_id=int(label), score=round(float(score), 6)))
-        segmentation[mask_k] = len(segments)
+        segmentation[owner == k] = len(segments)
     return PanopticResult(segmentation, segments)
