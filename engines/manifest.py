@@ -30,7 +30,8 @@ from .protocol import TensorSpec
 
 # 2: the generation section is a DecodingConfig; the model section has no eos_id / pad_id.
 # 3: the decode graph updates KV buffers (batch, kv_heads, max_len, head_dim) in place (export.gqa_decode).
-SCHEMA_VERSION = 3
+# 4: the scene graph is two graphs: the mask heads run apart, on the queries post-processing reads.
+SCHEMA_VERSION = 4
 MANIFEST_NAME = "manifest.json"
 FAMILIES = ("collavo", "moai")
 COMPONENT_KINDS = ("onnx", "npy")
@@ -151,7 +152,7 @@ TOKENIZER_RULES = {"file": NAME, "sha256": sha256_hex, "add_bos": boolean}
 # Each expert section names its graphs (and the detector its query embeddings) among the components
 # and carries the settings of the runtime's config for it; settings not listed here are ignored.
 EXPERT_COMPONENTS = {"panoptic": {"component": "onnx"}, "detector": {"component": "onnx", "queries": "npy"},
-                     "scene_graph": {"component": "onnx"}, "ocr": {"det": "onnx", "cls": "onnx", "rec": "onnx"}}
+                     "scene_graph": {"component": "onnx", "masks": "onnx"}, "ocr": {"det": "onnx", "cls": "onnx", "rec": "onnx"}}
 EXPERT_SETTINGS: dict[str, Check] = {
     "source": TEXT, "labels": list_of(TEXT, nonempty=True), "predicates": list_of(TEXT, nonempty=True),
     "mean": NORM_MEAN, "std": NORM_STD, "det_mean": NORM_MEAN, "det_std": NORM_STD,

@@ -41,10 +41,11 @@ def calibration_feeds(package: Path, components: set[str], *, images: int = CALI
         if "vision" in components:
             pipe.vision.engine = recorders["vision"] = RecordingEngine(pipe.vision.engine)
         for expert, section in pipe.manifest.experts.items():
-            if section.get("component") in components and getattr(pipe.experts, expert, None) is not None:
-                recorder = RecordingEngine(getattr(pipe.experts, expert))
-                setattr(pipe.experts, expert, recorder)
-                recorders[section["component"]] = recorder
+            for key, attribute in (("component", expert), ("masks", f"{expert}_masks")):  # the engines' attributes
+                if section.get(key) in components and getattr(pipe.experts, attribute, None) is not None:
+                    recorder = RecordingEngine(getattr(pipe.experts, attribute))
+                    setattr(pipe.experts, attribute, recorder)
+                    recorders[section[key]] = recorder
         for seed in range(HELD_OUT_SEED_START - images, HELD_OUT_SEED_START):
             pipe.see([pipe.expert_input(generate(seed).image)], [pipe.experts is not None], Timer())
     return {name: r.feeds for name, r in recorders.items()}

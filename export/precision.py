@@ -72,7 +72,7 @@ class Preset:
 
 
 DECODER = ("prefill", "decode")  # the graphs holding the decoder weights (export.package.SHARED)
-TOWER = ("vision", "panoptic", "detector", "scene_graph")
+TOWER = ("vision", "panoptic", "detector", "scene_graph", "scene_graph_masks")
 SMALL = ("compressor", "crayon")
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (

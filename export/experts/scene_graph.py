@@ -6,11 +6,18 @@ whose 1x1 FPN adapters run once per image before the per-query copy. OpenPSG's
 `psgtr_r50_epoch_60.pth` (an mmcv checkpoint) loads through `load_scene_graph` with
 `torch.load(weights_only=True)`; tiny checkpoints are saved in that same format.
 
-The graph returns, for the last decoder layer, the subject/object class logits (classes + "no
+The model returns, for the last decoder layer, the subject/object class logits (classes + "no
 object" last), the predicate logits ("no relation" first), the boxes (cx, cy, w, h in 0..1) and
 the subject/object mask logits at 1/4 of the input. Padding is not masked: the reference builds its
 padding mask from the first image's unpadded shape, so for the single images (and same-size
 batches) MoAI feeds it the mask is all "valid"; the runtime batches only images of one shape.
+
+It is exported as two graphs. `scene_graph` is everything but the two mask heads: the heads' logits
+and boxes, and what the mask heads read (the projected and backbone features, each query's attention
+maps). `scene_graph_masks` runs the mask heads on the queries it is given. The mask heads are 90% of
+the model's work at 800x1066 (two 100-query FPN heads), and post-processing reads the masks of only
+the queries behind relations that pass its score cuts (runtime.experts.scene_graph.Triplets), so
+the runtime runs them on those alone.
 """
 
 from __future__ import annotations
@@ -129,14 +136,23 @@ class MaskHeadSmallConv(nn.Module):
         for i in range(3):
             setattr(self, f"adapter{i + 1}", nn.Conv2d(fpn_dims[i], inter[i + 1], 1))
 
-    def forward(self, x, attention, fpns):
-        n = attention.shape[1]
-        x = torch.cat([_expand(x, n), attention.flatten(0, 1)], 1)
-        x = F.relu(self.gn1(self.lay1(x)))
+    def forward(self, x, attention, fpns, *, split_first: bool = False):
+        """x (b, d, h, w), attention (b, n, heads, h, w), fpns at strides 16, 8, 4 -> (b * n, 1, H/4, W/4).
+        `split_first`: lay1 is linear, so its part over x (the same for every query) is computed once per image; the
+        same sum in another order (the exported graph: a third of the mask heads' work at n = 100)."""
+        b, n = attention.shape[:2]
+        if split_first:
+            d, weight = x.shape[1], self.lay1.weight
+            own = F.conv2d(attention.flatten(0, 1), weight[:, d:], self.lay1.bias, padding=1)
+            x = (F.conv2d(x, weight[:, :d], padding=1).unsqueeze(1) + own.view(b, n, *own.shape[1:])).flatten(0, 1)
+        else:
+            x = self.lay1(torch.cat([_expand(x, n), attention.flatten(0, 1)], 1))
+        x = F.relu(self.gn1(x))
         x = F.relu(self.gn2(self.lay2(x)))
         for i, fpn in enumerate(fpns):
-            cur = _expand(getattr(self, f"adapter{i + 1}")(fpn), n)
-            x = cur + F.interpolate(x, size=cur.shape[-2:], mode="nearest")
+            cur = getattr(self, f"adapter{i + 1}")(fpn)
+            up = F.interpolate(x, size=cur.shape[-2:], mode="nearest")
+            x = (cur.unsqueeze(1) + up.view(b, n, *up.shape[1:])).flatten(0, 1)  # the per-query copy, by broadcasting
             x = F.relu(getattr(self, f"gn{i + 3}")(getattr(self, f"lay{i + 3}")(x)))
         return self.out_lay(x)
 
@@ -169,6 +185,12 @@ class Psgtr(nn.Module):
         self.rel_cls_embed = nn.Linear(d, cfg.num_relations + 1)
 
     def forward(self, pixel_values):
+        out = self.trunk(pixel_values)
+        masks = self.masks(*(out.pop(name) for name in MASK_INPUTS))
+        return tuple({**out, **masks}[name] for name in OUTPUTS)
+
+    def trunk(self, pixel_values) -> dict[str, torch.Tensor]:
+        """Everything but the mask heads: the heads' outputs and the mask heads' inputs (MASK_INPUTS), by name."""
         feats = self.backbone(pixel_values)
         src = self.input_proj(feats[3])
         b, d, h, w = src.shape
@@ -183,18 +205,26 @@ class Psgtr(nn.Module):
                            encoder_hidden_states=memory)
         hidden = self.decoder_norm(hidden)
         memory_map = memory.transpose(1, 2).reshape(b, d, h, w)
-        fpns = [feats[2], feats[1], feats[0]]
-        out = {"sub_logits": self.sub_cls_embed(hidden), "obj_logits": self.obj_cls_embed(hidden),
-               "rel_logits": self.rel_cls_embed(hidden),
-               "sub_boxes": self.sub_box_embed(hidden).sigmoid(), "obj_boxes": self.obj_box_embed(hidden).sigmoid()}
-        for side in ("sub", "obj"):
-            attention = getattr(self, f"{side}_bbox_attention")(hidden, memory_map)
-            masks = getattr(self, f"{side}_mask_head")(src, attention, fpns)
-            out[f"{side}_masks"] = masks.view(b, self.cfg.num_queries, masks.shape[-2], masks.shape[-1])
-        return tuple(out[name] for name in OUTPUTS)
+        return {"sub_logits": self.sub_cls_embed(hidden), "obj_logits": self.obj_cls_embed(hidden),
+                "rel_logits": self.rel_cls_embed(hidden),
+                "sub_boxes": self.sub_box_embed(hidden).sigmoid(), "obj_boxes": self.obj_box_embed(hidden).sigmoid(),
+                "features_s32": src, "features_s16": feats[2], "features_s8": feats[1], "features_s4": feats[0],
+                **{f"{side}_attention": getattr(self, f"{side}_bbox_attention")(hidden, memory_map)
+                   for side in ("sub", "obj")}}
+
+    def masks(self, src, fpn16, fpn8, fpn4, sub_attention, obj_attention, *,
+              split_first: bool = False) -> dict[str, torch.Tensor]:
+        """The mask logits (b, n, H/4, W/4) of the n queries whose attention maps (b, n, heads, h, w) are given."""
+        out = {}
+        for side, attention in (("sub", sub_attention), ("obj", obj_attention)):
+            masks = getattr(self, f"{side}_mask_head")(src, attention, [fpn16, fpn8, fpn4], split_first=split_first)
+            out[f"{side}_masks"] = masks.view(*attention.shape[:2], masks.shape[-2], masks.shape[-1])
+        return out
 
 
 OUTPUTS = ("sub_logits", "obj_logits", "rel_logits", "sub_boxes", "obj_boxes", "sub_masks", "obj_masks")
+MASK_INPUTS = ("features_s32", "features_s16", "features_s8", "features_s4", "sub_attention", "obj_attention")
+TRUNK_OUTPUTS = OUTPUTS[:5] + MASK_INPUTS
 
 
 # ---- OpenPSG checkpoint layout --------------------------------------------------------------------
@@ -355,24 +385,58 @@ def build_tiny_scene_graph(out_dir: Path, *, preset: str, seed: int) -> Path:
     return path
 
 
-class SceneGraphGraph(nn.Module):
+class SceneGraphTrunk(nn.Module):
     def __init__(self, model: Psgtr):
         super().__init__()
         self.model = model
 
     def forward(self, pixel_values):
-        return self.model(pixel_values)
+        out = self.model.trunk(pixel_values)
+        return tuple(out[name] for name in TRUNK_OUTPUTS)
+
+
+class SceneGraphMasks(nn.Module):
+    def __init__(self, model: Psgtr):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs):
+        out = self.model.masks(*inputs, split_first=True)
+        return out["sub_masks"], out["obj_masks"]
+
+
+def example_size(model: Psgtr) -> tuple[int, int]:
+    return (800, 800) if model.cfg.d_model == 256 else (416, 416)
 
 
 def _example(model: Psgtr, batch: int) -> dict[str, torch.Tensor]:
-    h, w = (800, 800) if model.cfg.d_model == 256 else (416, 416)
-    return {"pixel_values": torch.randn(batch, 3, h, w)}
+    return {"pixel_values": torch.randn(batch, 3, *example_size(model))}
 
+
+def _example_masks(model: Psgtr, batch: int) -> dict[str, torch.Tensor]:
+    """The trunk's outputs on a random image, for 7 of its queries."""
+    with torch.no_grad():
+        out = model.trunk(torch.randn(batch, 3, *example_size(model)))
+    queries = torch.randperm(model.cfg.num_queries)[:7]
+    return {name: out[name][:, queries] if name.endswith("attention") else out[name] for name in MASK_INPUTS}
+
+
+_SPATIAL = {"features_s32": ("height_32", "width_32"), "features_s16": ("height_16", "width_16"),
+            "features_s8": ("height_8", "width_8"), "features_s4": ("mask_height", "mask_width")}
 
 SCENE_GRAPH = GraphTarget(
-    name="scene_graph", build=SceneGraphGraph, inputs=_example,
+    name="scene_graph", build=SceneGraphTrunk, inputs=_example,
     dynamic_axes=lambda m: {"pixel_values": {0: "batch", 2: "height", 3: "width"},
                             **{k: {0: "batch"} for k in OUTPUTS[:5]},
-                            **{k: {0: "batch", 2: "mask_height", 3: "mask_width"} for k in OUTPUTS[5:]}},
-    output_names=lambda m: list(OUTPUTS),
+                            **{k: {0: "batch", 2: h, 3: w} for k, (h, w) in _SPATIAL.items()},
+                            **{k: {0: "batch", 3: "height_32", 4: "width_32"} for k in MASK_INPUTS[4:]}},
+    output_names=lambda m: list(TRUNK_OUTPUTS),
+)
+
+SCENE_GRAPH_MASKS = GraphTarget(
+    name="scene_graph_masks", build=SceneGraphMasks, inputs=_example_masks,
+    dynamic_axes=lambda m: {**{k: {0: "batch", 2: h, 3: w} for k, (h, w) in _SPATIAL.items()},
+                            **{k: {0: "batch", 1: "queries", 3: "height_32", 4: "width_32"} for k in MASK_INPUTS[4:]},
+                            **{k: {0: "batch", 1: "queries", 2: "mask_height", 3: "mask_width"} for k in OUTPUTS[5:]}},
+    output_names=lambda m: list(OUTPUTS[5:]),
 )

@@ -19,9 +19,8 @@ from .detector import DetectorConfig, post_process_detections, preprocess_detect
 from .ocr import OcrConfig, OcrLine, OcrReader
 from .panoptic import PanopticConfig, PanopticResult, post_process_panoptic, preprocess_panoptic
 from .schedule import StageGate
-from .scene_graph import HEADS as SCENE_GRAPH_HEADS
-from .scene_graph import (SceneGraphConfig, SceneGraphResult, mask_size, post_process_scene_graph, preprocess_scene_graph,
-                          relations_of)
+from .scene_graph import (LOGITS, MASK_INPUTS, SceneGraphConfig, SceneGraphResult, mask_size, preprocess_scene_graph,
+                          relations_of, scene_graph_of, top_triplets)
 from .verbalize import Detection, clean_class, segment_boxes
 
 
@@ -72,11 +71,11 @@ class Experts:
             self.detector_cfg = config_from(DetectorConfig, d)
             self.detector = self.open(d["component"])
             self.query_embeds = manifest.load_array(d["queries"])
-        self.scene_graph = self.scene_graph_cfg = None
+        self.scene_graph = self.scene_graph_masks = self.scene_graph_cfg = None
         if "scene_graph" in manifest.experts:
             g = manifest.experts["scene_graph"]
             self.scene_graph_cfg = config_from(SceneGraphConfig, g)
-            self.scene_graph = self.open(g["component"])
+            self.scene_graph, self.scene_graph_masks = self.open(g["component"]), self.open(g["masks"])
         self.ocr = None
         if "ocr" in manifest.experts:
             o = manifest.experts["ocr"]
@@ -84,7 +83,7 @@ class Experts:
                                               cfg=config_from(OcrConfig, o))
 
     def close(self) -> None:
-        for part in (self.panoptic, self.detector, self.scene_graph, self.ocr):
+        for part in (self.panoptic, self.detector, self.scene_graph, self.scene_graph_masks, self.ocr):
             if part is not None:
                 part.close()
 
@@ -147,7 +146,8 @@ class Experts:
         return [self.ocr.keep_confident(self.ocr.read(img)) for img in images]
 
     def run_scene_graph(self, images: list[np.ndarray]) -> list[SceneGraphResult]:
-        """Images are batched by padded shape: the reference never masks padding (see export.experts.scene_graph)."""
+        """Images are batched by padded shape: the reference never masks padding (see export.experts.scene_graph).
+        The mask heads then run per image, on the queries its post-processing reads."""
         cfg = self.scene_graph_cfg
         pixels = [preprocess_scene_graph(img, cfg) for img in images]
         results: list[SceneGraphResult | None] = [None] * len(images)
@@ -155,8 +155,20 @@ class Experts:
             idx = [i for i, p in enumerate(pixels) if p.shape == shape]
             out = self.scene_graph.run({"pixel_values": np.stack([pixels[i] for i in idx])})
             for row, i in enumerate(idx):
-                heads = (out[k][row] for k in SCENE_GRAPH_HEADS)
-                graph = post_process_scene_graph(*heads, mask_size(*images[i].shape[:2], cfg), cfg)
+                triplets = top_triplets(*(out[k][row] for k in LOGITS), cfg)
+                masks = self.masks_of(out, row, triplets.mask_queries())
+                graph = scene_graph_of(triplets, *masks, mask_size(*images[i].shape[:2], cfg), cfg)
                 graph.relations = relations_of(graph, cfg)
                 results[i] = graph
         return results
+
+    def masks_of(self, trunk: dict[str, np.ndarray], row: int, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The subject and object mask logits (len(queries), H/4, W/4) of one image's queries."""
+        if len(queries) == 0:
+            empty = np.zeros((0, *trunk["features_s4"].shape[-2:]), np.float32)
+            return empty, empty
+        feeds = {k: trunk[k][row:row + 1] for k in MASK_INPUTS}
+        for k in ("sub_attention", "obj_attention"):
+            feeds[k] = np.ascontiguousarray(feeds[k][:, queries])
+        out = self.scene_graph_masks.run(feeds)
+        return out["sub_masks"][0], out["obj_masks"][0]

@@ -10,6 +10,9 @@ Post-processing follows `PSGTrHead._get_bboxes_single` with masks, then `triplet
 the entity/predicate score cuts (whose "no object" test compares 1-based labels with a 0-based
 bound, so it drops class 131, wall-other-merged, and never the background), and the panoptic step that merges stuff of one class and overlapping things before
 numbering the entities that own pixels. Its bfloat16 arithmetic is reproduced bit for bit.
+It runs in two steps: `top_triplets` needs only the heads' logits and tells whose masks the rest reads
+(`Triplets.mask_queries`), `scene_graph_of` finishes with those masks. So the runtime runs the package's mask
+heads (the `scene_graph_masks` graph, most of the model's work) on those queries alone.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 
 from moai_edge.engines.errors import require
 
+from .mask_grid import MaskGrid
 from .panoptic import softmax_f32
 from .relations import select_relations
 
@@ -41,7 +45,10 @@ class SceneGraphConfig:
     predicates: list[str] = field(default_factory=list)  # the 56 PSG predicates
 
 
-HEADS = ("sub_logits", "obj_logits", "rel_logits", "sub_masks", "obj_masks")  # the graph outputs post-processing takes
+HEADS = ("sub_logits", "obj_logits", "rel_logits", "sub_masks", "obj_masks")  # the model outputs post-processing takes
+LOGITS = HEADS[:3]
+# the `scene_graph` graph's outputs that the `scene_graph_masks` graph takes (export.experts.scene_graph)
+MASK_INPUTS = ("features_s32", "features_s16", "features_s8", "features_s4", "sub_attention", "obj_attention")
 
 
 @dataclass
@@ -88,41 +95,24 @@ def to_bf16(x: np.ndarray) -> np.ndarray:
     return u.astype(np.uint32).view(np.float32)
 
 
-def resize_nearest(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """torch's F.interpolate(mode='nearest') on (N, h, w): src = floor(dst * (in / out)) in float32."""
-    def index(n_in: int, n_out: int) -> np.ndarray:
-        if n_in == n_out:
-            return np.arange(n_out)
-        scale = np.float32(n_in) / np.float32(n_out)
-        return np.minimum(np.floor(np.arange(n_out, dtype=np.float32) * scale).astype(np.int64), n_in - 1)
-
-    return planes[:, index(planes.shape[1], size[0])][:, :, index(planes.shape[2], size[1])]
-
-
-def _iou_over(base: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """The reference's mask IoU: float32 intersection / union count (0/0 is NaN, which never passes)."""
-    inter = (others & base).sum(-1).astype(np.float32)
-    union = (others | base).sum(-1).astype(np.float32)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return inter / union
-
-
-def dedup_triplets(groups: list[list[int]], s_masks: np.ndarray, o_masks: np.ndarray, n: int) -> np.ndarray:
+def dedup_triplets(groups: list[list[int]], s_masks: np.ndarray, o_masks: np.ndarray, n: int,
+                   grid: MaskGrid) -> np.ndarray:
     keep = np.ones(n, bool)
     for ids in groups:
         while len(ids) > 1:
-            s_iou, o_iou = _iou_over(s_masks[ids[0]], s_masks[ids[1:]]), _iou_over(o_masks[ids[0]], o_masks[ids[1:]])
+            s_iou = grid.iou_over(s_masks[ids[0]], s_masks[ids[1:]])
+            o_iou = grid.iou_over(o_masks[ids[0]], o_masks[ids[1:]])
             dup = (s_iou > 0.5) & (o_iou > 0.5)
             keep[np.asarray(ids[1:])[dup]] = False
             ids = [i for i, d in zip(ids[1:], dup) if not d]
     return keep
 
 
-def group_things(ids: list[int], masks: np.ndarray) -> list[list[int]]:
+def group_things(ids: list[int], masks: np.ndarray, grid: MaskGrid) -> list[list[int]]:
     """Instances of one thing class whose masks overlap the group's first by IoU > 0.5 are one entity."""
     groups = []
     while len(ids) > 1:
-        iou = _iou_over(masks[ids[0]], masks[ids[1:]])
+        iou = grid.iou_over(masks[ids[0]], masks[ids[1:]])
         groups.append([ids[0]] + [i for i, v in zip(ids[1:], iou) if v > 0.5])
         ids = [i for i, v in zip(ids[1:], iou) if not v > 0.5]
     if len(ids) == 1:
@@ -130,42 +120,95 @@ def group_things(ids: list[int], masks: np.ndarray) -> list[list[int]]:
     return groups
 
 
-def post_process_scene_graph(sub_logits, obj_logits, rel_logits, sub_masks, obj_masks, size: tuple[int, int],
-                             cfg: SceneGraphConfig) -> SceneGraphResult:
-    """One image's graph outputs -> entities and relations; `size` is `mask_size` of the input image."""
+@dataclass
+class Triplets:
+    """One image's top `max_per_img` triplets by predicate score, before masks: enough to tell whose masks the rest of
+    post-processing reads. Arrays are per triplet, in rank order; labels are 1-based."""
+
+    query: np.ndarray  # the query each triplet comes from
+    s_scores: np.ndarray
+    s_labels: np.ndarray
+    o_scores: np.ndarray
+    o_labels: np.ndarray
+    r_dists: np.ndarray
+    passes: np.ndarray  # the entity and predicate score cuts
+    groups: list[list[int]]  # triplets of the same labels, de-duplicated by mask IoU, up to the last that passes
+
+    @property
+    def needs_masks(self) -> np.ndarray:
+        """The triplets whose masks are read: those that pass the cuts, and the groups those de-duplicate within."""
+        needed = self.passes.copy()
+        for ids in self.groups:
+            needed[ids] = True
+        return needed
+
+    def mask_queries(self) -> np.ndarray:
+        """The queries whose masks post-processing reads, ascending."""
+        return np.unique(self.query[self.needs_masks])
+
+
+def top_triplets(sub_logits, obj_logits, rel_logits, cfg: SceneGraphConfig) -> Triplets:
     s_probs, o_probs = softmax_f32(sub_logits)[:, :-1], softmax_f32(obj_logits)[:, :-1]
-    s_scores, s_labels = s_probs.max(-1), s_probs.argmax(-1) + 1
-    o_scores, o_labels = o_probs.max(-1), o_probs.argmax(-1) + 1
     r_probs = softmax_f32(rel_logits)
     num_rel = r_probs.shape[-1] - 1
     flat = r_probs[:, 1:].reshape(-1)
     top = np.argsort(-flat, kind="stable")[: min(cfg.max_per_img, flat.size)]
-    r_scores, r_labels, triplet = flat[top], top % num_rel + 1, top // num_rel
-    s_scores, s_labels, o_scores, o_labels = s_scores[triplet], s_labels[triplet], o_scores[triplet], o_labels[triplet]
-    r_dists = r_probs[triplet]
+    query = top // num_rel
+    s_scores, s_labels = s_probs.max(-1)[query], s_probs.argmax(-1)[query] + 1
+    o_scores, o_labels = o_probs.max(-1)[query], o_probs.argmax(-1)[query] + 1
+    r_scores, r_labels = flat[top], top % num_rel + 1
+    dropped = s_probs.shape[-1] - 1  # meant as "no object", but compared with 1-based labels: class 131 goes
+    passes = ((s_labels != dropped) & (o_labels != dropped) & (s_scores > cfg.entity_score)
+              & (o_scores > cfg.entity_score) & (r_scores > cfg.relation_score))
+    same: dict[tuple[int, int, int], list[int]] = {}
+    for k, key in enumerate(zip(s_labels.tolist(), o_labels.tolist(), r_labels.tolist())):
+        same.setdefault(key, []).append(k)
+    groups = []
+    for ids in same.values():  # de-duplication drops only later triplets: those after the last passing one never count
+        last = max((i for i, k in enumerate(ids) if passes[k]), default=0)
+        if last > 0:
+            groups.append(ids[:last + 1])
+    return Triplets(query, s_scores, s_labels, o_scores, o_labels, r_probs[query], passes, groups)
 
-    def masks_of(logits):  # fp16 -> nearest resize -> bf16; binary at sigmoid (in bf16) > bf16(0.85)
-        m = to_bf16(resize_nearest(logits[triplet].astype(np.float16), size).astype(np.float32))
+
+def post_process_scene_graph(sub_logits, obj_logits, rel_logits, sub_masks, obj_masks, size: tuple[int, int],
+                             cfg: SceneGraphConfig) -> SceneGraphResult:
+    """One image's graph outputs, masks of every query included -> entities and relations; `size` is `mask_size`
+    of the input image."""
+    triplets = top_triplets(sub_logits, obj_logits, rel_logits, cfg)
+    queries = triplets.mask_queries()
+    return scene_graph_of(triplets, sub_masks[queries], obj_masks[queries], size, cfg)
+
+
+def scene_graph_of(triplets: Triplets, sub_masks, obj_masks, size: tuple[int, int],
+                   cfg: SceneGraphConfig) -> SceneGraphResult:
+    """The entities and relations, given the mask logits of `triplets.mask_queries()` (in that order)."""
+    t = triplets
+    num_rel = t.r_dists.shape[-1] - 1
+    empty = SceneGraphResult([1], np.zeros((0, num_rel + 1), np.float32), np.zeros((0, 2), np.int64))
+    if not t.passes.any():  # the reference's empty case: one background entity, no relation
+        return empty
+    used = np.flatnonzero(t.needs_masks)
+    rows = np.searchsorted(t.mask_queries(), t.query[used])
+    grid = MaskGrid(sub_masks.shape[-2:], size)  # every step below is per pixel or a pixel count: done on the grid
+
+    def masks_of(logits):  # fp16 -> (nearest resize) -> bf16; binary at sigmoid (in bf16) > bf16(0.85)
+        m = to_bf16(logits[rows].astype(np.float16).astype(np.float32)).reshape(len(rows), -1)
         with np.errstate(over="ignore"):  # exp overflow: the sigmoid is 0, as in torch
-            binary = to_bf16(1.0 / (1.0 + np.exp(-m))) > to_bf16(np.float32(cfg.mask_threshold))
-        return m, binary.reshape(len(m), -1)
+            return m, to_bf16(1.0 / (1.0 + np.exp(-m))) > to_bf16(np.float32(cfg.mask_threshold))
 
     s_logit_masks, s_bin = masks_of(sub_masks)
     o_logit_masks, o_bin = masks_of(obj_masks)
-    groups: dict[tuple[int, int, int], list[int]] = {}
-    for k, key in enumerate(zip(s_labels.tolist(), o_labels.tolist(), r_labels.tolist())):
-        groups.setdefault(key, []).append(k)
-    keep_tri = dedup_triplets([g for g in groups.values() if len(g) > 1], s_bin, o_bin, len(top))
-
-    dropped = s_probs.shape[-1] - 1  # meant as "no object", but compared with 1-based labels: class 131 goes
-    keep = ((s_labels[keep_tri] != dropped) & (o_labels[keep_tri] != dropped) & (s_scores[keep_tri] > cfg.entity_score)
-            & (o_scores[keep_tri] > cfg.entity_score) & (r_scores[keep_tri] > cfg.relation_score))
-    r_dists = r_dists[keep_tri][keep]
-    labels = np.concatenate([s_labels[keep_tri][keep], o_labels[keep_tri][keep]]) - 1
-    if labels.size == 0:  # the reference's empty case: one background entity, no relation
-        return SceneGraphResult([1], np.zeros((0, num_rel + 1), np.float32), np.zeros((0, 2), np.int64))
-    binary = np.concatenate([s_bin[keep_tri][keep], o_bin[keep_tri][keep]])
-    logits = np.concatenate([s_logit_masks[keep_tri][keep], o_logit_masks[keep_tri][keep]]).reshape(len(labels), -1).T
+    position = {int(k): i for i, k in enumerate(used)}
+    groups = [[position[k] for k in ids] for ids in t.groups]
+    kept = dedup_triplets(groups, s_bin, o_bin, len(used), grid) & t.passes[used]
+    chosen = used[kept]
+    r_dists = t.r_dists[chosen]
+    labels = np.concatenate([t.s_labels[chosen], t.o_labels[chosen]]) - 1
+    if labels.size == 0:  # all that passed were duplicates of triplets that did not
+        return empty
+    binary = np.concatenate([s_bin[kept], o_bin[kept]])
+    logits = np.concatenate([s_logit_masks[kept], o_logit_masks[kept]]).T
     e = np.exp(logits - logits.max(-1, keepdims=True))
     owner = to_bf16(e * (np.float32(1) / e.sum(-1, keepdims=True))).argmax(-1)  # softmax in bf16, first max wins
 
@@ -175,12 +218,12 @@ def post_process_scene_graph(sub_logits, obj_logits, rel_logits, sub_masks, obj_
         (stuff if label >= cfg.num_things else things).setdefault(label, []).append(k)
     merged = [ids for ids in stuff.values() if len(ids) > 1]
     for ids in things.values():
-        merged += [g for g in group_things(ids, binary) if len(g) > 1]
+        merged += [g for g in group_things(ids, binary, grid) if len(g) > 1]
     for ids in merged:
         for i in ids:
             owner[owner == i] = ids[0]
             entity[i] = ids[0]
-    remaining = np.unique(owner)
+    remaining = np.unique(grid.resized(owner.reshape(1, *grid.grid)))
     pairs = entity.reshape(2, -1).T
     present = np.isin(pairs, remaining).all(1)
     rank = {int(v): i for i, v in enumerate(remaining)}

@@ -124,12 +124,12 @@ def test_the_uncached_load_hashes_everything_at_once(root, hashed):
     Manifest.load(root, verify=False)
 
 
-@pytest.mark.parametrize("old", [1, 2])  # 2: a decode graph without the in-place KV buffers
+@pytest.mark.parametrize("old", [1, 2, 3])  # 2: no in-place KV buffers; 3: the scene graph's mask heads inside it
 def test_an_older_schema_package_asks_for_a_re_export(root, old):
     d = json.loads((root / "manifest.json").read_text())
     d["schema_version"] = old
     (root / "manifest.json").write_text(json.dumps(d))
-    with pytest.raises(ManifestError, match=f"expected 3 .*re-export the package.*found {old}"):
+    with pytest.raises(ManifestError, match=f"expected 4 .*re-export the package.*found {old}"):
         load_manifest(root)
 
 

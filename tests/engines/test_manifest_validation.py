@@ -21,7 +21,7 @@ from moai_edge.engines.decoding import DecodingConfig
 from moai_edge.engines.manifest import (SECTION_RULES, Manifest, ModelDims, PreprocessConfig, PromptConfig, SharedWeights,
                                         sha256_of)
 
-GRAPHS = ("vision", "compressor", "prefill", "decode", "panoptic", "detector", "scene_graph",
+GRAPHS = ("vision", "compressor", "prefill", "decode", "panoptic", "detector", "scene_graph", "scene_graph_masks",
           "ocr_det", "ocr_cls", "ocr_rec")
 
 
@@ -48,7 +48,7 @@ def manifest_dict(root: Path) -> dict:
               "detector_queries": component(root, "q", "queries.npy", kind="npy",
                                             outputs=[{"name": "query_embeds", "dtype": "float32", "shape": [3, 2]}])}
     return {
-        "schema_version": 3, "family": "moai", "source": {"preset": "synthetic"},
+        "schema_version": 4, "family": "moai", "source": {"preset": "synthetic"},
         "model": {"family": "moai", "hidden_size": 4, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "head_dim": 2,
                   "vocab_size": 4, "image_token_id": 4, "max_context": 32, "image_size": 28, "patch_size": 14, "grid": 2,
                   "num_image_tokens": 4, "bos_id": 1},
@@ -62,7 +62,8 @@ def manifest_dict(root: Path) -> dict:
         "generation": {"eos_token_ids": [2], "pad_token_id": 2},
         "experts": {"panoptic": {"component": "panoptic", "image_size": 32, "std": [0.2, 0.2, 0.2], "labels": ["a", "b"]},
                     "detector": {"component": "detector", "queries": "detector_queries", "threshold": 0.1},
-                    "scene_graph": {"component": "scene_graph", "scale": [64, 32], "predicates": ["on"]},
+                    "scene_graph": {"component": "scene_graph", "masks": "scene_graph_masks", "scale": [64, 32],
+                                    "predicates": ["on"]},
                     "ocr": {"det": "ocr_det", "cls": "ocr_cls", "rec": "ocr_rec", "min_confidence": 0.85}},
     }
 

@@ -58,8 +58,8 @@ def test_int4_package_records_each_components_precision(int4_moai):
     m = Manifest.load(int4_moai)
     got = {name: c.precision for name, c in m.components.items()}
     assert got == {"vision": "int8", "compressor": "fp32", "prefill": "int4", "decode": "int4", "panoptic": "int8",
-                   "detector": "int8", "detector_queries": "fp32", "scene_graph": "int8", "ocr_det": "fp32",
-                   "ocr_cls": "fp32", "ocr_rec": "fp32", "embedding": "fp16"}
+                   "detector": "int8", "detector_queries": "fp32", "scene_graph": "int8", "scene_graph_masks": "int8",
+                   "ocr_det": "fp32", "ocr_cls": "fp32", "ocr_rec": "fp32", "embedding": "fp16"}
     assert m.source["precision"] == "int4"
     check = m.source["precision_check"]
     assert check["decoder"]["token_agreement"] >= BOUNDS["int4"].token_agreement
@@ -143,8 +143,9 @@ def test_the_tensorrt_preset_calibrates_symmetric_qdq_on_world_images(tiny_packa
 
     monkeypatch.setattr(reducing, "calibration_feeds", spy)
     m = reducing.reduce_and_check(tiny_packages["moai"], tmp_path / "trt", PRESETS["fp16-int8"])
-    assert seen == {"vision": 16, "panoptic": 16, "detector": 16, "scene_graph": 16}  # one feed per image
-    for name in ("vision", "panoptic", "detector", "scene_graph"):
+    # one feed per image (the mask heads run on every one of these images: each has queries post-processing reads)
+    assert seen == {"vision": 16, "panoptic": 16, "detector": 16, "scene_graph": 16, "scene_graph_masks": 16}
+    for name in seen:
         assert m.component(name).precision == "int8-qdq"
         graph = onnx.load(str(m.path(m.component(name).file))).graph
         inits = {i.name: i for i in graph.initializer}

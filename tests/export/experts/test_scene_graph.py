@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from moai_edge.engines.errors import CheckpointError, InputError
+from moai_edge.engines.options import RuntimeOptions
+from moai_edge.engines.registry import open_engine
 from moai_edge.runtime.experts.scene_graph import preprocess_scene_graph
 from moai_edge.runtime.samples import sample_image
 
@@ -46,17 +48,32 @@ def test_bad_checkpoints_are_refused_by_name(tmp_path):
         psgtr.load_scene_graph(tmp_path / "partial.pth")
 
 
-def test_graph_matches_pytorch_batch_1_and_4(packaged_scene_graph):
+def close(ours, ref, name):
+    assert np.abs(ours - ref).max() <= 1e-4 + 1e-3 * np.abs(ref).max(), name
+
+
+def test_graphs_match_pytorch_batch_1_and_4(packaged_scene_graph):
+    """The trunk graph at batches 1 and 4, and the mask-heads graph on some of the queries: PyTorch's values, and the
+    rows the whole model computes for those queries among all of them."""
     m, cfg, engine, model = packaged_scene_graph
     images = [sample_image(size=490, seed=s) for s in range(4)]
     pixels = np.stack([preprocess_scene_graph(img, cfg) for img in images])
     with torch.no_grad():
-        ref = [t.numpy() for t in model(torch.from_numpy(pixels))]
+        ref = {k: v.numpy() for k, v in model.trunk(torch.from_numpy(pixels)).items()}
+        whole = dict(zip(psgtr.OUTPUTS, (t.numpy() for t in model(torch.from_numpy(pixels)))))
     out4 = engine.run({"pixel_values": pixels})
     out1 = engine.run({"pixel_values": pixels[:1]})
-    for name, r in zip(psgtr.OUTPUTS, ref):
-        assert np.abs(out4[name] - r).max() <= 1e-4 + 1e-3 * np.abs(r).max(), name
-        np.testing.assert_allclose(out1[name][0], out4[name][0], rtol=1e-4, atol=1e-4 * np.abs(r).max())
+    for name in psgtr.TRUNK_OUTPUTS:
+        close(out4[name], ref[name], name)
+        np.testing.assert_allclose(out1[name][0], out4[name][0], rtol=1e-4, atol=1e-4 * np.abs(ref[name]).max())
+
+    queries = [0, 3, 7, 11]
+    feeds = {k: ref[k][:, queries] if k.endswith("attention") else ref[k] for k in psgtr.MASK_INPUTS}
+    with open_engine(m, "scene_graph_masks", RuntimeOptions()) as masks:
+        ours = masks.run(feeds)
+    for name in ("sub_masks", "obj_masks"):
+        assert ours[name].shape == (4, len(queries), *pixels.shape[2:] // np.array(4))
+        close(ours[name], whole[name][:, queries], name)
 
 
 def test_predicates_from_labels_file_or_moai_clone(tmp_path):

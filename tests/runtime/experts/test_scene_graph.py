@@ -10,7 +10,8 @@ import pytest
 from moai_edge.engines.options import RuntimeOptions
 from moai_edge.runtime.experts.runner import Experts
 from moai_edge.runtime.experts.scene_graph import (HEADS, SceneGraphConfig, mask_size, post_process_scene_graph,
-                                                   preprocess_scene_graph, relations_of, scaled_size, to_bf16)
+                                                   preprocess_scene_graph, relations_of, scaled_size, scene_graph_of,
+                                                   to_bf16, top_triplets)
 from moai_edge.runtime.experts.verbalize import verbalize_relations
 from moai_edge.runtime.samples import sample_image
 
@@ -72,6 +73,20 @@ def test_post_processing_matches_openpsg(seed):
     assert_same(ours, ref)
 
 
+@pytest.mark.parametrize("seed", range(8, 20))
+def test_the_masks_of_the_queries_it_reads_give_the_references_result(seed):
+    """The runtime runs the mask heads only on `Triplets.mask_queries()`: from those masks alone, the result the
+    reference computes from every query's masks."""
+    heads = synthetic_heads(seed, q=100, hw=(20, 24))
+    cfg = SceneGraphConfig()
+    triplets = top_triplets(*heads[:3], cfg)
+    queries = triplets.mask_queries()
+    assert 0 < len(queries) < 100
+    for size in ((37, 45), (13, 17)):  # the masks enlarged, and shrunk (some grid pixels then count for none)
+        ours = scene_graph_of(triplets, heads[3][queries], heads[4][queries], size, cfg)
+        assert_same(ours, reference_scene_graph(*(torch.from_numpy(h) for h in heads), size, num_relations=56))
+
+
 def test_post_processing_empty_case_is_the_references():
     sub, obj, rel, sm, om = synthetic_heads(0)
     rel[:, 0] += 50.0  # "no relation" everywhere: nothing passes r > 0.3
@@ -83,9 +98,18 @@ def test_post_processing_empty_case_is_the_references():
 
 
 def test_packaged_scene_graph_equals_torch_and_openpsg(packaged_scene_graph):
-    """Image -> graph on onnxruntime -> our post-processing == PyTorch model -> OpenPSG's post-processing."""
+    """Image -> graphs on onnxruntime (the mask heads on the queries post-processing reads) -> our post-processing ==
+    PyTorch model (the mask heads on every query) -> OpenPSG's post-processing."""
     m, cfg, engine, model = packaged_scene_graph
     experts = Experts(m, RuntimeOptions())
+    masks_engine, queries_run = experts.scene_graph_masks, []
+
+    class Counting:
+        def run(self, feeds):
+            queries_run.append(feeds["sub_attention"].shape[1])
+            return masks_engine.run(feeds)
+
+    experts.scene_graph_masks = Counting()
     try:
         for seed in range(3):
             img = sample_image(size=490, seed=seed)
@@ -96,7 +120,9 @@ def test_packaged_scene_graph_equals_torch_and_openpsg(packaged_scene_graph):
             ref = reference_scene_graph(*(heads[k] for k in HEADS), mask_size(490, 490, cfg), num_relations=56)
             assert_same(ours, ref, atol=1e-4)  # the graph's fp32 noise (onnxruntime vs torch) on the distributions
             assert ours.relations == relations_of(ours, cfg)
+        assert len(queries_run) == 3 and 0 < min(queries_run) and max(queries_run) < model.cfg.num_queries, queries_run
     finally:
+        experts.scene_graph_masks = masks_engine
         experts.close()
 
 
