@@ -3,7 +3,8 @@
 At most one per core: on CPU each expert engine has one thread, so more at once only adds activations in memory,
 not speed. With a memory budget, also no more than fit: the first call runs the stages one at a time and measures
 what each adds to the process's peak RSS (runtime.memory.PeakMeter); later calls take the largest k such that the
-resident memory plus the k largest stage peaks stay within the budget.
+resident memory plus the k largest stage peaks stay within the budget. When a stage ends, the heap it freed goes
+back to the system, so the next stage starts from the resident memory rather than on top of its leftovers.
 """
 
 from __future__ import annotations
@@ -54,10 +55,13 @@ class StageGate:
     @contextmanager
     def stage(self, name: str):
         with self.slots:
-            if not self.measure:
-                yield
-                return
-            with memory.PeakMeter() as meter:
-                yield
-            if meter.added_mb is not None:
-                self.schedule.peaks_mb[name] = max(self.schedule.peaks_mb.get(name, 0.0), meter.added_mb)
+            try:
+                if not self.measure:
+                    yield
+                    return
+                with memory.PeakMeter() as meter:
+                    yield
+                if meter.added_mb is not None:
+                    self.schedule.peaks_mb[name] = max(self.schedule.peaks_mb.get(name, 0.0), meter.added_mb)
+            finally:
+                memory.release_freed()  # what the stage freed goes back before the next one adds its own

@@ -48,6 +48,20 @@ def test_stages_run_alone_are_measured():
 
 
 @linux
+def test_what_a_stage_freed_goes_back_when_it_ends():
+    gate = StageSchedule(cores=2).gate(["stage"])
+    before = rss_mb()
+    with gate.stage("stage"):
+        blocks = [np.ones(64 * 1024 // 8) for _ in range(3200)]  # 200 MB of heap (each block under mmap's threshold)
+        kept = blocks[::50]  # a few stay, so the heap cannot just shrink from its top
+        del blocks
+        held = rss_mb()
+    after = rss_mb()
+    assert held - before > 150 and after - before < 50, (before, held, after)
+    del kept
+
+
+@linux
 def test_freed_memory_goes_back():
     assert release_freed()  # glibc
 
