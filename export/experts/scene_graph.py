@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from moai_edge.engines.errors import CheckpointError
+from moai_edge.runtime.experts.scene_graph import MASK_INPUTS  # the trunk graph's outputs the mask-heads graph takes
 
 from ..graphs import GraphTarget
 
@@ -223,7 +224,6 @@ class Psgtr(nn.Module):
 
 
 OUTPUTS = ("sub_logits", "obj_logits", "rel_logits", "sub_boxes", "obj_boxes", "sub_masks", "obj_masks")
-MASK_INPUTS = ("features_s32", "features_s16", "features_s8", "features_s4", "sub_attention", "obj_attention")
 TRUNK_OUTPUTS = OUTPUTS[:5] + MASK_INPUTS
 
 
