@@ -126,6 +126,25 @@ def test_packaged_scene_graph_equals_torch_and_openpsg(packaged_scene_graph):
         experts.close()
 
 
+def test_a_batch_gives_each_image_its_own_graph(packaged_scene_graph):
+    """Two images of one padded shape share a trunk run (rows 0 and 1), a third shape runs apart; the mask heads run
+    per image on its own queries: each result equals the image's alone."""
+    m, cfg, engine, _ = packaged_scene_graph
+    experts = Experts(m, RuntimeOptions())
+    try:
+        flipped = np.ascontiguousarray(sample_image(size=490, seed=2)[::-1, ::-1])  # other masks than image 0's
+        images = [sample_image(size=490, seed=1), flipped, sample_image(size=490, seed=3)[:300]]
+        together = experts.run_scene_graph(images)
+        for image, graph in zip(images, together):
+            alone = experts.run_scene_graph([image])[0]
+            assert graph.labels == alone.labels and graph.rel_pairs.tolist() == alone.rel_pairs.tolist()
+            np.testing.assert_allclose(graph.rel_dists, alone.rel_dists, rtol=1e-4, atol=1e-5)
+            assert graph.relations == alone.relations
+        assert together[0].relations != together[1].relations  # the rows were not mixed up
+    finally:
+        experts.close()
+
+
 def test_relation_sentence_from_the_tiny_package(packaged_scene_graph):
     """The tiny checkpoint yields enough triplets for MoAI's sentence; its words come from the package's lists."""
     m, cfg, engine, _ = packaged_scene_graph
