@@ -189,7 +189,7 @@ def scene_graph_of(triplets: Triplets, sub_masks, obj_masks, size: tuple[int, in
     if not t.passes.any():  # the reference's empty case: one background entity, no relation
         return empty
     used = np.flatnonzero(t.needs_masks)
-    rows = np.searchsorted(t.mask_queries(), t.query[used])
+    rows = np.unique(t.query[used], return_inverse=True)[1].ravel()  # each used triplet's row among mask_queries()
     grid = MaskGrid(sub_masks.shape[-2:], size)  # every step below is per pixel or a pixel count: done on the grid
 
     def masks_of(logits):  # fp16 -> (nearest resize) -> bf16; binary at sigmoid (in bf16) > bf16(0.85)
