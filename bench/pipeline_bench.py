@@ -26,7 +26,7 @@ from moai_edge.runtime.samples import sample_image
 from .footprint import footprint
 from .machine import machine_info
 from .memory import RssSampler, gpu_memory, jetson_memory, rss_mb
-from .roofline import read_bandwidth_gbs, kv_bytes_per_token, roofline
+from .roofline import batching, kv_bytes_per_token, read_bandwidth_gbs, roofline
 
 # stage -> the timings_ms keys it sums (Pipeline and reference report the same keys)
 STAGES = {
@@ -122,11 +122,15 @@ class PipelineBench:
         cache_len = one["kv_cache_mb"] * 2**20 / one["batch"] / kv_bytes_per_token(self.manifest, context=1)
         context = int(cache_len - cfg.max_new_tokens / 2)  # the mean length of the cache while decoding
         report["footprint"] = footprint(self.manifest.family)
+        bandwidth = read_bandwidth_gbs(threads=cfg.options.threads)
         report["roofline"] = roofline(self.manifest, tokens_per_s=one["decode_tokens_per_s"] / one["batch"],
-                                      context=context, bandwidth_gbs=read_bandwidth_gbs(threads=cfg.options.threads))
+                                      context=context, bandwidth_gbs=bandwidth)
         b1, bmax = report["batches"].get("1"), report["batches"][str(max(cfg.batch_sizes))]
         if b1 and bmax is not b1:
             report["batching_speedup"] = bmax["images_per_s"] / b1["images_per_s"]
+            report["roofline"]["batching"] = batching(
+                self.manifest, tokens_per_s={e["batch"]: e["decode_tokens_per_s"] for e in report["batches"].values()},
+                context=context, bandwidth_gbs=bandwidth)
         return report
 
     def bench_batch(self, pipe: Pipeline, batch: int, sampler: RssSampler) -> dict:

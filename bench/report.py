@@ -63,6 +63,9 @@ def markdown(report: dict) -> str:
               f"{roof['achieved_gbs']:.2f} GB/s, {roof['percent_of_bandwidth']:.0f}% of this machine's measured read "
               f"bandwidth ({roof['machine_read_gbs']:.2f} GB/s)."
               + (" **Above 100%: a measurement error.**" if roof["measurement_error"] else "")]
+    for b, g in roof.get("batching", {}).items():
+        lines.append(f"Batch {b} decodes {g['gain']:.2f}x the tokens/s of batch 1; reading each row's KV cache and the "
+                     f"weights once per step at that bandwidth, it could reach at most {g['gain_ceiling']:.2f}x.")
     if "footprint" in report:
         lines += ["", "## " + footprint_markdown(report["footprint"])]
     if "compare" in report:
@@ -142,6 +145,8 @@ def summary(report: dict) -> str:
                  f"{roof['machine_read_gbs']:.2f} GB/s" + ("  (ABOVE 100%: measurement error)" if roof["measurement_error"] else ""))
     if "batching_speedup" in report:
         lines.append(f"batch {max(report['config']['batch_sizes'])} vs 1: {report['batching_speedup']:.2f}x images/s")
+    for b, g in roof.get("batching", {}).items():
+        lines.append(f"decode batch {b} vs 1: {g['gain']:.2f}x tokens/s (memory-bound ceiling {g['gain_ceiling']:.2f}x)")
     if "footprint" in report:
         fp = report["footprint"]
         lines.append(f"the real {fp['family']} 7B (computed): " + ", ".join(

@@ -2,6 +2,10 @@
 
 Decoding one token reads every weight of the decode graph once (and the KV cache so far), so at batch 1 its
 speed is bounded by memory bandwidth: achieved GB/s = bytes read per token x tokens/s.
+
+A batch of B rows reads the weights once per step but every row's KV cache, so its tokens/s can reach at most
+B x bandwidth / (weights + B x KV of one row): where the KV cache is large against the weights (a small model, a
+long prompt, int4 weights), batching gains little whatever the kernels do.
 """
 
 from __future__ import annotations
@@ -56,3 +60,24 @@ def roofline(manifest: Manifest, *, tokens_per_s: float, context: int, bandwidth
     return {"bytes_per_token": per_token, "tokens_per_s": float(tokens_per_s), "achieved_gbs": achieved,
             "machine_read_gbs": bandwidth_gbs, "percent_of_bandwidth": percent,
             "measurement_error": bool(percent > 100)}
+
+
+def batch_ceiling_tokens_per_s(weight_bytes: int, kv_bytes_per_row: int, *, batch: int, bandwidth_gbs: float) -> float:
+    """The decode tokens/s a batch of `batch` rows cannot exceed: each step reads the weights once and each row's
+    KV cache, at most at the machine's read bandwidth."""
+    return batch * bandwidth_gbs * 1e9 / (weight_bytes + batch * kv_bytes_per_row)
+
+
+def memory_bound_gain(weight_bytes: float, kv_bytes_per_row: float, *, batch: int) -> float:
+    """Batch `batch`'s decode tokens/s over batch 1's where both read memory at the same speed."""
+    return batch * (weight_bytes + kv_bytes_per_row) / (weight_bytes + batch * kv_bytes_per_row)
+
+
+def batching(manifest: Manifest, *, tokens_per_s: dict[int, float], context: int, bandwidth_gbs: float) -> dict:
+    """Per batch size above 1: the measured decode tokens/s over batch 1's (`gain`), and the most it could be
+    (`gain_ceiling`: the batch's memory-bound tokens/s over batch 1's measured)."""
+    one = tokens_per_s[1]
+    weights, kv = decode_weight_bytes(manifest), kv_bytes_per_token(manifest, context)
+    return {str(b): {"gain": t / one, "gain_ceiling": batch_ceiling_tokens_per_s(
+                weights, kv, batch=b, bandwidth_gbs=bandwidth_gbs) / one}
+            for b, t in tokens_per_s.items() if b > 1}

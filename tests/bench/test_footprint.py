@@ -7,6 +7,7 @@ import pytest
 
 from moai_edge.bench.footprint import (DEVICES, EXPERTS, GB, Part, compressor_part, crayon_part, decoder_parts,
                                        footprint, markdown, vision_part)
+from moai_edge.export.config import DecoderConfig
 from moai_edge.export.precision import PRESETS
 
 torch = pytest.importorskip("torch", reason="counting the PyTorch models' parameters needs moai-edge[export]")
@@ -107,6 +108,18 @@ def test_presets_store_fewer_bytes_in_order_and_int4_moai_fits_an_orin_nx_with_4
     assert int4["total"] == pytest.approx(int4["weights_total"] + int4["kv_cache"] + int4["largest_stage_activations"])
     table = markdown(fp)
     assert all(f"free on {d}" in table for d in DEVICES) and all(f"| {p} |" in table for p in PRESETS)
+
+
+def test_batch_8_decode_gains_less_where_the_weights_read_less():
+    """The bound on batch 8 over batch 1: 8 x (W + KV) / (W + 8 KV). Smaller weights (int4) leave the KV cache a
+    larger share of each step, so batching gains less; the real 7B's int4 still allows more than 4.5x."""
+    fp = footprint("moai")
+    gains = [fp["presets"][p]["decode_batch_gain_ceiling"]["8"] for p in ("fp32", "fp16", "int8", "int4")]
+    assert gains == sorted(gains, reverse=True) and all(1 < g < 8 for g in gains)
+    d = DecoderConfig()
+    w = fp["presets"]["int4"]["weights"]["decoder base weights"]
+    kv = 2 * d.num_layers * d.num_kv_heads * d.head_dim * 4 * (1316 + 64)
+    assert gains[-1] == pytest.approx(8 * (w + kv) / (w + 8 * kv)) and gains[-1] > 4.5
 
 
 def test_part_bytes_follow_the_precision():

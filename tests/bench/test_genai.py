@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the Llama conversion needs moai-edge[export]")
 og = pytest.importorskip("onnxruntime_genai", reason="needs moai-edge[compare]")
 
-from moai_edge.bench.genai import CompareConfig, GenaiDecode, build_genai, compare_genai, to_llama  # noqa: E402
+from moai_edge.bench.genai import CompareConfig, GenaiDecode, build_genai, compare_genai, markdown, to_llama  # noqa: E402
 from moai_edge.engines.manifest import load_manifest  # noqa: E402
 from moai_edge.engines.options import RuntimeOptions  # noqa: E402
 
@@ -58,3 +58,8 @@ def test_comparison_rows(tiny_packages):
         assert r["ours_tokens_per_s"] > 0 and r["genai_tokens_per_s"] > 0
         assert r["ratio"] == pytest.approx(r["genai_ms_per_step"] / r["ours_ms_per_step"])
         assert r["ours_tokens_per_s"] == pytest.approx(r["batch"] * 1e3 / r["ours_ms_per_step"])
+    for one, two in (rows[:2], rows[2:]):
+        assert "ours_gain" not in one and two["ours_gain"] == pytest.approx(two["ours_tokens_per_s"] / one["ours_tokens_per_s"])
+        assert two["genai_gain"] == pytest.approx(two["genai_tokens_per_s"] / one["genai_tokens_per_s"])
+        assert two["gain_ceiling"] > two["ours_gain"]  # a tiny decoder's step is far from reading memory at full speed
+    assert "| ceiling |" in markdown(rows)

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from moai_edge.bench.roofline import decode_weight_bytes, kv_bytes_per_token, roofline
+from moai_edge.bench.roofline import (batch_ceiling_tokens_per_s, batching, decode_weight_bytes, kv_bytes_per_token,
+                                      memory_bound_gain, roofline)
 from moai_edge.engines.manifest import Manifest
 from moai_edge.runtime.cli import main
 
@@ -40,8 +41,12 @@ def test_bench_with_reference_writes_every_figure(tiny_packages, tmp_path, capsy
     for r in ref.values():
         assert r["reference_ms"]["n"] == 2 and r["speedup_min"] <= r["speedup"] <= r["speedup_max"]
     assert "batching_speedup" in report
+    gain = report["roofline"]["batching"]["2"]
+    tokens = {b: e["decode_tokens_per_s"] for b, e in report["batches"].items()}
+    assert gain["gain"] == pytest.approx(tokens["2"] / tokens["1"])
+    assert gain["gain_ceiling"] > gain["gain"]  # a tiny decoder's step is far from reading memory at full speed
     md = (out / "report.md").read_text()
-    assert "## Against the PyTorch reference" in md and "| decode_per_token |" in md
+    assert "## Against the PyTorch reference" in md and "| decode_per_token |" in md and "could reach at most" in md
     for png in report["plots"]["files"]:
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert "vs reference total" in capsys.readouterr().out
@@ -63,6 +68,20 @@ def test_roofline_flags_more_than_the_machine_can_move(tiny_packages):
     fine = roofline(m, tokens_per_s=10, context=100, bandwidth_gbs=10.0)
     assert not fine["measurement_error"] and fine["bytes_per_token"] == decode_weight_bytes(m) + kv_bytes_per_token(m, 100)
     assert roofline(m, tokens_per_s=1e6, context=100, bandwidth_gbs=10.0)["measurement_error"]
+
+
+def test_the_batch_ceiling_is_the_bandwidth_over_the_weights_and_each_rows_kv(tiny_packages):
+    """A step reads the weights once and every row's KV: with KV as large as the weights, batch 8 reads 4.5x the
+    bytes of batch 1 for 8x the tokens, so it can gain at most 8 / 4.5 over a memory-bound batch 1."""
+    m = Manifest.load(tiny_packages["collavo"])
+    w, kv = decode_weight_bytes(m), kv_bytes_per_token(m, 100)
+    assert batch_ceiling_tokens_per_s(w, kv, batch=1, bandwidth_gbs=10.0) == pytest.approx(10e9 / (w + kv))
+    one = batch_ceiling_tokens_per_s(100, 100, batch=1, bandwidth_gbs=1.0)
+    assert batch_ceiling_tokens_per_s(100, 100, batch=8, bandwidth_gbs=1.0) / one == pytest.approx(16 / 9)
+    assert memory_bound_gain(100, 100, batch=8) == pytest.approx(16 / 9)
+    g = batching(m, tokens_per_s={1: 10.0, 4: 30.0}, context=100, bandwidth_gbs=2.0)
+    assert set(g) == {"4"} and g["4"]["gain"] == pytest.approx(3.0)
+    assert g["4"]["gain_ceiling"] == pytest.approx(batch_ceiling_tokens_per_s(w, kv, batch=4, bandwidth_gbs=2.0) / 10)
 
 
 def test_decode_reads_its_base_weights_not_the_whole_decoder_file(tiny_packages):
