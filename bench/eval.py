@@ -91,12 +91,14 @@ def accuracy_keys(item: Item) -> tuple[str, ...]:
 
 
 class Tally:
-    """Questions, correct answers and the first MAX_EXAMPLES wrong answers per accuracy key."""
+    """Questions, correct answers, each question's outcome (by item id, for `eval --against`) and the first
+    MAX_EXAMPLES wrong answers per accuracy key."""
 
     def __init__(self, max_examples: int = MAX_EXAMPLES):
         self.max_examples = max_examples
         self.questions = dict.fromkeys(ACCURACY_KEYS, 0)
         self.correct = dict.fromkeys(ACCURACY_KEYS, 0)
+        self.outcomes: dict[str, dict[str, bool]] = {k: {} for k in ACCURACY_KEYS}
         self.examples: dict[str, list[dict]] = {k: [] for k in ACCURACY_KEYS}
 
     def add(self, item: Item, got: str) -> None:
@@ -104,6 +106,7 @@ class Tally:
         for key in accuracy_keys(item):
             self.questions[key] += 1
             self.correct[key] += right
+            self.outcomes[key][item.id] = right
             if not right and len(self.examples[key]) < self.max_examples:
                 self.examples[key].append({"question": item.question, "expected": item.expected, "got": got,
                                            "image_seed": item.image_seed})
@@ -157,7 +160,7 @@ def evaluate(pipe, seeds: range, *, decoding: DecodingConfig | None, batch_size:
     wall = time.perf_counter() - t0
     asked = sum(tally.questions[k] for k in QUESTION_TYPES)
     return {"accuracy": tally.accuracy(), "questions": tally.questions, "correct": tally.correct,
-            "examples": tally.examples,
+            "outcomes": tally.outcomes, "examples": tally.examples,
             "timing": {"wall_s": wall, "experts_s": expert_s, "images_per_s": len(seeds) / wall,
                        "questions_per_s": asked / wall}}
 

@@ -171,6 +171,8 @@ def add_bench_verbs(sub) -> None:
     q.add_argument("--out", default="eval-report", help="folder for report.json and report.md (default: eval-report)")
     q.add_argument("--batch-size", type=int, default=8, help="questions per batch (default: 8)")
     q.add_argument("--max-new-tokens", type=int, help="tokens per answer at most, greedy (default: the package's)")
+    q.add_argument("--against", metavar="REPORT", help="an earlier eval's report.json (or its folder) on the same "
+                   "images: compare the answers question by question (McNemar's exact test)")
     q.set_defaults(func=commands.cmd_eval)
 
 

@@ -233,11 +233,15 @@ def cmd_bench(args) -> int:
 
 def cmd_eval(args) -> int:
     from moai_edge.bench.eval import EvalConfig, run_eval
+    from moai_edge.bench.eval_paired import load_baseline, paired
     from moai_edge.bench.eval_report import summary, write_eval_report
 
     cfg = EvalConfig(engine_dir=Path(args.engine), images=args.images, seed=args.seed, blank_experts=args.blank_experts,
                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, options=runtime_options(args))
+    baseline = load_baseline(Path(args.against)) if args.against else None  # refused before the package loads
     report = run_eval(cfg)
+    if baseline is not None:
+        report["against"] = {"baseline": args.against, "package": baseline["package"], "by_key": paired(report, baseline)}
     files = write_eval_report(report, Path(args.out))
     print(summary(report))
     print("report: " + ", ".join(str(f) for f in files))

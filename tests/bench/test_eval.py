@@ -9,6 +9,7 @@ import pytest
 
 from moai_edge.bench.eval import (ACCURACY_KEYS, MAX_EXAMPLES, evaluate, expert_aux, image_seeds, score_answer,
                                   world_items)
+from moai_edge.bench.eval_paired import mcnemar_exact, paired
 from moai_edge.engines.errors import InputError
 from moai_edge.export.world import HELD_OUT_SEEDS, HELD_OUT_WORDS
 from moai_edge.runtime.cli import main
@@ -141,3 +142,56 @@ def test_cli_collavo_and_bad_options(tiny_packages, tmp_path, capsys):
         assert main(["eval", "--engine", str(tiny_packages["moai"]), *bad, "--out", str(tmp_path / "x")]) == 2
         assert name in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("ours, theirs, p", [(0, 0, 1.0), (10, 0, 2 / 2**10), (0, 10, 2 / 2**10), (5, 5, 1.0),
+                                              (3, 7, 2 * (1 + 10 + 45 + 120) / 2**10)])
+def test_mcnemar_exact(ours, theirs, p):
+    assert mcnemar_exact(ours, theirs) == pytest.approx(p)
+
+
+def test_paired_counts_the_questions_only_one_side_got_right():
+    seeds = image_seeds(0, 8)
+    answers = truth(seeds)
+    count_ids = sorted(i for i, (qtype, _) in answers.items() if qtype == "count")
+    broken = set(count_ids[:12])  # the second package gets these count questions wrong ...
+    fixed = set(count_ids[12:14])  # ... and these right where the first gets them wrong
+
+    def first(r):
+        return "wrong" if r.id in fixed else answers[r.id][1]
+
+    def second(r):
+        return "wrong" if r.id in broken else answers[r.id][1]
+
+    a, b = (evaluate(ScriptedPipe(f), seeds, decoding=None, batch_size=4) for f in (first, second))
+    for r in (a, b):
+        r["settings"] = {"image_seeds": {"start": seeds.start, "stop": seeds.stop}, "blank_experts": False}
+    by_key = paired(b, a)
+    count = by_key["count"]
+    assert (count["only_ours_right"], count["only_baseline_right"]) == (2, 12)
+    assert count["difference_points"] == pytest.approx(100 * (b["accuracy"]["count"] - a["accuracy"]["count"]))
+    assert count["p_value"] == pytest.approx(mcnemar_exact(2, 12)) and count["p_value"] < 0.05
+    assert by_key["colour"]["only_ours_right"] == by_key["colour"]["only_baseline_right"] == 0
+    assert by_key["colour"]["p_value"] == 1.0
+    a["settings"]["image_seeds"] = {"start": seeds.start + 1, "stop": seeds.stop + 1}
+    with pytest.raises(InputError, match="image_seeds"):
+        paired(b, a)
+
+
+def test_cli_against_an_earlier_report(tiny_packages, tmp_path, capsys):
+    engine = str(tiny_packages["moai"])
+    assert main(["eval", "--engine", engine, *FAST, "--out", str(tmp_path / "a")]) == 0
+    assert main(["eval", "--engine", engine, *FAST, "--out", str(tmp_path / "b"), "--against", str(tmp_path / "a")]) == 0
+    assert "against" in capsys.readouterr().out
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    for key, r in report["against"]["by_key"].items():  # the same package answers the same: nothing discordant
+        assert r["only_ours_right"] == r["only_baseline_right"] == 0 and r["p_value"] == 1.0
+        assert r["questions"] == report["questions"][key]
+    assert "## Against" in (tmp_path / "b" / "report.md").read_text()
+    old = json.loads((tmp_path / "a" / "report.json").read_text())
+    del old["outcomes"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    for against, message in ((tmp_path / "nothing", "could not read"), (tmp_path / "old.json", "outcomes")):
+        assert main(["eval", "--engine", engine, *FAST, "--out", str(tmp_path / "c"), "--against", str(against)]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
