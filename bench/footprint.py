@@ -49,7 +49,7 @@ class Part:
     """Parameters of one part: `matmul` (what a preset quantizes) and `other` (kept float unless fp16)."""
 
     name: str
-    group: str  # "decoder", "branches", "tower", "small", "embedding"
+    group: str  # "decoder", "head", "branches", "tower", "small", "embedding"
     matmul: int
     other: int = 0
 
@@ -70,12 +70,13 @@ def linear_shapes(d: DecoderConfig) -> list[tuple[int, int]]:
 
 def decoder_parts(d: DecoderConfig) -> list[Part]:
     shapes = linear_shapes(d)
-    base = d.num_layers * sum(i * o for i, o in shapes) + d.vocab_size * d.hidden_size  # + the output head
+    base = d.num_layers * sum(i * o for i, o in shapes)
     norms = d.num_layers * 2 * d.hidden_size + d.hidden_size
     plora = d.num_layers * sum((i + o) * d.plora_rank for i, o in shapes)
     seg = d.num_layers * sum((i + o) * d.plora_rank for i, o in shapes[:4]) if d.seg_branch else 0  # not w2
     mixer = len(d.mixer_layers) * (6 * 4 * 2 * d.hidden_size * d.mixer_rank + 2 * d.hidden_size * 3)  # + two gates
     return [Part("decoder base weights", "decoder", base, norms),
+            Part("output head", "head", d.vocab_size * d.hidden_size),
             Part("PLoRA / seg / mixer branches", "branches", plora + seg + mixer, len(d.mixer_layers) * 2 * 3),
             Part("token embedding", "embedding", 0, (d.vocab_size + 1) * d.hidden_size)]
 
@@ -156,6 +157,9 @@ def small_parts(graphs: tuple[str, ...], d: DecoderConfig, v: VisionConfig) -> l
 def kind_of(part: Part, preset: Preset) -> str:
     if part.group == "branches":
         return "fp16" if preset.decoder == "fp16" else "fp32"
+    if part.group == "head":
+        weight_only = preset.weight_only()
+        return "fp32" if weight_only and not weight_only.quantize_head else preset.decoder
     return {"decoder": preset.decoder, "tower": preset.tower, "small": preset.small,
             "embedding": preset.embedding}[part.group]
 
@@ -191,7 +195,7 @@ def footprint(family: str) -> dict:
         weights.update({e.name: e.part().nbytes(e.ships_as or preset.tower) for e in experts})
         total = sum(weights.values()) + kv + activations[peak_stage]
         # decode reads the base weights once per step and each row's cache (at its mean length while decoding)
-        gain = memory_bound_gain(weights["decoder base weights"], kv_per_token * (PROMPT_TOKENS + NEW_TOKENS / 2), batch=BATCH)
+        gain = memory_bound_gain(weights["decoder base weights"] + weights["output head"], kv_per_token * (PROMPT_TOKENS + NEW_TOKENS / 2), batch=BATCH)
         rows[name] = {"weights": weights, "weights_total": sum(weights.values()), "kv_cache": kv,
                       "decode_batch_gain_ceiling": {str(BATCH): gain},
                       "largest_stage": peak_stage, "largest_stage_activations": activations[peak_stage],

@@ -5,7 +5,7 @@ speed is bounded by memory bandwidth: achieved GB/s = bytes read per token x tok
 
 A batch of B rows reads the weights once per step but every row's KV cache, so its tokens/s can reach at most
 B x bandwidth / (weights + B x KV of one row): where the KV cache is large against the weights (a small model, a
-long prompt, int4 weights), batching gains little whatever the kernels do.
+long prompt, int4 weights), batching can gain little whatever the kernels do.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from .precision import WeightOnly
 # The decoder's base weights and output head, by node name: the prefill's as the exporter names them (module paths),
 # the decode graph's as export.gqa_decode does; the PLoRA, seg and mixer branches are not matched and keep float32.
 BASE_MATMUL = re.compile(r"/(Plora_main|output|base)/MatMul$")
+HEAD_MATMUL = re.compile(r"(^|/)output(/base)?/MatMul$")
 
 
 @contextmanager
@@ -31,20 +32,21 @@ def quiet():
         root.setLevel(level)
 
 
-def branch_matmuls(model) -> list[str]:
-    """The MatMuls that are not base weights (branches, attention), in the graph and its subgraphs (the merged
-    decoder's If branches): the quantizer is told to leave them."""
-    return [n.name for g in subgraphs(model.graph) for n in g.node
-            if n.op_type == "MatMul" and not BASE_MATMUL.search(n.name)]
+def kept_matmuls(model, *, head: bool) -> list[str]:
+    """The MatMuls weight-only quantization leaves, in the graph and its subgraphs (the merged decoder's If
+    branches): those that are not base weights (branches, attention), and the output head unless `head`."""
+    return [n.name for g in subgraphs(model.graph) for n in g.node if n.op_type == "MatMul"
+            and (not BASE_MATMUL.search(n.name) or (not head and HEAD_MATMUL.search(n.name)))]
 
 
 def weight_only(model, settings: WeightOnly):
-    """The decoder's base matmuls as MatMulNBits (blockwise, `settings.bits` per weight, a scale per block)."""
+    """The decoder's base matmuls (and the output head if `settings.quantize_head`) as MatMulNBits (blockwise,
+    `settings.bits` per weight, a scale per block)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     quantizer = MatMulNBitsQuantizer(model, bits=settings.bits, block_size=settings.block_size,
                                      is_symmetric=settings.symmetric, accuracy_level=settings.accuracy_level,
-                                     nodes_to_exclude=branch_matmuls(model))
+                                     nodes_to_exclude=kept_matmuls(model, head=settings.quantize_head))
     with quiet():
         quantizer.process()
     return quantizer.model.model

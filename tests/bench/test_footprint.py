@@ -37,13 +37,13 @@ def test_our_architecture_counts_match_the_model(family):
     with torch.device("meta"):
         model = VLM(cfg)
     d = cfg.decoder
-    base, branches, embedding = decoder_parts(d)
+    base, head, branches, embedding = decoder_parts(d)
     params = dict(model.named_parameters())
 
     def total(keep) -> int:
         return sum(p.numel() for n, p in params.items() if keep(n))
 
-    assert base.matmul == total(lambda n: "Plora_main" in n or n == "output.weight")
+    assert (base.matmul, head.matmul) == (total(lambda n: "Plora_main" in n), total(lambda n: n == "output.weight"))
     assert base.other == total(lambda n: n.startswith("model.") and "norm" in n and "moai_" not in n)
     is_branch = lambda n: "Plora_A" in n or "Plora_B" in n or "Plora_seg" in n or ".moai_" in n  # noqa: E731
     assert (branches.matmul, branches.other) == (total(lambda n: is_branch(n) and n.endswith("weight")),
@@ -54,7 +54,7 @@ def test_our_architecture_counts_match_the_model(family):
     small = compressor_part(cfg.compressor, d.hidden_size) if family == "moai" else crayon_part(cfg.crayon, cfg.vision, d.hidden_size)
     parts = [model.moai_compressor] if family == "moai" else [model.vision_proj_for_seg, model.seg_prompt_embed, model.seg_num_embed]
     assert (small.matmul, small.other) == split(nn.ModuleList(parts))
-    accounted = base.matmul + base.other + branches.matmul + branches.other + embedding.other + tower.matmul + tower.other + small.matmul + small.other
+    accounted = base.matmul + base.other + head.matmul + branches.matmul + branches.other + embedding.other + tower.matmul + tower.other + small.matmul + small.other
     assert accounted == sum(p.numel() for p in params.values())  # nothing left out
 
 
@@ -117,7 +117,7 @@ def test_batch_8_decode_gains_less_where_the_weights_read_less():
     gains = [fp["presets"][p]["decode_batch_gain_ceiling"]["8"] for p in ("fp32", "fp16", "int8", "int4")]
     assert gains == sorted(gains, reverse=True) and all(1 < g < 8 for g in gains)
     d = DecoderConfig()
-    w = fp["presets"]["int4"]["weights"]["decoder base weights"]
+    w = fp["presets"]["int4"]["weights"]["decoder base weights"] + fp["presets"]["int4"]["weights"]["output head"]
     kv = 2 * d.num_layers * d.num_kv_heads * d.head_dim * 4 * (1316 + 64)
     assert gains[-1] == pytest.approx(8 * (w + kv) / (w + 8 * kv)) and gains[-1] > 4.5
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -59,7 +60,9 @@ def test_a_memory_budget_reports_each_stage_alone_and_the_peak_against_it(tiny_p
     report = json.loads((out / "report.json").read_text())
     alone = report["memory"]["stage_alone_peak_mb"]
     assert set(alone) == {"vision", "panoptic", "detector", "scene_graph", "ocr"} and all(v >= 0 for v in alone.values())
-    assert report["batches"]["1"]["peak_rss_vs_weights_kv_largest_stage"] > 0
+    # (its sign is not asserted: in a test process, loading and trimming may return earlier tests' memory, so the
+    # peak can sit below the RSS before loading)
+    assert math.isfinite(report["batches"]["1"]["peak_rss_vs_weights_kv_largest_stage"])
     assert "run alone (--memory-budget)" in (out / "report.md").read_text()
 
 

@@ -19,7 +19,7 @@ from moai_edge.export import reduce_package as reducing  # noqa: E402
 from moai_edge.export.merge_decoder import branch_of  # noqa: E402
 from moai_edge.export.precision import PRESETS, precision_preset  # noqa: E402
 from moai_edge.export.precision_check import BOUNDS  # noqa: E402
-from moai_edge.export.quantize import BASE_MATMUL  # noqa: E402
+from moai_edge.export.quantize import BASE_MATMUL, HEAD_MATMUL  # noqa: E402
 from moai_edge.runtime.pipeline import Pipeline  # noqa: E402
 from moai_edge.runtime.samples import sample_image  # noqa: E402
 
@@ -123,6 +123,12 @@ def test_other_presets_pass_their_bounds(name, tiny_packages, tmp_path):
     assert check["token_agreement"] >= BOUNDS[name].token_agreement and check["kl"] <= BOUNDS[name].kl
     with Pipeline.load(tmp_path / name) as pipe:
         assert pipe.ask(sample_image(seed=1), "What is this?", max_new_tokens=3).tokens
+    if name == "int8":  # the base matmuls at 8 bits, the output head kept float32 in both branches
+        for component in ("prefill", "decode"):
+            graph, inits = branch_graph(tmp_path / name, component)
+            assert Counter(n.op_type for n in graph.node)["MatMulNBits"] == 5 * m.model.num_layers
+            head = [n for n in graph.node if HEAD_MATMUL.search(n.name)]
+            assert [n.op_type for n in head] == ["MatMul"] and inits[head[0].input[1]].data_type == 1
 
 
 def test_the_tensorrt_preset_calibrates_symmetric_qdq_on_world_images(tiny_packages, tmp_path, monkeypatch):
