@@ -159,7 +159,9 @@ def kind_of(part: Part, preset: Preset) -> str:
         return "fp16" if preset.decoder == "fp16" else "fp32"
     if part.group == "head":
         weight_only = preset.weight_only()
-        return "fp32" if weight_only and not weight_only.quantize_head else preset.decoder
+        if weight_only is None:
+            return preset.decoder
+        return {None: "fp32", 8: "int8", 4: "int4"}[weight_only.head_bits]
     return {"decoder": preset.decoder, "tower": preset.tower, "small": preset.small,
             "embedding": preset.embedding}[part.group]
 

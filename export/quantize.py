@@ -32,24 +32,30 @@ def quiet():
         root.setLevel(level)
 
 
-def kept_matmuls(model, *, head: bool) -> list[str]:
-    """The MatMuls weight-only quantization leaves, in the graph and its subgraphs (the merged decoder's If
-    branches): those that are not base weights (branches, attention), and the output head unless `head`."""
-    return [n.name for g in subgraphs(model.graph) for n in g.node if n.op_type == "MatMul"
-            and (not BASE_MATMUL.search(n.name) or (not head and HEAD_MATMUL.search(n.name)))]
+def matmuls(model, keep) -> list[str]:
+    """Names of the MatMuls, in the graph and its subgraphs (the merged decoder's If branches), that `keep(name)`."""
+    return [n.name for g in subgraphs(model.graph) for n in g.node if n.op_type == "MatMul" and keep(n.name)]
 
 
-def weight_only(model, settings: WeightOnly):
-    """The decoder's base matmuls (and the output head if `settings.quantize_head`) as MatMulNBits (blockwise,
-    `settings.bits` per weight, a scale per block)."""
+def matmul_nbits(model, settings: WeightOnly, bits: int, *, exclude: list[str]):
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    quantizer = MatMulNBitsQuantizer(model, bits=settings.bits, block_size=settings.block_size,
-                                     is_symmetric=settings.symmetric, accuracy_level=settings.accuracy_level,
-                                     nodes_to_exclude=kept_matmuls(model, head=settings.quantize_head))
+    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=settings.block_size, is_symmetric=settings.symmetric,
+                                     accuracy_level=settings.accuracy_level, nodes_to_exclude=exclude)
     with quiet():
         quantizer.process()
     return quantizer.model.model
+
+
+def weight_only(model, settings: WeightOnly):
+    """The decoder's base matmuls as MatMulNBits (blockwise, `settings.bits` per weight, a scale per block), and the
+    output head at `settings.head_bits` (None: left float32). Branches and attention keep their MatMuls."""
+    base = lambda name: BASE_MATMUL.search(name) and not HEAD_MATMUL.search(name)  # noqa: E731
+    model = matmul_nbits(model, settings, settings.bits, exclude=matmuls(model, lambda name: not base(name)))
+    if settings.head_bits:
+        model = matmul_nbits(model, settings, settings.head_bits,
+                             exclude=matmuls(model, lambda name: not HEAD_MATMUL.search(name)))
+    return model
 
 
 def dynamic_int8(model):

@@ -68,14 +68,19 @@ def test_int4_package_records_each_components_precision(int4_moai):
 
 
 def test_int4_quantizes_the_base_weights_only(int4_moai, tiny_packages):
-    """Every base matmul (and the output head) is MatMulNBits; the PLoRA and mixer branches keep float32 MatMuls."""
+    """Every base matmul (and the output head, at 8 bits) is MatMulNBits; the PLoRA and mixer branches keep float32
+    MatMuls."""
     layers = Manifest.load(int4_moai).model.num_layers
     decode, _ = branch_graph(int4_moai, "decode")
     assert Counter(n.op_type for n in decode.node)["MatMulNBits"] == 5 * layers + 1
     prefill, inits = branch_graph(int4_moai, "prefill")
     fp32_prefill, _ = branch_graph(tiny_packages["moai"], "prefill")
     quantized = [n for n in prefill.node if n.op_type == "MatMulNBits"]
-    assert len(quantized) == 5 * layers + 1 and all(BASE_MATMUL.search(n.name.removesuffix("_Q4")) for n in quantized)
+    assert len(quantized) == 5 * layers + 1 and all(BASE_MATMUL.search(re.sub(r"_Q\d$", "", n.name)) for n in quantized)
+    for graph in (prefill, decode):  # the base weights at 4 bits, the output head at 8
+        bits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in graph.node if n.op_type == "MatMulNBits"}
+        assert sorted(b for name, b in bits.items() if HEAD_MATMUL.search(re.sub(r"_Q\d$", "", name))) == [8]
+        assert sorted(set(b for name, b in bits.items() if not HEAD_MATMUL.search(re.sub(r"_Q\d$", "", name)))) == [4]
     branches = [n for n in prefill.node if n.op_type == "MatMul" and n.input[1] in inits]
     assert any("Plora_A" in n.name for n in branches) and any("moai_" in n.name for n in branches)
     assert all(inits[n.input[1]].data_type == 1 for n in branches)  # float32
