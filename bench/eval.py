@@ -18,6 +18,9 @@ Decoding is greedy with the package's end-of-sequence tokens and, unless given, 
 `aux_inputs`) go with each of its questions as `Request.aux`: the same inputs `Pipeline.run` derives per request,
 without running the experts again for every question. `blank_experts` gives every request `AuxInputs()`, the
 reference's empty case: the ablation that shows what the experts add.
+
+The report keeps each question's outcome by question id, so `--against` (bench.eval_paired) can pair two packages'
+answers to the same questions.
 """
 
 from __future__ import annotations
