@@ -191,7 +191,8 @@ def add_batch_gains(rows: list[dict], manifest: Manifest, *, context: int, bandw
                      bandwidth_gbs=bandwidth_gbs)
     for r in rows:
         if r["batch"] > 1:
-            r.update(ours_gain=gains[str(r["batch"])]["gain"], gain_ceiling=gains[str(r["batch"])]["gain_ceiling"],
+            g = gains[str(r["batch"])]
+            r.update(ours_gain=g["gain"], gain_ceiling=g["gain_ceiling"],
                      genai_gain=r["genai_tokens_per_s"] / one["genai_tokens_per_s"])
 
 

@@ -70,7 +70,8 @@ def batch_ceiling_tokens_per_s(weight_bytes: int, kv_bytes_per_row: int, *, batc
 
 def memory_bound_gain(weight_bytes: float, kv_bytes_per_row: float, *, batch: int) -> float:
     """Batch `batch`'s decode tokens/s over batch 1's where both read memory at the same speed."""
-    return batch * (weight_bytes + kv_bytes_per_row) / (weight_bytes + batch * kv_bytes_per_row)
+    ceiling = lambda b: batch_ceiling_tokens_per_s(weight_bytes, kv_bytes_per_row, batch=b, bandwidth_gbs=1.0)  # noqa: E731
+    return ceiling(batch) / ceiling(1)
 
 
 def batching(manifest: Manifest, *, tokens_per_s: dict[int, float], context: int, bandwidth_gbs: float) -> dict:

@@ -76,11 +76,13 @@ def test_int4_quantizes_the_base_weights_only(int4_moai, tiny_packages):
     prefill, inits = branch_graph(int4_moai, "prefill")
     fp32_prefill, _ = branch_graph(tiny_packages["moai"], "prefill")
     quantized = [n for n in prefill.node if n.op_type == "MatMulNBits"]
-    assert len(quantized) == 5 * layers + 1 and all(BASE_MATMUL.search(re.sub(r"_Q\d$", "", n.name)) for n in quantized)
+    unsuffixed = lambda name: re.sub(r"_Q\d$", "", name)  # noqa: E731 - the quantizer's MatMulNBits name suffix
+    assert len(quantized) == 5 * layers + 1 and all(BASE_MATMUL.search(unsuffixed(n.name)) for n in quantized)
     for graph in (prefill, decode):  # the base weights at 4 bits, the output head at 8
-        bits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in graph.node if n.op_type == "MatMulNBits"}
-        assert sorted(b for name, b in bits.items() if HEAD_MATMUL.search(re.sub(r"_Q\d$", "", name))) == [8]
-        assert sorted(set(b for name, b in bits.items() if not HEAD_MATMUL.search(re.sub(r"_Q\d$", "", name)))) == [4]
+        bits = {unsuffixed(n.name): next(a.i for a in n.attribute if a.name == "bits")
+                for n in graph.node if n.op_type == "MatMulNBits"}
+        assert sorted(b for name, b in bits.items() if HEAD_MATMUL.search(name)) == [8]
+        assert sorted(set(b for name, b in bits.items() if not HEAD_MATMUL.search(name))) == [4]
     branches = [n for n in prefill.node if n.op_type == "MatMul" and n.input[1] in inits]
     assert any("Plora_A" in n.name for n in branches) and any("moai_" in n.name for n in branches)
     assert all(inits[n.input[1]].data_type == 1 for n in branches)  # float32
