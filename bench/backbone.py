@@ -21,11 +21,7 @@ from pathlib import Path
 from moai_edge.engines.errors import MoaiEdgeError
 from moai_edge.engines.manifest import Manifest, load_manifest
 from moai_edge.engines.options import DEVICES, RuntimeOptions
-from moai_edge.runtime.families import AuxInputs
-from moai_edge.runtime.pipeline import Pipeline
-from moai_edge.runtime.prompts import build_prompt
-from moai_edge.runtime.samples import sample_image
-from moai_edge.runtime.timer import Timer
+from moai_edge.runtime import AuxInputs, Pipeline, Timer, sample_image
 
 STAGES = ("vision", "aux", "prefill", "decode_per_token")
 QUESTION = "Describe this image in detail."
@@ -69,7 +65,7 @@ def measure_latency(engine_dir: Path, options: RuntimeOptions, *, runs: int, new
         theirs = stage_runner(ref.backbone, ref.backbone.encode, image, cfg)
         ours(), theirs()  # the warm-up pair
         pairs = [(ours(), theirs()) for _ in range(runs)]
-        prompt = build_prompt(pipe.family.question(AuxInputs(), QUESTION), pipe.backbone.tokenizer, pipe.manifest.prompts)
+        prompt = pipe.prompt(QUESTION)
         prompt_tokens = len(prompt.input_ids) - 1 + pipe.manifest.model.num_image_tokens
     results = {}
     for stage in STAGES:

@@ -23,9 +23,8 @@ from moai_edge.engines.manifest import Manifest, load_manifest
 from moai_edge.engines.options import DEVICES, RuntimeOptions
 from moai_edge.engines.protocol import Engine
 from moai_edge.engines.registry import open_engine
-from moai_edge.runtime.decoder import DecoderRunner
-from moai_edge.runtime.pipeline import Pipeline
-from moai_edge.runtime.samples import sample_image
+from moai_edge.runtime import Pipeline, sample_image
+from moai_edge.runtime.decoding import DecoderRunner
 
 
 def peak_mb() -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from moai_edge.runtime.request import Result
+from moai_edge.runtime import Result
 
 NUMBER = re.compile(r"-?\d+\.(\d+)")
 

@@ -38,9 +38,7 @@ from moai_edge.engines.manifest import Manifest, sha256_of
 from moai_edge.engines.options import RuntimeOptions
 from moai_edge.export.world import (HELD_OUT_SEEDS, HELD_OUT_WORDS, NO_SIGN_ANSWER, QUESTION_TYPES, generate,
                                    questions_for)
-from moai_edge.runtime.families import AuxInputs
-from moai_edge.runtime.limits import check_batch_size, check_generation, check_range
-from moai_edge.runtime.request import Request
+from moai_edge.runtime import AuxInputs, Request, check_batch_size, check_generation, check_range
 
 from .machine import machine_info
 
@@ -176,7 +174,7 @@ def package_info(manifest: Manifest, engine_dir: Path) -> dict:
 
 def run_eval(cfg: EvalConfig) -> dict:
     """Load the package, evaluate it and return the whole report (what eval_report writes)."""
-    from moai_edge.runtime.pipeline import Pipeline
+    from moai_edge.runtime import Pipeline
 
     seeds = image_seeds(cfg.seed, cfg.images)
     check_batch_size(cfg.batch_size)  # everything that can be refused is, before the package loads

@@ -139,7 +139,7 @@ def bench_scene_graph(options: RuntimeOptions, runs: int, work: Path, *, arena: 
 
     from moai_edge.export.experts import scene_graph as psgtr
     from moai_edge.export.onnx_export import export_graph
-    from moai_edge.runtime.experts.scene_graph import LOGITS, SceneGraphConfig, top_triplets
+    from moai_edge.runtime.experts import LOGITS, SceneGraphConfig, top_triplets
 
     model = psgtr.Psgtr(psgtr.PsgtrConfig()).eval()
     pixels = torch.randn(1, 3, 800, 800)
@@ -183,7 +183,7 @@ def bench_ocr(options: RuntimeOptions, runs: int) -> dict:
     import rapidocr_onnxruntime
 
     from moai_edge.export.experts.ocr_models import MODELS
-    from moai_edge.runtime.experts.ocr import OcrReader
+    from moai_edge.runtime.experts import OcrReader
 
     img = Image.new("RGB", (490, 490), "white")
     draw = ImageDraw.Draw(img)

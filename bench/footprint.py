@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from moai_edge.export.config import CompressorConfig, CrayonConfig, DecoderConfig, VisionConfig, default_mixer_layers
 from moai_edge.export.precision import PRESETS, Preset
-from moai_edge.runtime.families import family_of
+from moai_edge.runtime import family_of
 
 from .roofline import memory_bound_gain
 

@@ -25,7 +25,7 @@ from moai_edge.engines.errors import InputError, MoaiEdgeError, require
 from moai_edge.engines.manifest import Manifest, load_manifest
 from moai_edge.engines.options import RuntimeOptions
 from moai_edge.engines.registry import open_engine
-from moai_edge.runtime.decoder import DecoderRunner
+from moai_edge.runtime.decoding import DecoderRunner
 
 from .backbone_memory import zero_prefill_feeds
 from .roofline import batching, read_bandwidth_gbs

@@ -16,8 +16,7 @@ import sys
 import time
 
 from moai_edge.engines.options import RuntimeOptions
-from moai_edge.runtime.pipeline import Pipeline
-from moai_edge.runtime.samples import sample_image
+from moai_edge.runtime import Pipeline, sample_image
 
 QUESTIONS = ("What is in the image?", "Describe the image in detail.")
 

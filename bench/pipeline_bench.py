@@ -18,10 +18,7 @@ import numpy as np
 from moai_edge.engines.decoding import DecodingConfig
 from moai_edge.engines.manifest import Manifest, load_manifest
 from moai_edge.engines.options import RuntimeOptions
-from moai_edge.runtime.images import load_image
-from moai_edge.runtime.pipeline import Pipeline
-from moai_edge.runtime.request import Request, Result
-from moai_edge.runtime.samples import sample_image
+from moai_edge.runtime import Pipeline, Request, Result, load_image, sample_image
 
 from .footprint import footprint
 from .machine import machine_info

@@ -21,11 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from moai_edge.engines.options import RuntimeOptions
-from moai_edge.runtime.pipeline import Pipeline
-from moai_edge.runtime.samples import sample_image
-from moai_edge.runtime.serve.app import create_app
-from moai_edge.runtime.serve.background import BackgroundServer
-from moai_edge.runtime.serve.config import ServeConfig
+from moai_edge.runtime import Pipeline, sample_image
+from moai_edge.runtime.serve import BackgroundServer, ServeConfig, create_app
 
 QUESTIONS = ("What is in the image?", "Is there a car?", "Describe the image in detail.")
 

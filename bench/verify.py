@@ -14,10 +14,7 @@ from pathlib import Path
 from moai_edge.engines.errors import ExportValidationError
 from moai_edge.engines.options import RuntimeOptions
 from moai_edge.export.package import validate_package
-from moai_edge.runtime.images import load_image
-from moai_edge.runtime.pipeline import Pipeline
-from moai_edge.runtime.request import Request, Result
-from moai_edge.runtime.samples import sample_image
+from moai_edge.runtime import Pipeline, Request, Result, load_image, sample_image
 
 from .compare import compare_result, same_up_to_rounding
 from .reference.pipeline import ReferencePipeline

@@ -15,9 +15,10 @@ from .errors import (CheckpointError, EngineError, ExportValidationError, ImageE
 from .manifest import Manifest, load_manifest
 from .options import DEVICES, RuntimeOptions
 from .protocol import Engine, TensorSpec
+from .recording import FeedRecorder
 from .registry import BACKENDS, backend, open_engine, open_file, synchronize
 
 __all__ = ["BACKENDS", "DEVICES", "CheckpointError", "DecodingConfig", "Engine", "EngineError", "ExportValidationError",
-           "ImageError", "InputError",
+           "FeedRecorder", "ImageError", "InputError",
            "IntegrityError", "Manifest", "ManifestError", "MissingExtraError", "MoaiEdgeError", "RuntimeOptions",
            "TensorSpec", "backend", "load_manifest", "open_engine", "open_file", "synchronize"]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from .errors import InputError
+from .recording import FeedRecorder
 
 DEVICES = ("cpu", "cuda", "tensorrt")
 
@@ -34,6 +35,7 @@ class RuntimeOptions:
     verify_hashes: bool = True
     check_inputs: bool = True
     device_id: int = 0
+    record_feeds: FeedRecorder | None = field(default=None, compare=False, repr=False)  # engines.recording
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -54,6 +56,9 @@ class RuntimeOptions:
             raise InputError(f"image_cache_mb: expected an integer >= 0 (0 = no cache), found {self.image_cache_mb!r}")
         if not is_int(self.device_id) or self.device_id < 0:
             raise InputError(f"device_id: expected an integer >= 0, found {self.device_id!r}")
+        if self.record_feeds is not None and not isinstance(self.record_feeds, FeedRecorder):
+            raise InputError(f"record_feeds: expected None or an engines.recording.FeedRecorder, "
+                             f"found {type(self.record_feeds).__name__}")
         for name in ("concurrent", "memory_arena", "verify_hashes", "check_inputs"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name}: expected True or False, found {getattr(self, name)!r}")

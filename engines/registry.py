@@ -86,7 +86,14 @@ def open_engine(manifest: Manifest, component: str, options: RuntimeOptions, *, 
                 memory_arena: bool | None = None) -> Engine:
     """The package's graph `component`, with its shared weights, on the backend and device `options` name.
     `threads` / `memory_arena` override the options for this one engine (experts: 1 thread, no arena). Files are
-    hashed (once per process) unless the manifest or the options turn hashing off."""
+    hashed (once per process) unless the manifest or the options turn hashing off. With `options.record_feeds`, the
+    engine's feeds are recorded (engines.recording)."""
+    engine = open_package_engine(manifest, component, options, threads=threads, memory_arena=memory_arena)
+    return options.record_feeds.tap(engine, component) if options.record_feeds is not None else engine
+
+
+def open_package_engine(manifest: Manifest, component: str, options: RuntimeOptions, *, threads: int | None,
+                        memory_arena: bool | None) -> Engine:
     cls = backend_for(options)
     options = overridden(options, threads, memory_arena)
     c = manifest.component(component)

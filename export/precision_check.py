@@ -25,10 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from moai_edge.engines.errors import ContextError, ExportValidationError
-from moai_edge.runtime.families import AuxInputs
-from moai_edge.runtime.generation import log_softmax
-from moai_edge.runtime.pipeline import Pipeline
-from moai_edge.runtime.timer import Timer
+from moai_edge.runtime import Observation, Pipeline, log_softmax
 
 CHECK_IMAGES = 6
 MAX_NEW_TOKENS = 24
@@ -56,26 +53,16 @@ class Agreement:
         return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def seen(pipe: Pipeline, image) -> tuple[np.ndarray, AuxInputs]:
-    """The image's features (1,N,H) and the family's aux inputs, from the package's tower and experts."""
-    results, features = pipe.see([pipe.expert_input(image)], [pipe.experts is not None], Timer())
-    return features, pipe.family.aux_inputs(results[0]) if results[0] is not None else AuxInputs()
+def seen(pipe: Pipeline, image) -> Observation:
+    """The image's features and the family's aux inputs, from the package's tower and experts."""
+    return pipe.observe([image])[0]
 
 
-def answer_logits(pipe: Pipeline, features: np.ndarray, aux: AuxInputs, question: str,
-                  tokens: list[int] | None) -> tuple[list[int], list[np.ndarray]]:
+def answer_logits(pipe: Pipeline, observation: Observation, question: str,
+                  tokens: list[int] | None) -> tuple[list[int], np.ndarray]:
     """The logits at each answer position: greedy (tokens None, until eos or MAX_NEW_TOKENS) or along `tokens`."""
-    runner, logits = pipe.backbone.prefill(features, [aux], [question], max_new_tokens=MAX_NEW_TOKENS)
-    eos = set(pipe.manifest.generation.eos_token_ids)
-    last = MAX_NEW_TOKENS if tokens is None else len(tokens)
-    chosen, out = [], [logits[0]]
-    for t in range(last):
-        token = int(np.argmax(out[-1])) if tokens is None else tokens[t]
-        chosen.append(token)
-        if token in eos or t + 1 == last:
-            break
-        out.append(runner.step(np.array([token]))[0])
-    return chosen, out
+    scored = pipe.score(observation, question, tokens=tokens, max_new_tokens=MAX_NEW_TOKENS)
+    return scored.tokens, scored.logits
 
 
 def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
@@ -90,7 +77,7 @@ class Tally:
         self.same: list[bool] = []
         self.skipped = 0
 
-    def add(self, tokens: list[int], ref: list[np.ndarray], ours: list[np.ndarray]) -> None:
+    def add(self, tokens: list[int], ref: np.ndarray, ours: np.ndarray) -> None:
         hits = [int(np.argmax(o)) == t for o, t in zip(ours, tokens)]
         self.hits += hits
         self.kls += [kl_divergence(r, o) for r, o in zip(ref, ours)]
@@ -114,13 +101,13 @@ def measure_agreement(reference: Pipeline, reduced: Pipeline, *, images: int = C
         ref_inputs, our_inputs = seen(reference, world.image), seen(reduced, world.image)
         for qa in questions_for(world.scene, random.Random(s)):
             try:
-                tokens, ref = answer_logits(reference, *ref_inputs, qa.question, None)
+                tokens, ref = answer_logits(reference, ref_inputs, qa.question, None)
             except ContextError:
                 decoder.skipped, end_to_end.skipped = decoder.skipped + 1, end_to_end.skipped + 1
                 continue
-            decoder.add(tokens, ref, answer_logits(reduced, *ref_inputs, qa.question, tokens)[1])
+            decoder.add(tokens, ref, answer_logits(reduced, ref_inputs, qa.question, tokens)[1])
             try:  # the reduced experts may find more segments, so a longer prompt
-                end_to_end.add(tokens, ref, answer_logits(reduced, *our_inputs, qa.question, tokens)[1])
+                end_to_end.add(tokens, ref, answer_logits(reduced, our_inputs, qa.question, tokens)[1])
             except ContextError:
                 end_to_end.skipped += 1
     return {"decoder": decoder.agreement(), "end_to_end": end_to_end.agreement()}

@@ -91,7 +91,7 @@ def half_embedding(manifest: Manifest, out: Path) -> Component:
 def reduce_and_check(src: Path, out: Path, preset: Preset) -> Manifest:
     """`reduce_package`, then the reduced package held to `src` on world questions (export.precision_check); the
     measured agreement is recorded in the manifest's source."""
-    from moai_edge.runtime.pipeline import Pipeline
+    from moai_edge.runtime import Pipeline
 
     from .precision_check import check_agreement, measure_agreement
 

@@ -9,9 +9,9 @@ from moai_edge.engines.decoding import DecodingConfig
 from moai_edge.engines.errors import InputError
 from moai_edge.engines.manifest import Manifest
 
-from .families import AuxInputs
+from .contracts import AuxInputs, OnToken
 from .images import load_resized
-from .request import OnToken, Request, Result
+from .request import Request, Result
 
 
 class Asking:

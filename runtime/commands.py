@@ -68,21 +68,23 @@ def cmd_export(args) -> int:
 
 
 def cmd_ask(args) -> int:
-    """The full pipeline; a package without experts gets the reference's "nothing detected" inputs."""
+    """The full pipeline; a package without experts gets the reference's "nothing detected" inputs. The answer is
+    streamed as text pieces whose concatenation is the answer (runtime.decoding.text_stream)."""
     from .pipeline import Pipeline
 
     with Pipeline.load(args.engine, runtime_options(args)) as pipe:
         stream = not args.json and (args.decoding or pipe.manifest.generation.strategy) != "beam"
+        text = pipe.text_stream()
 
         def on_token(row: int, token: int) -> None:
-            print(pipe.backbone.tokenizer.decode([token]), end="", flush=True)
+            print(text.push(token), end="", flush=True)
 
         result = pipe.ask(args.image, args.question, decoding=args.decoding, max_new_tokens=args.max_new_tokens,
                           seed=args.seed, template=args.template, on_token=on_token if stream else None)
     if args.json:
         print(json.dumps(result.to_json()))
     else:
-        print() if stream else print(result.answer)
+        print(text.finish(result.answer)) if stream else print(result.answer)
         print_timings(result.timings_ms)
     return 0
 
@@ -93,8 +95,8 @@ RAY_ONLY = ("ray_address", "num_workers", "worker_cpus", "worker_memory_mb", "wo
 def cmd_caption(args) -> int:
     if args.ray:
         return cmd_caption_ray(args)
-    from .caption_job import CaptionJob
-    from .captioner import Captioner
+    from .caption.job import CaptionJob
+    from .caption.captioner import Captioner
     from .limits import check_batch_size
     from .pipeline import Pipeline
 
@@ -113,7 +115,7 @@ def cmd_caption(args) -> int:
 
 def cmd_caption_ray(args) -> int:
     """`caption --ray`: the same job on Ray Data actors, into a folder of shards (runtime/caption_ray.py)."""
-    from .caption_ray import RayWorkers, run_ray_caption_job
+    from .caption.on_ray import RayWorkers, run_ray_caption_job
 
     workers = RayWorkers(count=1 if args.num_workers is None else args.num_workers,
                          cpus=1.0 if args.worker_cpus is None else args.worker_cpus, memory_mb=args.worker_memory_mb,
@@ -152,7 +154,7 @@ def cmd_serve(args) -> int:
 def cmd_experts(args) -> int:
     from moai_edge.engines.manifest import load_manifest
 
-    from .experts.runner import Experts
+    from .experts import Experts
     from .families import family_of
     from .images import load_resized
 
@@ -256,8 +258,8 @@ def cmd_demo(args) -> int:
     from moai_edge.bench.eval import image_seeds, score_answer, world_items
     from moai_edge.export.world import DESCRIBE_QUESTION
 
-    from .caption_job import CaptionJob
-    from .captioner import Captioner
+    from .caption.job import CaptionJob
+    from .caption.captioner import Captioner
     from .pipeline import Pipeline
 
     out = Path(args.engine)

@@ -11,41 +11,25 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, fields
 
 import numpy as np
 
-from .experts.runner import ExpertResults
-from .families import AuxInputs
+from .observation import Observation
 
 
 def image_key(pixels: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(pixels).data).hexdigest() + str(pixels.shape)
 
 
-@dataclass
-class Seen:
-    features: np.ndarray  # (N, H) the vision tower's output for this image
-    results: ExpertResults | None = None  # None until the experts ran on it
-    aux: AuxInputs | None = None
-
-    def nbytes(self) -> int:
-        arrays = [self.features] + [getattr(self.aux, f.name) for f in fields(AuxInputs)] if self.aux else [self.features]
-        size = sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
-        if self.results is not None:
-            size += self.results.panoptic.segmentation.nbytes + 4096  # the lists around it: a few KB
-        return size
-
-
 class ImageCache:
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self.entries: OrderedDict[str, Seen] = OrderedDict()
+        self.entries: OrderedDict[str, Observation] = OrderedDict()
         self.bytes = 0
         self.hits = self.misses = 0
         self.lock = threading.Lock()
 
-    def get(self, key: str, *, need_experts: bool) -> Seen | None:
+    def get(self, key: str, *, need_experts: bool) -> Observation | None:
         with self.lock:
             entry = self.entries.get(key)
             if entry is None or (need_experts and entry.results is None):
@@ -55,7 +39,7 @@ class ImageCache:
             self.hits += 1
             return entry
 
-    def put(self, key: str, entry: Seen) -> None:
+    def put(self, key: str, entry: Observation) -> None:
         size = entry.nbytes()
         with self.lock:
             old = self.entries.pop(key, None)

@@ -5,6 +5,10 @@
     with Pipeline.load("pkg/tiny-moai", threads=2) as pipe:
         result = pipe.ask("photo.jpg", "Describe this image.", on_token=lambda row, token: print(token))
 
+`observe` is the first half on its own (images -> features, expert results, the family's inputs), `score` the
+second half's logits (greedy, or teacher-forced along given tokens): what tools built on a package use instead of
+its parts.
+
 With `RuntimeOptions.concurrent`, the experts of an image and the vision tower run at the same time
 on a thread pool: on CPU each expert engine has one intra-op thread; on a GPU each engine has its own
 CUDA stream (engines/registry). How many at once: at most one per core, and with `memory_budget_mb` no
@@ -24,18 +28,24 @@ from pathlib import Path
 
 import numpy as np
 
-from moai_edge.engines.errors import EngineError
+from moai_edge.engines.errors import EngineError, InputError
 from moai_edge.engines.manifest import Manifest, load_manifest
 from moai_edge.engines.options import RuntimeOptions, usable_cores
 
-from .backbone import Backbone
-from .experts.runner import Experts, ExpertResults
-from .experts.schedule import StageSchedule
-from .image_cache import ImageCache, Seen, image_key
-from .memory import release_freed
 from .asking import Asking
-from .families import AuxInputs, family_of
-from .request import OnToken, Request, Result
+from .contracts import AuxInputs, OnToken
+from .decoding.backbone import Backbone, Scored
+from .decoding.prompts import PromptIds
+from .decoding.text_stream import TextStream
+from .decoding.tokenizer import Tokenizer
+from .experts.results import ExpertResults
+from .experts.runner import Experts
+from .experts.schedule import StageSchedule
+from .families import family_of
+from .image_cache import ImageCache, image_key
+from .memory import release_freed
+from .observation import Observation
+from .request import Request, Result
 from .timer import Timer
 from .vision import VisionTower
 
@@ -46,7 +56,7 @@ class Pipeline(Asking):
         self.family = family_of(manifest.family)
         self.closed = False
         self.vision = VisionTower(manifest, self.options)
-        self.backbone = Backbone(manifest, self.options, self.family, self.vision)
+        self.backbone = Backbone(manifest, self.options, self.family, self.vision.encode_pixels)
         concurrent = self.options.concurrent
         self.experts = Experts(manifest, self.options, threads=1 if concurrent else None) if manifest.experts else None
         # experts are compute-bound on CPU: batching them gains nothing while their activations grow with the batch
@@ -85,9 +95,7 @@ class Pipeline(Asking):
         with self.lock:
             self.check_open()
             t0, timer = time.perf_counter(), Timer()
-            with timer("load"):
-                pixels = [self.expert_input(r.image) for r in requests]
-            seen = self.observe(pixels, [r.aux is None for r in requests], timer)
+            seen = self.observe([r.image for r in requests], experts=[r.aux is None for r in requests], timer=timer)
             aux = [req.aux if req.aux is not None else s.aux or AuxInputs() for req, s in zip(requests, seen)]
             features = np.stack([s.features for s in seen])
             answers = self.generate(requests, features, aux, timer, on_token)
@@ -102,6 +110,30 @@ class Pipeline(Asking):
         if self.closed:
             raise EngineError("this Pipeline is closed: load the package again to ask more")
 
+    # ---- a package's parts, for tools built on it ------------------------------------------------
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.backbone.tokenizer
+
+    def prompt(self, question: str, aux: AuxInputs | None = None, *, template: str | None = None) -> PromptIds:
+        """The prompt ids the backbone gives the decoder for `question` (the family's prefix from `aux` included)."""
+        return self.backbone.prompt(question, aux or AuxInputs(), template)
+
+    def text_stream(self) -> TextStream:
+        """Turns one row's streamed token ids into the pieces of its answer (see `ask`'s `on_token`)."""
+        return TextStream(self.backbone.tokenizer, self.manifest.prompts)
+
+    def score(self, observation: Observation, question: str, *, tokens: list[int] | None = None,
+              max_new_tokens: int | None = None, template: str | None = None) -> Scored:
+        """The answer's tokens with the logits (T, V) before each: greedy (until an end token or `max_new_tokens`,
+        default the package's), or along `tokens` (teacher-forced). `observation` may come from another package of
+        the same family: its features and aux inputs are all that is used."""
+        with self.lock:
+            self.check_open()
+            n = max_new_tokens or self.manifest.generation.max_new_tokens
+            return self.backbone.score(observation.features, observation.aux or AuxInputs(), question, tokens=tokens,
+                                       max_new_tokens=n, template=template)
+
     def aux_inputs(self, image) -> AuxInputs:
         """The family's inputs from the experts on one image. Give them as `Request.aux` to ask several questions
         about the same image without running the experts again."""
@@ -114,9 +146,22 @@ class Pipeline(Asking):
             result = self.experts.run([pixels], pool=self.pool, max_batch=self.expert_batch, gate=gate)[0]
             return self.family.aux_inputs(result)
 
-    def observe(self, pixels: list[np.ndarray], wanted: list[bool], timer: Timer) -> list[Seen]:
-        """Per image: its features, and where `wanted` its expert results and the family inputs made from them;
-        from the image cache where it holds them, else from `see` (and then kept there)."""
+    def observe(self, images: list, *, experts: bool | list[bool] = True, timer: Timer | None = None) -> list[Observation]:
+        """Per image (a path, bytes, PIL image or HxWx3 uint8 array): its features, and where `experts` asks its
+        expert results and the family inputs made from them; what `run` itself uses. From the image cache where it
+        holds them, else the experts and the vision tower run (and the cache keeps them)."""
+        with self.lock:
+            self.check_open()
+            timer = timer or Timer()
+            wanted = experts if isinstance(experts, list) else [experts] * len(images)
+            if len(wanted) != len(images):
+                raise InputError(f"observe: expected one experts flag per image, found {len(wanted)} for "
+                                 f"{len(images)} images")
+            with timer("load"):
+                pixels = [self.expert_input(image) for image in images]
+            return self.observe_pixels(pixels, wanted, timer)
+
+    def observe_pixels(self, pixels: list[np.ndarray], wanted: list[bool], timer: Timer) -> list[Observation]:
         keys = [image_key(p) for p in pixels] if self.image_cache is not None else [None] * len(pixels)
         need = [w and self.experts is not None for w in wanted]
         out = [self.image_cache.get(k, need_experts=n) if k else None for k, n in zip(keys, need)]
@@ -127,7 +172,7 @@ class Pipeline(Asking):
             results, features = self.see([pixels[i] for i in todo], [wanted[i] for i in todo], timer)
             with timer("verbalize"):
                 for i, r, f in zip(todo, results, features):
-                    out[i] = Seen(f, r, self.family.aux_inputs(r) if r is not None else None)
+                    out[i] = Observation(f, r, self.family.aux_inputs(r) if r is not None else None)
                     if keys[i]:
                         self.image_cache.put(keys[i], out[i])
         return [s if s is not None else out[first[(keys[i], need[i])]] for i, s in enumerate(out)]

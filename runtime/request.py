@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 from moai_edge.engines.decoding import DecodingConfig
 
-from .families import AuxInputs
+from .contracts import AuxInputs
 
 DEFAULT_QUESTION = "Describe this image in detail."
-OnToken = Callable[[int, int], "bool | None"]  # (row, token); returning False stops that row's decoding
 
 
 @dataclass

@@ -41,7 +41,7 @@ def packaged_scene_graph(tiny_packages):
     from moai_edge.engines.options import RuntimeOptions
     from moai_edge.engines.registry import open_engine
     from moai_edge.export.experts.scene_graph import load_scene_graph
-    from moai_edge.runtime.experts.runner import config_from
+    from moai_edge.runtime.experts import config_from
     from moai_edge.runtime.experts.scene_graph import SceneGraphConfig
 
     m = Manifest.load(tiny_packages["moai"])

@@ -1,7 +1,7 @@
 """The PyTorch reference backbone: the runtime Backbone's surface, the reference repositories' steps.
 
     features (encode: torchvision resize + 0-255 normalisation + CLIP + projector) + aux + questions
-        -> family prefill extras (reference.families) -> prompt and im_mask from separate tokenizations
+        -> family prefill extras (export.family_heads) -> prompt and im_mask from separate tokenizations
         -> LLaVA-style merge -> prefill -> Hugging Face generate semantics (reference.generate) -> answers
 
 Rows run one at a time, as the reference runs them; the stages go into a runtime Timer under the runtime's
@@ -18,13 +18,11 @@ import torch
 from moai_edge.engines.decoding import DecodingConfig
 from moai_edge.engines.errors import InputError
 from moai_edge.export.config import REFERENCE_PROMPTS
+from moai_edge.export.family_heads import torch_head
 from moai_edge.export.modeling.vlm import VLM
-from moai_edge.runtime.backbone import Answer
-from moai_edge.runtime.families import AuxInputs, family_of
-from moai_edge.runtime.request import OnToken
-from moai_edge.runtime.timer import Timer
+from moai_edge.runtime import AuxInputs, OnToken, Timer, family_of
+from moai_edge.runtime.decoding import Answer
 
-from .families import reference_family_of
 from .generate import generate
 from .pixels import reference_pixels
 from .prompt import ReferenceInputs, ReferenceTokenizer, build_reference_inputs
@@ -69,8 +67,8 @@ class ReferenceBackbone:
     def __init__(self, model: VLM, tokenizer_file: Path, *, template: str = "eval"):
         self.model = model.eval()
         self.family = family_of(model.cfg.family)  # the runtime's: question prefix, image-aligned extras
-        self.extras = reference_family_of(model.cfg.family)
         self.tokenizer = ReferenceTokenizer(Path(tokenizer_file), REFERENCE_PROMPTS["image_token"])
+        self.head = torch_head(model, self.tokenizer)
         self.template = template
 
     @torch.no_grad()
@@ -101,7 +99,7 @@ class ReferenceBackbone:
                      on_token, timer: Timer) -> Answer:
         m = self.model
         with timer("aux"):
-            extras = self.extras.prefill_extras(self, aux)
+            extras = self.head.prefill_extras([aux])
         with timer("tokenize"):
             inputs = build_reference_inputs(self.family.question(aux, question), self.tokenizer, m.embed, features,
                                             prompts=REFERENCE_PROMPTS, template=template)

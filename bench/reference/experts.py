@@ -9,14 +9,13 @@
 - OCR: the package's PP-OCR graphs through the runtime's reader (PaddleOCR is not installable here;
   tests/runtime/experts/test_ocr.py compares the reader with rapidocr).
 
-The surface is the runtime's `Experts`: `run(images) -> list[ExpertResults]`, the runtime's own result type, so
-one verbalizer (golden-tested on its own) turns both into text. The images go one after another, and the experts
-of an image one after another, as the reference runs them.
+The surface is the runtime's `Experts`: `run(images) -> list[ExpertResults]`, the runtime's own result type filled by
+the runtime experts' own `attach`, so one verbalizer (golden-tested on its own) turns both into text. Each reference
+expert mirrors one runtime registry entry. The images go one after another, and the experts of an image one after
+another, as the reference runs them.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import numpy as np
 import torch
@@ -28,59 +27,35 @@ from moai_edge.engines.registry import open_engine
 from moai_edge.export.experts import scene_graph as psgtr
 from moai_edge.export.experts.detector import load_detector, query_tokens
 from moai_edge.export.experts.panoptic import load_panoptic
-from moai_edge.runtime.experts.ocr import OcrConfig, OcrLine, OcrReader
-from moai_edge.runtime.experts.panoptic import PanopticResult, Segment
-from moai_edge.runtime.experts.runner import ExpertResults, config_from
-from moai_edge.runtime.experts.scene_graph import (HEADS, SceneGraphConfig, SceneGraphResult, mask_size,
-                                                   preprocess_scene_graph, relations_of)
-from moai_edge.runtime.experts.verbalize import Detection
-from moai_edge.runtime.timer import Timer
+from moai_edge.runtime import Timer
+from moai_edge.runtime.experts import (EXPERTS, HEADS, Detection, ExpertResults, OcrConfig, OcrLine, OcrReader,
+                                       PanopticResult, SceneGraphConfig, SceneGraphResult, Segment, attach_all,
+                                       config_from, mask_size, preprocess_scene_graph, relations_of)
+
+REFERENCE_EXPERTS: dict[str, type] = {}
+
+
+def reference_expert(name: str):
+    """Class decorator: the reference's twin of the runtime expert `name`, built from (manifest, section, options)
+    and run on one image at a time."""
+    def register(cls):
+        REFERENCE_EXPERTS[name] = cls
+        return cls
+    return register
 
 
 class ReferenceExperts:
-    """The package's experts rebuilt from the sources its manifest records. `options` only concern the OCR graphs,
-    the one expert that runs on an engine here."""
+    """The package's experts rebuilt from the sources its manifest records, in the runtime registry's order.
+    `options` only concern the OCR graphs, the one expert that runs on an engine here."""
 
     def __init__(self, manifest: Manifest, options: RuntimeOptions | None = None):
-        import transformers
-
-        self.manifest = manifest
-        ex = manifest.experts
-        self.panoptic_section = ex["panoptic"]
-        self.panoptic = load_panoptic(self.panoptic_section["source"]).eval()
-        size = self.panoptic_section["image_size"]
-        self.panoptic_processor = transformers.Mask2FormerImageProcessor(size={"height": size, "width": size})
-        self.detector = None
-        if "detector" in ex:
-            self.detector_section = ex["detector"]
-            self.detector = load_detector(self.detector_section["source"]).eval()
-            self.query_ids, self.query_mask = query_tokens(self.detector, self.detector_section["labels"],
-                                                           self.detector_section["source"])
-            self.detector_processor = transformers.Owlv2ImageProcessor()
-        self.scene_graph = None
-        if "scene_graph" in ex:
-            self.scene_graph_cfg = config_from(SceneGraphConfig, ex["scene_graph"])
-            self.scene_graph = psgtr.load_scene_graph(ex["scene_graph"]["source"]).eval()
-        self.ocr = None
-        if "ocr" in ex:
-            o = ex["ocr"]
-            engines = (open_engine(manifest, o[k], options or RuntimeOptions()) for k in ("det", "cls", "rec"))
-            self.ocr = OcrReader.from_engines(*engines, cfg=config_from(OcrConfig, o))
+        self.manifest, options = manifest, options or RuntimeOptions()
+        self.parts = {name: REFERENCE_EXPERTS[name](manifest, manifest.experts[name], options)
+                      for name in EXPERTS if name in manifest.experts}
 
     def close(self) -> None:
-        if self.ocr is not None:
-            self.ocr.close()
-
-    def steps(self) -> dict[str, Callable[[np.ndarray], object]]:
-        """Each packaged expert as a function of one image, in the runtime's order."""
-        steps = {"panoptic": self.run_panoptic}
-        if self.detector is not None:
-            steps["detector"] = self.run_detector
-        if self.scene_graph is not None:
-            steps["scene_graph"] = self.run_scene_graph
-        if self.ocr is not None:
-            steps["ocr"] = self.run_ocr
-        return steps
+        for part in self.parts.values():
+            part.close()
 
     @torch.no_grad()
     def run(self, images: list[np.ndarray], *, timer: Timer | None = None) -> list[ExpertResults]:
@@ -90,40 +65,70 @@ class ReferenceExperts:
         results = []
         for image in images:
             outs = {}
-            for name, step in self.steps().items():
+            for name, part in self.parts.items():
                 with timer(f"expert_{name}"):
-                    outs[name] = step(image)
-            result = ExpertResults(outs["panoptic"], self.panoptic_section["labels"])
-            if "detector" in outs:
-                result.detections, result.detector_labels = outs["detector"], self.detector_section["labels"]
-            result.scene_graph = outs.get("scene_graph")
-            result.ocr = outs.get("ocr", [])
-            results.append(result)
+                    outs[name] = [part.run(image)]
+            results += attach_all(outs, self.manifest.experts, 1)
         return results
 
-    def run_panoptic(self, image: np.ndarray) -> PanopticResult:
-        s = self.panoptic_section
-        out = self.panoptic(**self.panoptic_processor(images=[image], return_tensors="pt"))
+
+@reference_expert("panoptic")
+class ReferencePanoptic:
+    def __init__(self, manifest: Manifest, section: dict, options: RuntimeOptions):
+        import transformers
+
+        self.section = section
+        self.model = load_panoptic(section["source"]).eval()
+        size = section["image_size"]
+        self.processor = transformers.Mask2FormerImageProcessor(size={"height": size, "width": size})
+
+    def run(self, image: np.ndarray) -> PanopticResult:
+        s = self.section
+        out = self.model(**self.processor(images=[image], return_tensors="pt"))
         t = s["target_size"]
-        ref = self.panoptic_processor.post_process_panoptic_segmentation(
+        ref = self.processor.post_process_panoptic_segmentation(
             out, threshold=s["threshold"], mask_threshold=s["mask_threshold"],
             overlap_mask_area_threshold=s["overlap_mask_area_threshold"], label_ids_to_fuse=set(), target_sizes=[(t, t)])[0]
         segments = [Segment(d["id"], d["label_id"], float(d["score"]), bool(d["was_fused"])) for d in ref["segments_info"]]
         return PanopticResult(ref["segmentation"].numpy().astype(np.int32), segments)
 
-    def run_detector(self, image: np.ndarray) -> list[Detection]:
-        s = self.detector_section
-        pixels = self.detector_processor(images=[image], return_tensors="pt")["pixel_values"]
-        out = self.detector(input_ids=self.query_ids, attention_mask=self.query_mask, pixel_values=pixels)
+    def close(self) -> None:
+        pass
+
+
+@reference_expert("detector")
+class ReferenceDetector:
+    def __init__(self, manifest: Manifest, section: dict, options: RuntimeOptions):
+        import transformers
+
+        self.section = section
+        self.model = load_detector(section["source"]).eval()
+        self.query_ids, self.query_mask = query_tokens(self.model, section["labels"], section["source"])
+        self.processor = transformers.Owlv2ImageProcessor()
+
+    def run(self, image: np.ndarray) -> list[Detection]:
+        s = self.section
+        pixels = self.processor(images=[image], return_tensors="pt")["pixel_values"]
+        out = self.model(input_ids=self.query_ids, attention_mask=self.query_mask, pixel_values=pixels)
         t = s["target_size"]
-        ref = self.detector_processor.post_process_object_detection(out, threshold=s["threshold"], target_sizes=[(t, t)])[0]
+        ref = self.processor.post_process_object_detection(out, threshold=s["threshold"], target_sizes=[(t, t)])[0]
         keep = ref["scores"] >= s["keep_score"]
         return [Detection(box.numpy().astype(np.float32), float(score), int(label))
                 for box, score, label in zip(ref["boxes"][keep], ref["scores"][keep], ref["labels"][keep])]
 
-    def run_scene_graph(self, image: np.ndarray) -> SceneGraphResult:
-        cfg = self.scene_graph_cfg
-        out = self.scene_graph(torch.from_numpy(preprocess_scene_graph(image, cfg))[None])
+    def close(self) -> None:
+        pass
+
+
+@reference_expert("scene_graph")
+class ReferenceSceneGraph:
+    def __init__(self, manifest: Manifest, section: dict, options: RuntimeOptions):
+        self.cfg = config_from(SceneGraphConfig, section)
+        self.model = psgtr.load_scene_graph(section["source"]).eval()
+
+    def run(self, image: np.ndarray) -> SceneGraphResult:
+        cfg = self.cfg
+        out = self.model(torch.from_numpy(preprocess_scene_graph(image, cfg))[None])
         heads = dict(zip(psgtr.OUTPUTS, (t[0] for t in out)))
         labels, dists, pairs = reference_scene_graph(*(heads[k] for k in HEADS), mask_size(*image.shape[:2], cfg),
                                                      num_relations=len(cfg.predicates), max_per_img=cfg.max_per_img)
@@ -131,5 +136,20 @@ class ReferenceExperts:
         graph.relations = relations_of(graph, cfg)
         return graph
 
-    def run_ocr(self, image: np.ndarray) -> list[OcrLine]:
-        return self.ocr.keep_confident(self.ocr.read(image))
+    def close(self) -> None:
+        pass
+
+
+@reference_expert("ocr")
+class ReferenceOcr:
+    """The package's PP-OCR graphs through the runtime's reader (PaddleOCR is not installable here)."""
+
+    def __init__(self, manifest: Manifest, section: dict, options: RuntimeOptions):
+        engines = (open_engine(manifest, section[k], options) for k in ("det", "cls", "rec"))
+        self.reader = OcrReader.from_engines(*engines, cfg=config_from(OcrConfig, section))
+
+    def run(self, image: np.ndarray) -> list[OcrLine]:
+        return self.reader.keep_confident(self.reader.read(image))
+
+    def close(self) -> None:
+        self.reader.close()

@@ -25,10 +25,7 @@ from moai_edge.engines.manifest import Manifest, load_manifest
 from moai_edge.engines.options import RuntimeOptions
 from moai_edge.export.checkpoint import load_checkpoint
 from moai_edge.export.modeling.vlm import VLM
-from moai_edge.runtime.asking import Asking
-from moai_edge.runtime.families import AuxInputs, family_of
-from moai_edge.runtime.request import OnToken, Request, Result
-from moai_edge.runtime.timer import Timer
+from moai_edge.runtime import Asking, AuxInputs, OnToken, Request, Result, Timer, family_of
 
 from .backbone import ReferenceBackbone
 from .experts import ReferenceExperts

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from moai_edge.export.config import CLIP_MEAN, CLIP_STD
+from moai_edge.export.family_heads import normalise
 
 
 def reference_pixels(image: np.ndarray, size: int) -> torch.Tensor:
@@ -16,8 +16,3 @@ def reference_pixels(image: np.ndarray, size: int) -> torch.Tensor:
     t = Resize(size=(size, size), antialias=False)(t)[:3]
     return normalise(t[None].float())
 
-
-def normalise(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(CLIP_MEAN).view(1, -1, 1, 1) * 255
-    std = torch.tensor(CLIP_STD).view(1, -1, 1, 1) * 255
-    return (x - mean) / std

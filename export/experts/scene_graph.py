@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from moai_edge.engines.errors import CheckpointError
-from moai_edge.runtime.experts.scene_graph import MASK_INPUTS  # the trunk graph's outputs the mask-heads graph takes
+from moai_edge.runtime import MASK_INPUTS  # the trunk graph's outputs the mask-heads graph takes
 
 from ..graphs import GraphTarget
 

@@ -13,7 +13,7 @@ import random
 import string
 from pathlib import Path
 
-from moai_edge.runtime.experts.verbalize import COLLAVO_EMPTY_PREFIX, clean_class, OCR_PREFIX, RELATION_PREFIX, SEGMENT_PREFIX
+from moai_edge.runtime import COLLAVO_EMPTY_PREFIX, OCR_PREFIX, RELATION_PREFIX, SEGMENT_PREFIX, clean_class
 
 from ..config import REFERENCE_PROMPTS
 from ..tokenizer_factory import train_sentencepiece

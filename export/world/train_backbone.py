@@ -31,13 +31,10 @@ import torch
 from torch.nn import functional as F
 
 from moai_edge.engines.errors import InputError
-from moai_edge.runtime.experts.verbalize import EMPTY_VERBALIZATION, verbalize_ocr
-from moai_edge.runtime.families import AuxInputs
-from moai_edge.runtime.images import preprocess_image
-from moai_edge.runtime.pipeline import Pipeline
-from moai_edge.runtime.prompts import build_prompt
+from moai_edge.runtime import AuxInputs, Pipeline, preprocess_image, verbalize_ocr
 
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..family_heads import torch_head
 from ..modeling.vlm import VLM
 from .questions import NO_SIGN_ANSWER, QA, SIGN_CLAUSE, questions_for
 from .render import generate
@@ -110,15 +107,15 @@ class Batcher:
 
     def __init__(self, model: VLM, pipe: Pipeline):
         self.model, self.pipe = model, pipe
-        self.tokenizer, self.prompts = pipe.backbone.tokenizer, pipe.manifest.prompts
-        self.family = pipe.family
+        self.tokenizer = pipe.tokenizer
+        self.head = torch_head(model, lambda text: self.tokenizer.encode(text, add_bos=True))
         self.eos = model.cfg.decoder.eos_id
 
     def rows(self, examples: list[Example]) -> tuple[list[int], list[np.ndarray], list[list[int]], int]:
         images, prompts, answers, image_pos = [], [], [], None
         for i, ex in enumerate(examples):
             for qa in ex.qas:
-                ids = build_prompt(self.family.question(ex.aux, qa.question), self.tokenizer, self.prompts)
+                ids = self.pipe.prompt(qa.question, ex.aux)
                 if image_pos not in (None, ids.image_pos):
                     raise InputError(f"the image token is at {ids.image_pos} in one prompt and {image_pos} in another: "
                                      f"training expects one system prompt before every question")
@@ -158,25 +155,14 @@ class Batcher:
         return F.cross_entropy(all_logits.reshape(-1, all_logits.shape[-1]), target.reshape(-1), ignore_index=-100)
 
     def extras(self, examples: list[Example], index: torch.Tensor, pos: int, length: int) -> dict[str, torch.Tensor]:
-        m = self.model
-        if m.cfg.crayon is not None:
-            g = m.cfg.vision.grid
-            maps = [(np.zeros((g, g), np.int64) if ex.aux.class_map is None else ex.aux.class_map,
-                     np.zeros((g, g), np.int64) if ex.aux.number_map is None else ex.aux.number_map) for ex in examples]
-            cls = torch.tensor(np.stack([c.reshape(-1) for c, _ in maps]), dtype=torch.long)
-            num = torch.tensor(np.stack([n.reshape(-1) for _, n in maps]), dtype=torch.long)
-            seg = m.crayon_features(cls, num)[index]
-            seq = seg.new_zeros(seg.shape[0], length, seg.shape[-1])
-            seq[:, pos:pos + seg.shape[1]] = seg
-            return {"seg_features": seq}
-        backbone = self.pipe.backbone
-        maps = m.encode_image(torch.from_numpy(np.stack([self.family.colour_map_pixels(backbone, ex.aux) for ex in examples])))
-        aux = []
-        for ex, cmap in zip(examples, maps):  # one image at a time: the compressor has no padding mask
-            text = ex.aux.verbalized if ex.aux.verbalized is not None else EMPTY_VERBALIZATION
-            ids = torch.tensor([backbone.tokenizer.encode(text, add_bos=True)])
-            aux.append(m.compress(torch.cat([m.embed(ids), cmap[None]], 1)))
-        return {"aux_tokens": torch.cat(aux)[index]}
+        """The family head's prefill inputs per image, then per question row; image-aligned ones at the image
+        positions of the (rows, length, H) sequence."""
+        extras = {k: v[index] for k, v in self.head.prefill_extras([ex.aux for ex in examples]).items()}
+        for name in self.pipe.family.image_aligned:
+            seg = extras[name]
+            extras[name] = seg.new_zeros(seg.shape[0], length, seg.shape[-1])
+            extras[name][:, pos:pos + seg.shape[1]] = seg
+        return extras
 
 
 def augmented(ex: Example, draws: random.Random, share: float) -> Example:

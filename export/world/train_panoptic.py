@@ -169,7 +169,7 @@ def calibrate_post_process(model, seeds: list[int], size: int) -> tuple[dict[str
     """The mask threshold (the runtime's post-processing, class threshold 0.5 as the reference) under which the
     segments of training images count the most object kinds right (`count_agreement`); the reference's 0.95
     wins ties. Returns (the settings for config.json's `post_process`, the agreement per threshold)."""
-    from moai_edge.runtime.experts.panoptic import PanopticConfig, post_process_panoptic
+    from moai_edge.runtime import PanopticConfig, post_process_panoptic
 
     model.eval()
     outputs = []

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..images import resize_planes
+from .registry import ExpertContext, config_from, expert
 from .verbalize import Detection
+
+if TYPE_CHECKING:
+    from .results import ExpertResults
 
 
 @dataclass
@@ -74,3 +79,26 @@ def post_process_detections(best_logit: np.ndarray, best_query: np.ndarray, boxe
     keep = (scores > cfg.threshold) & (scores >= cfg.keep_score)
     return [Detection(box=b.astype(np.float32), score=float(s), label_id=int(q))
             for b, s, q in zip(corners[keep], scores[keep], best_query[keep])]
+
+
+@expert("detector")
+class DetectorExpert:
+    """OWLv2 with the text side (the package's queries) computed at export: image in, the best query per box out."""
+
+    def __init__(self, ctx: ExpertContext):
+        self.cfg = config_from(DetectorConfig, ctx.section)
+        self.engine = ctx.open(ctx.section["component"])
+        self.query_embeds = ctx.manifest.load_array(ctx.section["queries"])
+
+    def run(self, images: list[np.ndarray]) -> list[list[Detection]]:
+        pixels = np.stack([preprocess_detector(img, self.cfg) for img in images])
+        out = self.engine.run({"pixel_values": pixels, "query_embeds": self.query_embeds})
+        return [post_process_detections(logit, query, boxes, self.cfg)
+                for logit, query, boxes in zip(out["best_logit"], out["best_query"], out["boxes"])]
+
+    @staticmethod
+    def attach(result: ExpertResults, found: list[Detection], section: dict) -> None:
+        result.detections, result.detector_labels = found, section["labels"]
+
+    def close(self) -> None:
+        self.engine.close()

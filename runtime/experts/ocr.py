@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,11 @@ from moai_edge.engines.errors import require
 from moai_edge.engines.options import RuntimeOptions
 from moai_edge.engines.registry import open_file
 from moai_edge.engines.protocol import Engine
+
+from .registry import ExpertContext, config_from, expert
+
+if TYPE_CHECKING:
+    from .results import ExpertResults
 
 
 @dataclass
@@ -229,3 +235,22 @@ class OcrReader:
 
     def keep_confident(self, lines: list[OcrLine]) -> list[OcrLine]:
         return [line for line in lines if line.confidence >= self.cfg.min_confidence]
+
+
+@expert("ocr")
+class OcrExpert:
+    """PP-OCR (detection, orientation, recognition), keeping the lines MoAI keeps."""
+
+    def __init__(self, ctx: ExpertContext):
+        s = ctx.section
+        self.reader = OcrReader.from_engines(*(ctx.open(s[k]) for k in ("det", "cls", "rec")), cfg=config_from(OcrConfig, s))
+
+    def run(self, images: list[np.ndarray]) -> list[list[OcrLine]]:
+        return [self.reader.keep_confident(self.reader.read(img)) for img in images]
+
+    @staticmethod
+    def attach(result: ExpertResults, found: list[OcrLine], section: dict) -> None:
+        result.ocr = found
+
+    def close(self) -> None:
+        self.reader.close()

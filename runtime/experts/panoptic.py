@@ -9,10 +9,15 @@ step: mask logits upsampled to the fixed 384x384, sigmoid, class softmax max, qu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..images import resize_planes
+from .registry import ExpertContext, config_from, expert
+
+if TYPE_CHECKING:
+    from .results import ExpertResults
 
 HF_MASK_SIZE = 384  # transformers upsamples the mask logits to this size for every Mask2Former model
 
@@ -85,3 +90,22 @@ def post_process_panoptic(class_logits: np.ndarray, mask_logits: np.ndarray, cfg
         segments.append(Segment(id=len(segments) + 1, label_id=int(label), score=round(float(score), 6)))
         segmentation[owner == k] = len(segments)
     return PanopticResult(segmentation, segments)
+
+
+@expert("panoptic")
+class PanopticExpert:
+    def __init__(self, ctx: ExpertContext):
+        self.cfg = config_from(PanopticConfig, ctx.section)
+        self.engine = ctx.open(ctx.section["component"])
+
+    def run(self, images: list[np.ndarray]) -> list[PanopticResult]:
+        out = self.engine.run({"pixel_values": np.stack([preprocess_panoptic(img, self.cfg) for img in images])})
+        return [post_process_panoptic(c, m, self.cfg)
+                for c, m in zip(out["class_queries_logits"], out["masks_queries_logits"])]
+
+    @staticmethod
+    def attach(result: ExpertResults, found: PanopticResult, section: dict) -> None:
+        result.panoptic, result.labels = found, section["labels"]
+
+    def close(self) -> None:
+        self.engine.close()

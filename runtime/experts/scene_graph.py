@@ -18,6 +18,7 @@ heads (the `scene_graph_masks` graph, most of the model's work) on those queries
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,7 +26,11 @@ from moai_edge.engines.errors import require
 
 from .mask_grid import MaskGrid
 from .panoptic import softmax_f32
+from .registry import ExpertContext, config_from, expert
 from .relations import select_relations
+
+if TYPE_CHECKING:
+    from .results import ExpertResults
 
 
 @dataclass
@@ -234,3 +239,47 @@ def scene_graph_of(triplets: Triplets, sub_masks, obj_masks, size: tuple[int, in
 def relations_of(result: SceneGraphResult, cfg: SceneGraphConfig) -> list[tuple[str, str, str]]:
     return select_relations(result.rel_dists, result.rel_pairs, result.labels, cfg.labels, cfg.predicates,
                             num_rel=cfg.num_rel, threshold=cfg.keep_score)
+
+
+@expert("scene_graph")
+class SceneGraphExpert:
+    """The trunk graph on images batched by padded shape (the reference never masks padding, see
+    export.experts.scene_graph), then the mask heads per image on the queries its post-processing reads."""
+
+    def __init__(self, ctx: ExpertContext):
+        self.cfg = config_from(SceneGraphConfig, ctx.section)
+        self.trunk = ctx.open(ctx.section["component"])
+        self.mask_heads = ctx.open(ctx.section["masks"])
+
+    def run(self, images: list[np.ndarray]) -> list[SceneGraphResult]:
+        pixels = [preprocess_scene_graph(img, self.cfg) for img in images]
+        results: list[SceneGraphResult | None] = [None] * len(images)
+        for shape in dict.fromkeys(p.shape for p in pixels):
+            idx = [i for i, p in enumerate(pixels) if p.shape == shape]
+            out = self.trunk.run({"pixel_values": np.stack([pixels[i] for i in idx])})
+            for row, i in enumerate(idx):
+                triplets = top_triplets(*(out[k][row] for k in LOGITS), self.cfg)
+                masks = self.masks_of(out, row, triplets.mask_queries())
+                graph = scene_graph_of(triplets, *masks, mask_size(*images[i].shape[:2], self.cfg), self.cfg)
+                graph.relations = relations_of(graph, self.cfg)
+                results[i] = graph
+        return results
+
+    def masks_of(self, trunk: dict[str, np.ndarray], row: int, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The subject and object mask logits (len(queries), H/4, W/4) of one image's queries."""
+        if len(queries) == 0:
+            empty = np.zeros((0, *trunk["features_s4"].shape[-2:]), np.float32)
+            return empty, empty
+        feeds = {k: trunk[k][row:row + 1] for k in MASK_INPUTS}
+        for k in ("sub_attention", "obj_attention"):
+            feeds[k] = np.ascontiguousarray(feeds[k][:, queries])
+        out = self.mask_heads.run(feeds)
+        return out["sub_masks"][0], out["obj_masks"][0]
+
+    @staticmethod
+    def attach(result: ExpertResults, found: SceneGraphResult, section: dict) -> None:
+        result.scene_graph = found
+
+    def close(self) -> None:
+        self.trunk.close()
+        self.mask_heads.close()

@@ -25,7 +25,6 @@ from .metrics import CountRequests
 from .openai_chat import Completion, parse_chat
 from .request_images import decode_image, image_bytes_from_url
 from .state import Server
-from .text_stream import TextStream
 from .worker import Job
 
 log = logging.getLogger("moai_edge.serve")
@@ -153,7 +152,7 @@ def create_app(load: Callable[[], Pipeline], config: ServeConfig | None = None, 
 
     async def events(job, answer, tokens, completion, ask, pipe, arrived):
         """The chunks of one streamed answer; the client going away cancels its job (sse-starlette cancels this)."""
-        text = TextStream(pipe.backbone.tokenizer, pipe.manifest.prompts)
+        text = pipe.text_stream()
         try:
             yield {"data": json.dumps(completion.chunk({"role": "assistant", "content": ""}))}
             while (token := await tokens.get()) is not None:

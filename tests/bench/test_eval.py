@@ -13,7 +13,7 @@ from moai_edge.bench.eval_paired import mcnemar_exact, paired
 from moai_edge.engines.errors import InputError
 from moai_edge.export.world import HELD_OUT_SEEDS, HELD_OUT_WORDS
 from moai_edge.runtime.cli import main
-from moai_edge.runtime.families import AuxInputs
+from moai_edge.runtime import AuxInputs
 from moai_edge.runtime.request import Request, Result
 
 FAST = ["--images", "4", "--max-new-tokens", "3", "--batch-size", "8"]

@@ -198,11 +198,11 @@ def test_questions_longer_than_the_context_are_skipped_and_counted(tiny_packages
 
     real, calls = precision_check.answer_logits, []
 
-    def every_third_too_long(pipe, features, aux, question, tokens):
+    def every_third_too_long(pipe, observation, question, tokens):
         calls.append(question)
         if tokens is None and len(calls) % 3 == 1:
             raise ContextError("a prompt of 9999 tokens exceeds the package's context")
-        return real(pipe, features, aux, question, tokens)
+        return real(pipe, observation, question, tokens)
 
     monkeypatch.setattr(precision_check, "answer_logits", every_third_too_long)
     with Pipeline.load(tiny_packages["moai"]) as pipe:

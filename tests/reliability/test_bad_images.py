@@ -8,9 +8,9 @@ import os
 import pytest
 
 from moai_edge.engines.errors import ImageError
-from moai_edge.runtime.caption_inputs import collect_inputs
-from moai_edge.runtime.caption_job import run_caption_job
-from moai_edge.runtime.caption_output import read_records
+from moai_edge.runtime.caption.inputs import collect_inputs
+from moai_edge.runtime.caption.job import run_caption_job
+from moai_edge.runtime.caption.output import read_records
 from moai_edge.runtime.images import load_image
 from moai_edge.runtime.pipeline import Pipeline
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from moai_edge.engines.errors import InputError
-from moai_edge.runtime.caption_output import OutputLock, read_records, recorded_ids
+from moai_edge.runtime.caption.output import OutputLock, read_records, recorded_ids
 from moai_edge.runtime.samples import sample_image
 
 N_IMAGES = 6

@@ -6,7 +6,7 @@ import pytest
 
 from moai_edge.engines.manifest import Manifest
 from moai_edge.engines.options import RuntimeOptions
-from moai_edge.runtime.experts.runner import Experts
+from moai_edge.runtime.experts import Experts
 
 
 @pytest.fixture(scope="module", params=["collavo", "moai"])

@@ -15,9 +15,9 @@ from PIL import Image
 
 from moai_edge.engines.errors import InputError
 from moai_edge.runtime import Pipeline, RuntimeOptions
-from moai_edge.runtime.caption_job import run_caption_job
-from moai_edge.runtime.caption_output import read_records
-from moai_edge.runtime.caption_ray import RayWorkers, prepare_shards, read_shards, run_ray_caption_job, shard_files
+from moai_edge.runtime.caption.job import run_caption_job
+from moai_edge.runtime.caption.output import read_records
+from moai_edge.runtime.caption.on_ray import RayWorkers, prepare_shards, read_shards, run_ray_caption_job, shard_files
 from moai_edge.runtime.cli import main
 from moai_edge.runtime.samples import sample_image
 
@@ -175,7 +175,7 @@ def test_ray_only_options_and_bad_values_are_refused_before_any_work(tiny_packag
 
 
 def test_the_ray_job_module_imports_neither_ray_nor_torch():
-    code = ("import sys, moai_edge.runtime.caption_ray; "
+    code = ("import sys, moai_edge.runtime.caption.on_ray; "
             "bad = [m for m in ('ray', 'torch', 'transformers') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -28,7 +28,7 @@ def test_an_fp16_io_decode_graph_runs_through_the_same_path(tiny_packages, tiny_
 
 
 def test_kv_cache_dtype_comes_from_the_spec():
-    from moai_edge.runtime.kv_cache import KVCache
+    from moai_edge.runtime.decoding.kv_cache import KVCache
 
     cache = KVCache(num_layers=2, rows=1, kv_heads=2, head_dim=4, max_len=5, dtype=np.dtype("float16"))
     cache.fill({f"{k}.{i}": np.ones((2, 1, 2, 4), np.float32) for i in range(2) for k in ("key", "value")}, [2])
@@ -51,7 +51,7 @@ def test_each_row_writes_its_next_token_at_its_own_length_until_the_cache_is_ful
     from moai_edge.engines.errors import InputError
     from moai_edge.engines.manifest import load_manifest
     from moai_edge.engines.registry import open_engine
-    from moai_edge.runtime.decoder import DecoderRunner
+    from moai_edge.runtime.decoding.decoder import DecoderRunner
 
     m = load_manifest(tiny_packages["moai"])
     options = RuntimeOptions(threads=1)

@@ -41,7 +41,7 @@ def test_a_crowd_past_the_crayon_number_table_shares_its_last_number(tiny_packag
 
     from moai_edge.engines.errors import InputError
     from moai_edge.runtime import Pipeline, RuntimeOptions
-    from moai_edge.runtime.families import AuxInputs
+    from moai_edge.runtime import AuxInputs
 
     with Pipeline.load(tiny_packages["collavo"], RuntimeOptions(threads=1)) as pipe:
         d = pipe.manifest.model

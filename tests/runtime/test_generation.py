@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from moai_edge.engines.errors import InputError
-from moai_edge.runtime.generation import DecodingConfig, generate
+from moai_edge.runtime.decoding.generation import DecodingConfig, generate
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -156,7 +156,7 @@ def test_sampled_tokens_are_inside_the_nucleus(llama):
 
 
 def test_runtime_warpers_equal_transformers():
-    from moai_edge.runtime.generation import warp
+    from moai_edge.runtime.decoding.generation import warp
 
     x = torch.randn(6, 97, generator=torch.Generator().manual_seed(0)) * 3
     for cfg in (SAMPLE, replace(SAMPLE, top_k=0, top_p=0.5), replace(SAMPLE, top_k=3, top_p=1.0, temperature=1.0)):

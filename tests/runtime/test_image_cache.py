@@ -7,8 +7,9 @@ import pytest
 
 from moai_edge.engines.errors import InputError
 from moai_edge.runtime import Pipeline, RuntimeOptions
-from moai_edge.runtime.families import AuxInputs
-from moai_edge.runtime.image_cache import ImageCache, Seen, image_key
+from moai_edge.runtime import AuxInputs
+from moai_edge.runtime.image_cache import ImageCache, image_key
+from moai_edge.runtime.observation import Observation
 from moai_edge.runtime.samples import sample_image
 
 QUESTIONS = ("What is in the image?", "Describe the image.")
@@ -39,8 +40,8 @@ def test_given_aux_inputs_cache_the_features_but_not_experts(tiny_packages):
         assert "experts" in with_experts.timings_ms and (pipe.image_cache.hits, pipe.image_cache.misses) == (0, 2)
 
 
-def entry(kb: int) -> Seen:
-    return Seen(features=np.zeros(kb * 256, np.float32))
+def entry(kb: int) -> Observation:
+    return Observation(features=np.zeros(kb * 256, np.float32))
 
 
 def test_one_image_twice_in_a_batch_is_seen_once(tiny_packages):

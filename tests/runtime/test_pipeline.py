@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from moai_edge.runtime.caption_inputs import collect_inputs
-from moai_edge.runtime.caption_job import run_caption_job
-from moai_edge.runtime.caption_output import recorded_ids
+from moai_edge.runtime.caption.inputs import collect_inputs
+from moai_edge.runtime.caption.job import run_caption_job
+from moai_edge.runtime.caption.output import recorded_ids
 from moai_edge.runtime import Pipeline, RuntimeOptions
 from moai_edge.runtime.samples import sample_image
 

@@ -1,7 +1,7 @@
 """The reference's answer: `decode(...).split('assistant\\n')[-1].strip().split('[UN')[0]`."""
 
 from moai_edge.engines.manifest import PromptConfig
-from moai_edge.runtime.prompts import cut_answer
+from moai_edge.runtime.decoding.prompts import cut_answer
 
 PROMPTS = PromptConfig(system="s <image>", image_token="<image>", templates={"eval": "{question}"}, answer_stop="[U")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from moai_edge.engines.manifest import Manifest
-from moai_edge.runtime.prompts import cut_answer
-from moai_edge.runtime.serve.text_stream import TextStream
-from moai_edge.runtime.tokenizer import Tokenizer
+from moai_edge.runtime.decoding.prompts import cut_answer
+from moai_edge.runtime.decoding.text_stream import TextStream
+from moai_edge.runtime.decoding.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")

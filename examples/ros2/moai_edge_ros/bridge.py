@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable
 from .conversion import answer_text, header_of, image_from_msg, results_json
 
 if TYPE_CHECKING:
-    from moai_edge.runtime.live import FrameResult, LatestFrameRunner
+    from moai_edge.runtime import FrameResult, LatestFrameRunner
 
 ANSWER, EXPERTS = "answer", "experts"
 

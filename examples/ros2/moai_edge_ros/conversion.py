@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 if TYPE_CHECKING:
-    from moai_edge.runtime.live import FrameResult
+    from moai_edge.runtime import FrameResult
 
 
 @dataclass(frozen=True)

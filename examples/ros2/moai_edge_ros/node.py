@@ -28,8 +28,7 @@ from std_msgs.msg import String
 
 from moai_edge.engines.errors import MoaiEdgeError
 from moai_edge.engines.options import RuntimeOptions
-from moai_edge.runtime.live import LatestFrameRunner
-from moai_edge.runtime.pipeline import Pipeline
+from moai_edge.runtime import LatestFrameRunner, Pipeline
 
 from .bridge import ANSWER, EXPERTS, Bridge, Settings
 

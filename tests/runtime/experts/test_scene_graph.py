@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from moai_edge.engines.options import RuntimeOptions
-from moai_edge.runtime.experts.runner import Experts
+from moai_edge.engines import FeedRecorder
+from moai_edge.runtime.experts import Experts
 from moai_edge.runtime.experts.scene_graph import (HEADS, SceneGraphConfig, mask_size, post_process_scene_graph,
                                                    preprocess_scene_graph, relations_of, scaled_size, scene_graph_of,
                                                    to_bf16, top_triplets)
@@ -101,28 +102,21 @@ def test_packaged_scene_graph_equals_torch_and_openpsg(packaged_scene_graph):
     """Image -> graphs on onnxruntime (the mask heads on the queries post-processing reads) -> our post-processing ==
     PyTorch model (the mask heads on every query) -> OpenPSG's post-processing."""
     m, cfg, engine, model = packaged_scene_graph
-    experts = Experts(m, RuntimeOptions())
-    masks_engine, queries_run = experts.scene_graph_masks, []
-
-    class Counting:
-        def run(self, feeds):
-            queries_run.append(feeds["sub_attention"].shape[1])
-            return masks_engine.run(feeds)
-
-    experts.scene_graph_masks = Counting()
+    recorder = FeedRecorder({"scene_graph_masks"})
+    experts = Experts(m, RuntimeOptions(record_feeds=recorder))
     try:
         for seed in range(3):
             img = sample_image(size=490, seed=seed)
-            ours = experts.run_scene_graph([img])[0]
+            ours = experts.parts["scene_graph"].run([img])[0]
             with torch.no_grad():
                 out = model(torch.from_numpy(preprocess_scene_graph(img, cfg))[None])
             heads = dict(zip(psgtr.OUTPUTS, (t[0] for t in out)))
             ref = reference_scene_graph(*(heads[k] for k in HEADS), mask_size(490, 490, cfg), num_relations=56)
             assert_same(ours, ref, atol=1e-4)  # the graph's fp32 noise (onnxruntime vs torch) on the distributions
             assert ours.relations == relations_of(ours, cfg)
+        queries_run = [feeds["sub_attention"].shape[1] for feeds in recorder.feeds["scene_graph_masks"]]
         assert len(queries_run) == 3 and 0 < min(queries_run) and max(queries_run) < model.cfg.num_queries, queries_run
     finally:
-        experts.scene_graph_masks = masks_engine
         experts.close()
 
 
@@ -134,9 +128,9 @@ def test_a_batch_gives_each_image_its_own_graph(packaged_scene_graph):
     try:
         flipped = np.ascontiguousarray(sample_image(size=490, seed=2)[::-1, ::-1])  # other masks than image 0's
         images = [sample_image(size=490, seed=1), flipped, sample_image(size=490, seed=3)[:300]]
-        together = experts.run_scene_graph(images)
+        together = experts.parts["scene_graph"].run(images)
         for image, graph in zip(images, together):
-            alone = experts.run_scene_graph([image])[0]
+            alone = experts.parts["scene_graph"].run([image])[0]
             assert graph.labels == alone.labels and graph.rel_pairs.tolist() == alone.rel_pairs.tolist()
             np.testing.assert_allclose(graph.rel_dists, alone.rel_dists, rtol=1e-4, atol=1e-5)
             assert graph.relations == alone.relations
@@ -150,7 +144,7 @@ def test_relation_sentence_from_the_tiny_package(packaged_scene_graph):
     m, cfg, engine, _ = packaged_scene_graph
     experts = Experts(m, RuntimeOptions())
     try:
-        graph = experts.run_scene_graph([sample_image(size=490, seed=1)])[0]
+        graph = experts.parts["scene_graph"].run([sample_image(size=490, seed=1)])[0]
     finally:
         experts.close()
     assert 0 < len(graph.relations) <= 10

@@ -1,15 +1,16 @@
 """The backbone: image features and the family's aux inputs in, answers out.
 
     features (from VisionTower) + aux (from the family) + questions
-        -> family prefill extras -> prompt ids -> prefill -> decode loop -> answers
+        -> family head's prefill extras -> prompt ids -> prefill -> decode loop -> answers
 
-It never sees raw images. Its graphs are the family's extra graphs, prefill and decode; the decoder
-weights they share are in memory once (engines/registry).
+It never sees raw images. Its graphs are prefill and decode (the decoder weights they share are in memory once,
+engines/registry), and the family head's (crayon or compressor), which the head opens and owns.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -20,16 +21,15 @@ from moai_edge.engines.options import RuntimeOptions
 from moai_edge.engines.protocol import Engine
 from moai_edge.engines.registry import open_engine
 
+from ..contracts import AuxInputs, OnToken
+from ..families import Family, HeadParts
+from ..limits import check_generation
+from ..timer import Timer
 from .decoder import DecoderRunner, input_dtypes
-from .families import AuxInputs, Family
-from .generation import generate
-from .inputs import PrefillRequest, assemble_prefill
-from .limits import check_generation
-from .prompts import build_prompt, cut_answer
-from .request import OnToken
-from .timer import Timer
+from .generation import generate, teacher_force
+from .prefill_inputs import PrefillRequest, assemble_prefill
+from .prompts import PromptIds, build_prompt, cut_answer
 from .tokenizer import Tokenizer
-from .vision import VisionTower
 
 
 @dataclass
@@ -41,19 +41,29 @@ class Answer:
     prompt_tokens: int  # the prompt's length in positions, image features included
 
 
+@dataclass
+class Scored:
+    """One answer's tokens and the logits (T, V) the model gave before each of them."""
+
+    tokens: list[int]
+    logits: np.ndarray
+
+
 class Backbone:
-    def __init__(self, manifest: Manifest, options: RuntimeOptions, family: Family, vision: VisionTower):
-        self.manifest, self.dims, self.family, self.vision = manifest, manifest.model, family, vision
-        self.engines: dict[str, Engine] = {name: open_engine(manifest, name, options)
-                                           for name in (*family.graphs, "prefill", "decode")}
-        self.embed_table = manifest.load_array("embedding", mmap=True)
+    def __init__(self, manifest: Manifest, options: RuntimeOptions, family: Family,
+                 encode_pixels: Callable[[np.ndarray], np.ndarray]):
+        self.manifest, self.dims, self.family = manifest, manifest.model, family
         tok = manifest.tokenizer["file"]
         self.tokenizer = Tokenizer.from_bytes(manifest.read_file(tok), image_token=manifest.prompts.image_token, name=tok)
         if self.tokenizer.image_token_id != self.dims.image_token_id:
             raise ManifestError(f"tokenizer gives '{manifest.prompts.image_token}' id {self.tokenizer.image_token_id}, "
                                 f"the manifest expects {self.dims.image_token_id}")
+        self.embed_table = manifest.load_array("embedding", mmap=True)
+        self.engines: dict[str, Engine] = {name: open_engine(manifest, name, options) for name in ("prefill", "decode")}
+        self.head = family.open_head(HeadParts(manifest, options, self.tokenizer, self.embed_table, encode_pixels))
 
     def close(self) -> None:
+        self.head.close()
         for e in self.engines.values():
             e.close()
         self.engines.clear()
@@ -62,6 +72,10 @@ class Backbone:
     def kv_itemsize(self) -> int:
         """Bytes per KV-cache element: the cache takes the decode graph's past dtype."""
         return input_dtypes(self.engines["decode"])["past_key.0"].itemsize
+
+    def prompt(self, question: str, aux: AuxInputs, template: str | None = None) -> PromptIds:
+        """The prompt's ids: the system text with the image token, the family's prefix, the question."""
+        return build_prompt(self.family.question(aux, question), self.tokenizer, self.manifest.prompts, template=template)
 
     def generate(self, features: np.ndarray, aux: list[AuxInputs], questions: list[str], cfg: DecodingConfig, *,
                  template: str | None = None, on_token: OnToken | None = None, timer: Timer | None = None) -> list[Answer]:
@@ -81,22 +95,39 @@ class Backbone:
         timer.ms["decode_per_token"] = timer.ms["decode"] / max(1, max(len(r) for r in rows) - 1)
         return [self.answer(ids, runner.cache.nbytes(), n) for ids, n in zip(rows, prompt_tokens)]
 
+    def score(self, features: np.ndarray, aux: AuxInputs, question: str, *, tokens: list[int] | None,
+              max_new_tokens: int, template: str | None = None) -> Scored:
+        """One image's features (N, H): the greedy answer (tokens None) or `tokens` teacher-forced, with the logits
+        before each token."""
+        runner, first = self.prefill(features[None], [aux], [question], max_new_tokens=max_new_tokens,
+                                     template=template)
+        if tokens is not None:
+            return Scored(list(tokens), teacher_force(first, runner.step, tokens))
+        stepped = []
+
+        def step(ids: np.ndarray) -> np.ndarray:
+            stepped.append(runner.step(ids))
+            return stepped[-1]
+
+        greedy = self.manifest.generation.replace(strategy="greedy", max_new_tokens=max_new_tokens)
+        (ids,) = generate(first, step, runner.select_rows, greedy)
+        return Scored(ids, np.concatenate([first, *stepped]))
+
     def prefill(self, features: np.ndarray, aux: list[AuxInputs], questions: list[str], *, max_new_tokens: int,
                 template: str | None = None, timer: Timer | None = None) -> tuple[DecoderRunner, np.ndarray]:
         """The prompts through prefill: a runner holding their KV cache (room for `max_new_tokens` more), and the
         logits (B, V) of each row's first answer token."""
         timer = timer or Timer()
         with timer("aux"):
-            extras = self.family.prefill_extras(self, aux)
+            extras = self.head.prefill_extras(aux)
         with timer("tokenize"):
-            prompts = [build_prompt(self.family.question(a, q), self.tokenizer, self.manifest.prompts, template=template)
-                       for a, q in zip(aux, questions)]
-        requests = [PrefillRequest(p.input_ids, p.image_pos, f, e) for p, f, e in zip(prompts, features, extras)]
+            prompts = [self.prompt(q, a, template) for a, q in zip(aux, questions)]
+        requests = [PrefillRequest(p.input_ids, p.image_pos, f) for p, f in zip(prompts, features)]
         runner = DecoderRunner(prefill=self.engines["prefill"], decode=self.engines["decode"],
                                embed_table=self.embed_table, dims=self.dims)
         with timer("prefill"):
             feeds = assemble_prefill(requests, self.embed_table, dtypes=input_dtypes(self.engines["prefill"]),
-                                     image_aligned=self.family.image_aligned)
+                                     extras=extras, image_aligned=self.family.image_aligned)
             first = runner.prefill(feeds, max_new_tokens=max_new_tokens)
         return runner, first
 

@@ -5,7 +5,7 @@ Dtypes come from the prefill graph's input specs, never from constants here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,7 +19,6 @@ class PrefillRequest:
     input_ids: np.ndarray  # (T,) text ids with exactly one image token id at image_pos
     image_pos: int
     image_features: np.ndarray  # (N,H)
-    extras: dict[str, np.ndarray] = field(default_factory=dict)  # the family's prefill inputs of this row
 
     @property
     def length(self) -> int:
@@ -27,9 +26,11 @@ class PrefillRequest:
 
 
 def assemble_prefill(requests: list[PrefillRequest], embed_table: np.ndarray, *, dtypes: dict[str, str],
+                     extras: dict[str, np.ndarray] | None = None,
                      image_aligned: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """`image_aligned` extras ((N,H) per row) are placed at the image positions of a (B,L,H) input; the other
-    extras are stacked per row."""
+    """`extras`: the family's prefill inputs, one row per request. Those named in `image_aligned` ((B, N, H)) are
+    placed at the image positions of a (B, L, H) input; the others are fed as they are."""
+    extras = extras or {}
     if not requests:
         raise InputError("a prefill batch needs at least one request, found none")
     hidden = embed_table.shape[1]
@@ -48,7 +49,7 @@ def assemble_prefill(requests: list[PrefillRequest], embed_table: np.ndarray, *,
         mask[row, :r.length] = 1
         im_mask[row, p:p + n] = True
         for name, buf in aligned.items():
-            buf[row, p:p + n] = r.extras[name]
+            buf[row, p:p + n] = extras[name][row]
     feeds = {
         "inputs_embeds": embeds,
         "attention_mask": mask,
@@ -56,6 +57,6 @@ def assemble_prefill(requests: list[PrefillRequest], embed_table: np.ndarray, *,
         "im_mask": im_mask,
         **aligned,
     }
-    for name in requests[0].extras.keys() - set(image_aligned):
-        feeds[name] = np.stack([r.extras[name] for r in requests]).astype(dtypes[name])
+    for name in extras.keys() - set(image_aligned):
+        feeds[name] = np.asarray(extras[name]).astype(dtypes[name], copy=False)
     return feeds

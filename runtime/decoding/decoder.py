@@ -14,7 +14,7 @@ from moai_edge.engines.manifest import ModelDims
 from moai_edge.engines.protocol import Engine
 
 from .kv_cache import KVCache
-from .limits import check_context
+from ..limits import check_context
 
 
 def input_dtypes(engine: Engine) -> dict[str, np.dtype]:

@@ -36,13 +36,13 @@ from moai_edge.engines.errors import ImageError, InputError, require
 from moai_edge.engines.manifest import load_manifest
 from moai_edge.engines.options import RuntimeOptions, usable_cores
 
-from .caption_inputs import collect_inputs
-from .caption_job import JobSummary, record_line
-from .caption_output import OutputLock, RecordFile, RecordWriter, read_records, rewrite, sync_folder
+from .inputs import collect_inputs
+from .job import JobSummary, record_line
+from .output import OutputLock, RecordFile, RecordWriter, read_records, rewrite, sync_folder
 from .captioner import DEFAULT_QUESTION, CaptionRecord, Captioner
-from .images import open_path
-from .limits import check_batch_size, check_new_tokens
-from .pipeline import Pipeline
+from ..images import open_path
+from ..limits import check_batch_size, check_new_tokens
+from ..pipeline import Pipeline
 
 SHARD_PATTERN = "part-*.jsonl"
 

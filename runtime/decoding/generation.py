@@ -17,7 +17,7 @@ import numpy as np
 from moai_edge.engines.decoding import DecodingConfig
 from moai_edge.engines.errors import InputError
 
-from .request import OnToken
+from ..contracts import OnToken
 
 IMPOSSIBLE = np.float32(-1.0e9)  # HF's score of a beam that must not be chosen
 
@@ -54,6 +54,15 @@ def step_logits(step: Step, tokens: np.ndarray, vocab: int) -> np.ndarray:
     logits = step(tokens.astype(np.int64))  # (R, V)
     check_logits(logits, rows=len(tokens), vocab=vocab)
     return logits
+
+
+def teacher_force(first_logits: np.ndarray, step: Step, tokens: list[int]) -> np.ndarray:
+    """One row fed `tokens` in turn, whatever it would choose: the logits (len(tokens), V) before each of them."""
+    check_logits(first_logits, rows=1, vocab=None)
+    logits = [first_logits]
+    for token in tokens[:-1]:
+        logits.append(step_logits(step, np.array([token]), first_logits.shape[1]))
+    return np.concatenate(logits)
 
 
 # ---- greedy and sampling ----------------------------------------------------------------

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from moai_edge.engines.manifest import PromptConfig
 
-from ..prompts import cut_answer
-from ..tokenizer import Tokenizer
+from .prompts import cut_answer
+from .tokenizer import Tokenizer
 
 
 class TextStream:

@@ -17,10 +17,10 @@ import numpy as np
 from moai_edge.engines.decoding import DecodingConfig
 from moai_edge.engines.errors import InputError, MoaiEdgeError
 
-from .images import load_image
-from .limits import check_batch_size, check_generation
-from .pipeline import Pipeline
-from .request import DEFAULT_QUESTION, Request
+from ..images import load_image
+from ..limits import check_batch_size, check_generation
+from ..pipeline import Pipeline
+from ..request import DEFAULT_QUESTION, Request
 
 
 @dataclass

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from moai_edge.engines.errors import InputError
 
-from .caption_inputs import InputScan, collect_inputs
-from .caption_output import OutputLock, RecordWriter, prepare_resume
+from .inputs import InputScan, collect_inputs
+from .output import OutputLock, RecordWriter, prepare_resume
 from .captioner import DEFAULT_QUESTION, CaptionRecord, Captioner
-from .pipeline import Pipeline
+from ..pipeline import Pipeline
 
 
 @dataclass
