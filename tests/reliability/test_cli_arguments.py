@@ -64,6 +64,14 @@ def test_ask_bounds_its_numbers(tiny_packages, folder, capsys):
         assert code == 2 and option in err and "Traceback" not in err, err
 
 
+def test_ask_refuses_a_negative_seed(tiny_packages, folder, capsys):
+    code = main(["ask", "--engine", str(tiny_packages["collavo"]), str(folder / "a.png"), "What?",
+                 "--decoding", "sample", "--seed", "-1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "seed: expected an integer >= 0" in err and "found -1" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
 def test_input_and_output_problems_are_one_line(tiny_packages, folder, tmp_path, capsys):
     cases = [
         (["caption", str(tmp_path / "nowhere"), "--engine", str(tiny_packages["moai"]), "--out", str(tmp_path / "o")],
