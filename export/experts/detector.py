@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from moai_edge.engines.errors import CheckpointError, InputError
+from moai_edge.engines.errors import InputError
 
 from ..graphs import GraphTarget
+from .pretrained import load_pretrained
 
 IMAGE_SIZE = 960
 
@@ -50,13 +51,9 @@ def build_tiny_detector(out_dir: Path, *, preset: str, seed: int) -> Path:
 
 
 def load_detector(path_or_id: str | Path) -> nn.Module:
-    from safetensors import SafetensorError
     from transformers import Owlv2ForObjectDetection
 
-    try:
-        return Owlv2ForObjectDetection.from_pretrained(str(path_or_id), attn_implementation="eager").eval()
-    except (OSError, ValueError, SafetensorError) as exc:
-        raise CheckpointError(f"detector checkpoint '{path_or_id}' could not be loaded: {exc}") from exc
+    return load_pretrained(Owlv2ForObjectDetection, path_or_id, expert="detector").eval()
 
 
 def tokenize_queries(queries: list[str], vocab_size: int, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
