@@ -132,6 +132,17 @@ def literal_strings(path: Path, source: str, node: ast.Assign) -> list[str]:
     return value
 
 
+def read_labels_file(path: Path) -> dict:
+    """--labels: a JSON list or object, or UTF-8 text with one query a line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if text.lstrip()[:1] in "[{" else [line for line in text.splitlines() if line]
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: expected a JSON list or object of label strings, or UTF-8 text with one label a "
+                         f"line, found {exc}") from exc
+    return data if isinstance(data, dict) else {"detector_queries": data}
+
+
 def read_labels(labels_file: str | Path | None = None, moai_repo: str | Path | None = None) -> dict[str, list[str]]:
     """MoAI's label lists: `detector_queries` (ADE20K_847 + IMAGENET_CLASSES) and, when given, `psg_predicates`.
 
@@ -139,9 +150,7 @@ def read_labels(labels_file: str | Path | None = None, moai_repo: str | Path | N
     (the layout of moai_labels.json); `moai_repo` is a local clone of the MoAI repository whose
     `utils/constants.py` lists are read as data (never imported)."""
     if labels_file:
-        text = Path(labels_file).read_text()
-        data = json.loads(text) if text.lstrip()[:1] in "[{" else [line for line in text.splitlines() if line]
-        labels = data if isinstance(data, dict) else {"detector_queries": data}
+        labels = read_labels_file(Path(labels_file))
     elif moai_repo:
         lists = read_repo_lists(Path(moai_repo) / "utils" / "constants.py")
         labels = {"detector_queries": lists["ADE20K_847"] + lists["IMAGENET_CLASSES"]}

@@ -79,3 +79,12 @@ def test_a_constants_file_that_does_not_parse_is_named(tmp_path):
     clone = moai_clone(tmp_path, "['tench'")
     with pytest.raises(InputError, match=r"constants.py: expected Python source .* found a file that does not parse"):
         read_labels(moai_repo=clone)
+
+
+@pytest.mark.parametrize("content, found", [(b'["wall", "sky"', "Expecting ','"), (b"\xffwall", "can't decode byte")])
+def test_a_labels_file_that_does_not_read_is_named(tmp_path, content, found):
+    path = tmp_path / "labels.json"
+    path.write_bytes(content)
+    expected = "labels.json: expected a JSON list or object of label strings, or UTF-8 text with one label a line"
+    with pytest.raises(InputError, match=f"{expected}, found .*{found}"):
+        read_labels(labels_file=path)
