@@ -55,8 +55,8 @@ class DecodingConfig:
             raise InputError(f"num_beams: expected >= 1, found {self.num_beams}")
         if not isinstance(self.eos_token_ids, tuple) or not all(is_integer(t) and t >= 0 for t in self.eos_token_ids):
             raise InputError(f"eos_token_ids: expected a tuple of token ids >= 0, found {self.eos_token_ids!r}")
-        if self.seed is not None and not is_integer(self.seed):
-            raise InputError(f"seed: expected an integer or None, found {self.seed!r}")
+        if self.seed is not None and not (is_integer(self.seed) and self.seed >= 0):  # numpy's generators take no less
+            raise InputError(f"seed: expected an integer >= 0 (or none: a fresh seed each run), found {self.seed!r}")
 
     def replace(self, **changes) -> "DecodingConfig":
         """A copy with `changes` applied (eos_token_ids may be a list), validated."""

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from moai_edge.engines.errors import CheckpointError, InputError
+from moai_edge.engines.errors import InputError
 
 from ..graphs import GraphTarget
+from .pretrained import load_pretrained
 
 IMAGE_SIZE = 960
 
@@ -50,13 +51,9 @@ def build_tiny_detector(out_dir: Path, *, preset: str, seed: int) -> Path:
 
 
 def load_detector(path_or_id: str | Path) -> nn.Module:
-    from safetensors import SafetensorError
     from transformers import Owlv2ForObjectDetection
 
-    try:
-        return Owlv2ForObjectDetection.from_pretrained(str(path_or_id), attn_implementation="eager").eval()
-    except (OSError, ValueError, SafetensorError) as exc:
-        raise CheckpointError(f"detector checkpoint '{path_or_id}' could not be loaded: {exc}") from exc
+    return load_pretrained(Owlv2ForObjectDetection, path_or_id, expert="detector").eval()
 
 
 def tokenize_queries(queries: list[str], vocab_size: int, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,6 +98,51 @@ def query_embeddings(model: nn.Module, queries: list[str], tokenizer_dir: str | 
     return torch.cat(out).float().numpy()
 
 
+REPO_LISTS = ("ADE20K_847", "IMAGENET_CLASSES", "PREDICATES")  # the names MoAI's utils/constants.py assigns
+# what ast.literal_eval may raise on what is not a literal (the docs' list); nothing it reads is ever run
+NOT_LITERAL = (ValueError, TypeError, SyntaxError, MemoryError, RecursionError)
+
+
+def read_repo_lists(path: Path) -> dict[str, list[str]]:
+    """The REPO_LISTS a MoAI clone's constants file assigns, parsed as literals (the file is never imported)."""
+    try:
+        source = path.read_text(encoding="utf-8")
+        module = ast.parse(source, filename=str(path))
+    except (UnicodeDecodeError, *NOT_LITERAL) as exc:  # ValueError: a null byte
+        raise InputError(f"{path}: expected Python source assigning literal lists of strings, found a file that does "
+                         f"not parse ({exc})") from exc
+    lists = {node.targets[0].id: literal_strings(path, source, node) for node in module.body
+             if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+             and node.targets[0].id in REPO_LISTS}
+    if not {"ADE20K_847", "IMAGENET_CLASSES"} <= set(lists):
+        raise InputError(f"{path}: expected ADE20K_847 and IMAGENET_CLASSES, found {sorted(lists)}")
+    return lists
+
+
+def literal_strings(path: Path, source: str, node: ast.Assign) -> list[str]:
+    """The assigned value if it is a literal list of strings, else an InputError naming the file, line and name."""
+    try:
+        value, found = ast.literal_eval(node.value), ""
+    except NOT_LITERAL:
+        value, found = None, "code, which is not run: "
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        code = " ".join((ast.get_source_segment(source, node.value) or "").split())
+        raise InputError(f"{path}, line {node.lineno}: {node.targets[0].id}: expected a literal list of strings, found "
+                         f"{found}{code if len(code) <= 60 else code[:57] + '...'}")
+    return value
+
+
+def read_labels_file(path: Path) -> dict:
+    """--labels: a JSON list or object, or UTF-8 text with one query a line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if text.lstrip()[:1] in "[{" else [line for line in text.splitlines() if line]
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: expected a JSON list or object of label strings, or UTF-8 text with one label a "
+                         f"line, found {exc}") from exc
+    return data if isinstance(data, dict) else {"detector_queries": data}
+
+
 def read_labels(labels_file: str | Path | None = None, moai_repo: str | Path | None = None) -> dict[str, list[str]]:
     """MoAI's label lists: `detector_queries` (ADE20K_847 + IMAGENET_CLASSES) and, when given, `psg_predicates`.
 
@@ -108,16 +150,9 @@ def read_labels(labels_file: str | Path | None = None, moai_repo: str | Path | N
     (the layout of moai_labels.json); `moai_repo` is a local clone of the MoAI repository whose
     `utils/constants.py` lists are read as data (never imported)."""
     if labels_file:
-        text = Path(labels_file).read_text()
-        data = json.loads(text) if text.lstrip()[:1] in "[{" else [line for line in text.splitlines() if line]
-        labels = data if isinstance(data, dict) else {"detector_queries": data}
+        labels = read_labels_file(Path(labels_file))
     elif moai_repo:
-        wanted = ("ADE20K_847", "IMAGENET_CLASSES", "PREDICATES")
-        source = (Path(moai_repo) / "utils" / "constants.py").read_text()
-        lists = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(source).body
-                 if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id in wanted}
-        if not {"ADE20K_847", "IMAGENET_CLASSES"} <= set(lists):
-            raise InputError(f"{moai_repo}/utils/constants.py: expected ADE20K_847 and IMAGENET_CLASSES, found {sorted(lists)}")
+        lists = read_repo_lists(Path(moai_repo) / "utils" / "constants.py")
         labels = {"detector_queries": lists["ADE20K_847"] + lists["IMAGENET_CLASSES"]}
         if "PREDICATES" in lists:
             labels["psg_predicates"] = lists["PREDICATES"]

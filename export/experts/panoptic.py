@@ -13,10 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from moai_edge.engines.errors import CheckpointError
-
 from ..families import family_of
 from ..graphs import GraphTarget
+from .pretrained import load_pretrained
 
 IMAGE_SIZE = 384
 SWIN = {  # embed_dim, depths, heads: Swin-B and Swin-L as the reference checkpoints use them
@@ -75,14 +74,9 @@ def post_process_settings(model: nn.Module) -> dict[str, float]:
 
 
 def load_panoptic(path_or_id: str | Path) -> nn.Module:
-    from safetensors import SafetensorError
     from transformers import Mask2FormerForUniversalSegmentation
 
-    try:
-        model = Mask2FormerForUniversalSegmentation.from_pretrained(str(path_or_id), attn_implementation="eager")
-    except (OSError, ValueError, SafetensorError) as exc:
-        raise CheckpointError(f"panoptic checkpoint '{path_or_id}' could not be loaded: {exc}") from exc
-    return model.eval()
+    return load_pretrained(Mask2FormerForUniversalSegmentation, path_or_id, expert="panoptic").eval()
 
 
 def labels_of(model: nn.Module) -> list[str]:

@@ -35,6 +35,7 @@ from moai_edge.engines.errors import CheckpointError
 from moai_edge.runtime import MASK_INPUTS  # the trunk graph's outputs the mask-heads graph takes
 
 from ..graphs import GraphTarget
+from .pretrained import pickle_problem
 
 REFERENCE_FILE = "psgtr_r50_epoch_60.pth"  # OpenPSG's release; there is no hub id for it
 SCALE = (1333, 800)  # MoAI's test pipeline: Resize(scale=(1333, 800), keep_ratio=True)
@@ -330,8 +331,9 @@ def load_scene_graph(path: str | Path) -> Psgtr:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - weights_only refuses anything but tensors and plain containers
-        raise CheckpointError(f"{path}: not loadable with torch.load(weights_only=True) ({exc}); if the file is "
-                              "whole (not truncated or corrupt), re-save its 'state_dict' alone to load it safely") from exc
+        raise CheckpointError(f"{path}: not loadable with torch.load(weights_only=True), found {pickle_problem(exc)}; "
+                              "if the file is whole (not truncated or corrupt), re-save its 'state_dict' alone to load "
+                              "it safely") from exc
     raw = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected an mmcv checkpoint dict with 'state_dict', found {type(ckpt).__name__}")

@@ -44,7 +44,8 @@ def test_options_are_frozen_and_replace_validates():
     (dict(strategy="sample", temperature=0.0), "temperature"), (dict(top_p=1.5), "top_p"),
     (dict(top_p=float("nan")), "top_p"), (dict(top_k=-1), "top_k"), (dict(num_beams=0), "num_beams"),
     (dict(eos_token_ids=[-1]), "eos_token_ids"), (dict(eos_token_ids=5), "eos_token_ids"),
-    (dict(seed="7"), "seed"), (dict(pad_token_id=None), "pad_token_id"), (dict(beams=2), "unexpected \\['beams'\\]"),
+    (dict(seed="7"), "seed"), (dict(seed=-1), r"seed: expected an integer >= 0 .*found -1"),
+    (dict(pad_token_id=None), "pad_token_id"), (dict(beams=2), "unexpected \\['beams'\\]"),
 ])
 def test_bad_decoding_is_named(changes, words):
     with pytest.raises(InputError, match=words):

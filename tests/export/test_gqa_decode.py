@@ -18,6 +18,8 @@ from moai_edge.export.graphs import TARGETS, kv_names, to_seq_major  # noqa: E40
 from moai_edge.export.merge_decoder import branch_of  # noqa: E402
 from moai_edge.export.onnx_export import example_inputs, torch_outputs  # noqa: E402
 
+from ..float32_noise import sum_noise  # noqa: E402
+
 
 def test_one_fused_attention_per_layer_and_no_kv_reshuffling(tiny_packages):
     """The KV path has no transpose, concatenation or head expansion: one GroupQueryAttention per layer reads and
@@ -29,6 +31,12 @@ def test_one_fused_attention_per_layer_and_no_kv_reshuffling(tiny_packages):
     assert ops["GroupQueryAttention"] == layers and ops["SkipSimplifiedLayerNormalization"] == 2 * layers
     assert not {"Transpose", "Concat", "Expand", "Softmax"} & set(ops)
     assert sum(ops.values()) <= 16 * layers + 4
+
+
+def assert_within_sum_noise(ours: np.ndarray, ref: np.ndarray, *, terms: int) -> None:
+    """A batch against one row: other matmul kernels, other summation orders. Each value compared (a key, a value, a
+    logit) is a projection of the normed hidden state: a sum over `terms` (hidden_size) terms of the outputs' size."""
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=sum_noise(terms, np.abs(ref).max()))
 
 
 def test_the_twin_is_the_reference_decode_step_over_the_buffers(tiny_references):
@@ -45,10 +53,10 @@ def test_the_twin_is_the_reference_decode_step_over_the_buffers(tiny_references)
         with torch.no_grad():
             logits, kv = model.decode_step(feeds["inputs_embeds"][row:row + 1], torch.ones(1, length + 1, dtype=torch.long),
                                            torch.tensor([[length]]), past)
-        np.testing.assert_allclose(out["logits"][row], logits[0].numpy(), atol=1e-5)
+        assert_within_sum_noise(out["logits"][row], logits[0].numpy(), terms=model.cfg.decoder.hidden_size)
         for name, new in zip(names, to_seq_major(kv)):  # (1, 1, kv, hd) each
             buffer = out[name][row]
-            np.testing.assert_allclose(buffer[:, length], new[0, 0].numpy(), atol=1e-6)
+            assert_within_sum_noise(buffer[:, length], new[0, 0].numpy(), terms=model.cfg.decoder.hidden_size)
             untouched = np.delete(buffer, length, axis=1)
             assert np.array_equal(untouched, np.delete(feeds[f"past_{name}"][row].numpy(), length, axis=1))
 

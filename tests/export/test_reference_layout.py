@@ -161,20 +161,59 @@ def test_corrupt_scene_graph_checkpoint_names_the_file(tmp_path, damage):
     torch.save({"state_dict": {"query_embed.weight": torch.zeros(4, 8)}}, path)
     data = path.read_bytes()
     path.write_bytes(b"\x80\x02garbage" * 40 if damage == "garbage" else data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=f"(?s){re.escape(str(path))}: not loadable .* truncated or corrupt"):
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(path))}: not loadable .* truncated or corrupt") as no:
         load_scene_graph(path)
+    assert "\n" not in str(no.value) and "weights_only=False" not in str(no.value)  # one line, without that advice
+
+
+def tiny_expert(expert: str, folder):
+    """A tiny Hugging Face expert checkpoint in its published layout, and its loader."""
+    from moai_edge.export.experts import detector, panoptic
+    from moai_edge.export.experts.labels import COCO_PANOPTIC_CLASSES
+
+    if expert == "panoptic":
+        built = panoptic.build_tiny_panoptic(folder, family="moai", preset="tiny", labels=COCO_PANOPTIC_CLASSES, seed=0)
+        return built, panoptic.load_panoptic
+    return detector.build_tiny_detector(folder, preset="tiny", seed=0), detector.load_detector
 
 
 @pytest.mark.parametrize("expert", ["panoptic", "detector"])
 def test_corrupt_expert_safetensors_is_a_checkpoint_error(tmp_path, expert):
-    from moai_edge.export.experts import detector, panoptic
-    from moai_edge.export.experts.labels import COCO_PANOPTIC_CLASSES
-
-    build, load = {"panoptic": (lambda d: panoptic.build_tiny_panoptic(d, family="moai", preset="tiny",
-                                                                      labels=COCO_PANOPTIC_CLASSES, seed=0),
-                                panoptic.load_panoptic),
-                   "detector": (lambda d: detector.build_tiny_detector(d, preset="tiny", seed=0), detector.load_detector)}[expert]
-    folder = build(tmp_path / expert)
+    folder, load = tiny_expert(expert, tmp_path / expert)
     (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage" * 8)
     with pytest.raises(CheckpointError, match=expert):
         load(folder)
+
+
+class Payload:
+    """Unpickled, it would create `path`: torch.load(weights_only=True) refuses it."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+@pytest.mark.parametrize("expert", ["panoptic", "detector"])
+def test_a_pytorch_model_bin_of_tensors_loads_and_any_other_is_refused_by_name_unrun(tmp_path, expert):
+    from safetensors.torch import load_file
+
+    folder, load = tiny_expert(expert, tmp_path / expert)
+    expected = load(folder).state_dict()
+    state = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    weights, marker = folder / "pytorch_model.bin", tmp_path / "unpickled"
+    torch.save(state, weights)
+    loaded = load(folder).state_dict()
+    assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], v) for k, v in expected.items())
+    torch.save({**state, "args": Payload(marker)}, weights)
+    data = weights.read_bytes()
+    for found in ("a pickled ", "a file torch cannot read"):
+        with pytest.raises(CheckpointError) as refused:
+            load(folder)
+        message = str(refused.value)
+        assert message.startswith(f"{expert} checkpoint '{weights}': expected model.safetensors, or a "
+                                  f"pytorch_model.bin of tensors only, found {found}") and "\n" not in message, message
+        weights.write_bytes(data[: len(data) // 2])  # then truncated
+    assert not marker.exists()

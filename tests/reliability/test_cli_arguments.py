@@ -64,6 +64,14 @@ def test_ask_bounds_its_numbers(tiny_packages, folder, capsys):
         assert code == 2 and option in err and "Traceback" not in err, err
 
 
+def test_ask_refuses_a_negative_seed(tiny_packages, folder, capsys):
+    code = main(["ask", "--engine", str(tiny_packages["collavo"]), str(folder / "a.png"), "What?",
+                 "--decoding", "sample", "--seed", "-1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "seed: expected an integer >= 0" in err and "found -1" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
 def test_input_and_output_problems_are_one_line(tiny_packages, folder, tmp_path, capsys):
     cases = [
         (["caption", str(tmp_path / "nowhere"), "--engine", str(tiny_packages["moai"]), "--out", str(tmp_path / "o")],
@@ -75,3 +83,17 @@ def test_input_and_output_problems_are_one_line(tiny_packages, folder, tmp_path,
         code = main(argv)
         err = capsys.readouterr().err
         assert code in (1, 2) and says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_export_refuses_a_moai_clone_whose_labels_are_code(tmp_path, capsys):
+    pytest.importorskip("torch", reason="export needs moai-edge[export]")
+    marker = tmp_path / "ran"
+    (tmp_path / "moai" / "utils").mkdir(parents=True)
+    (tmp_path / "moai" / "utils" / "constants.py").write_text(
+        f"ADE20K_847 = [open({str(marker)!r}, 'w').name]\nIMAGENET_CLASSES = ['tench']\n")
+    out = tmp_path / "pkg"
+    code = main(["export", "--tiny", "moai", "--moai-repo", str(tmp_path / "moai"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "constants.py, line 1: ADE20K_847: expected a literal list of strings" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not marker.exists() and not out.exists()

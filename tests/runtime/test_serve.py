@@ -259,6 +259,8 @@ BAD_REQUESTS = {
     "n = 2": ({**message([text_part(), image_part(png_url(sample_image(64)))]), "n": 2}, 400, "n:"),
     "negative temperature": ({**message([text_part(), image_part(png_url(sample_image(64)))]), "temperature": -1},
                              400, "temperature"),
+    "negative seed": ({**message([text_part(), image_part(png_url(sample_image(64)))]), "temperature": 0.5, "seed": -1},
+                      400, "seed: expected an integer >= 0"),
 }
 
 
@@ -269,6 +271,13 @@ def test_a_bad_request_gets_a_clear_json_error(strict, case):
     r = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=KEY, timeout=60)
     assert r.status_code == status, r.text
     assert words in r.json()["error"]["message"] and r.json()["error"]["code"] == status
+
+
+def test_a_negative_seed_on_the_native_endpoint_is_a_400_naming_it(strict):
+    server, _, _ = strict
+    r = httpx.post(f"{server.url}/v1/ask", params={"decoding": "sample", "seed": -1, "max_new_tokens": 2},
+                   content=png(sample_image(64)), headers=KEY, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("seed: expected an integer >= 0"), r.text
 
 
 def test_paths_only_inside_allowed_folders(strict):
