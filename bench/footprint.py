@@ -26,7 +26,7 @@ import argparse
 from dataclasses import dataclass
 
 from moai_edge.export.config import CompressorConfig, CrayonConfig, DecoderConfig, VisionConfig, default_mixer_layers
-from moai_edge.export.precision import PRESETS, Preset
+from moai_edge.export.precision import PRECISION_PRESETS, PrecisionPreset
 from moai_edge.runtime import family_of
 
 from .roofline import memory_bound_gain
@@ -49,7 +49,7 @@ class Part:
     """Parameters of one part: `matmul` (what a preset quantizes) and `other` (kept float unless fp16)."""
 
     name: str
-    group: str  # "decoder", "head", "branches", "tower", "small", "embedding"
+    group: str  # a role of export.precision ("decoder", "head", "tower", "small", "embedding") or "branches"
     matmul: int
     other: int = 0
 
@@ -154,16 +154,10 @@ def small_parts(graphs: tuple[str, ...], d: DecoderConfig, v: VisionConfig) -> l
     return [makers[g]() for g in graphs]
 
 
-def kind_of(part: Part, preset: Preset) -> str:
-    if part.group == "branches":
-        return "fp16" if preset.decoder == "fp16" else "fp32"
-    if part.group == "head":
-        weight_only = preset.weight_only()
-        if weight_only is None:
-            return preset.decoder
-        return {None: "fp32", 8: "int8", 4: "int4"}[weight_only.head_bits]
-    return {"decoder": preset.decoder, "tower": preset.tower, "small": preset.small,
-            "embedding": preset.embedding}[part.group]
+def kind_of(part: Part, preset: PrecisionPreset) -> str:
+    if part.group == "branches":  # lowered with the decoder's graphs: float16 with them, else float32
+        return "fp16" if preset.rules["decoder"].kind == "fp16" else "fp32"
+    return preset.rules[part.group].kind  # the other groups are the preset's roles
 
 
 def stage_activations(family: str, d: DecoderConfig, v: VisionConfig) -> dict[str, float]:
@@ -192,9 +186,9 @@ def footprint(family: str) -> dict:
     activations = stage_activations(family, d, v)
     peak_stage = max(activations, key=activations.get)
     rows = {}
-    for name, preset in PRESETS.items():
+    for name, preset in PRECISION_PRESETS.items():
         weights = {p.name: p.nbytes(kind_of(p, preset)) for p in parts}
-        weights.update({e.name: e.part().nbytes(e.ships_as or preset.tower) for e in experts})
+        weights.update({e.name: e.part().nbytes(e.ships_as or preset.rules["tower"].kind) for e in experts})
         total = sum(weights.values()) + kv + activations[peak_stage]
         # decode reads the base weights once per step and each row's cache (at its mean length while decoding)
         gain = memory_bound_gain(weights["decoder base weights"] + weights["output head"], kv_per_token * (PROMPT_TOKENS + NEW_TOKENS / 2), batch=BATCH)

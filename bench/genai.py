@@ -140,7 +140,7 @@ def compare_genai(cfg: CompareConfig) -> list[dict]:
     """One row per precision and batch: our and genai's decode tokens/s and their ratio."""
     require("onnxruntime_genai", "compare")
     require("torch", "export")
-    from moai_edge.export.precision import PRESETS
+    from moai_edge.export.precision import PRECISION_PRESETS
     from moai_edge.export.reduce_package import reduce_package
 
     manifest = load_manifest(cfg.engine_dir)
@@ -158,7 +158,7 @@ def compare_genai(cfg: CompareConfig) -> list[dict]:
         llama = to_llama(Path(checkpoint), Path(work) / "llama")
         for precision in cfg.precisions:
             ours_dir = cfg.engine_dir if precision == "fp32" else reduce_package(
-                cfg.engine_dir, Path(work) / f"ours-{precision}", PRESETS[precision]).root
+                cfg.engine_dir, Path(work) / f"ours-{precision}", PRECISION_PRESETS[precision]).root
             theirs = GenaiDecode(build_genai(llama, Path(work) / f"genai-{precision}", precision))
             ours = OurDecode(ours_dir, cfg.options)
             try:

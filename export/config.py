@@ -1,4 +1,5 @@
-"""Typed configuration of the two model families and the presets the tiny-checkpoint factory builds."""
+"""Typed configuration of the two model families and the size presets the tiny-checkpoint factory builds
+(precision presets are export.precision's)."""
 
 from __future__ import annotations
 
@@ -107,16 +108,18 @@ class ModelConfig:
 
 
 @dataclass
-class Preset:
+class SizePreset:
+    """A model size: the decoder's, vision tower's and compressor's fields, and the context."""
+
     decoder: dict
     vision: dict
     max_context: int
     compressor: dict = field(default_factory=dict)
 
 
-PRESETS: dict[str, Preset] = {
+SIZE_PRESETS: dict[str, SizePreset] = {
     # seconds to build and run: for tests
-    "tiny": Preset(
+    "tiny": SizePreset(
         decoder=dict(hidden_size=64, intermediate_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
                      plora_rank=8, plora_alpha=8, mixer_rank=8, mixer_heads=4),
         vision=dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, patch_size=14,
@@ -125,7 +128,7 @@ PRESETS: dict[str, Preset] = {
         max_context=512,
     ),
     # the trained tiny world's models (export.world): small enough to train on two CPU cores in minutes
-    "world": Preset(
+    "world": SizePreset(
         decoder=dict(hidden_size=128, intermediate_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
                      plora_rank=16, plora_alpha=16, mixer_rank=16, mixer_heads=4),
         vision=dict(hidden_size=64, intermediate_size=256, num_layers=3, num_heads=4, patch_size=28,
@@ -134,7 +137,7 @@ PRESETS: dict[str, Preset] = {
         max_context=1024,
     ),
     # a ~150M-parameter decoder on the full 490x490 / 35x35 image grid: for benchmarks
-    "small": Preset(
+    "small": SizePreset(
         decoder=dict(hidden_size=1024, intermediate_size=2816, num_layers=12, num_heads=16, num_kv_heads=4,
                      plora_rank=64, plora_alpha=64, mixer_rank=64, mixer_heads=4),
         vision=dict(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16, patch_size=14,
@@ -146,12 +149,12 @@ PRESETS: dict[str, Preset] = {
 
 
 def preset_config(family: str, preset: str, *, vocab_size: int) -> ModelConfig:
-    """The preset's sizes, with the family's own branches and parts (export.families)."""
+    """The size preset's sizes, with the family's own branches and parts (export.families)."""
     from .families import family_of  # the registry builds on these config types
 
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; available: {sorted(PRESETS)}")
-    p, fam = PRESETS[preset], family_of(family)
+    if preset not in SIZE_PRESETS:
+        raise ValueError(f"unknown size preset {preset!r}; available: {sorted(SIZE_PRESETS)}")
+    p, fam = SIZE_PRESETS[preset], family_of(family)
     parts = fam.preset_parts(p)
     return ModelConfig(
         family=family,

@@ -1,6 +1,6 @@
 """The two model families on the export side: everything CoLLaVO and MoAI build, read or package differently.
 
-One object per family, registered with `@export_family(name)`. It says how a preset configures the
+One object per family, registered with `@export_family(name)`. It says how a size preset configures the
 family's own parts, how they are read from a checkpoint's tensors, which backbone graphs it exports and
 what the prefill graph's family input is, which experts it packages (and the reference's hub ids for
 them), where its panoptic segments are mapped, and what its config.json records beyond InternLM2's
@@ -16,7 +16,7 @@ import torch
 
 from moai_edge.engines.errors import CheckpointError, InputError
 
-from .config import CompressorConfig, CrayonConfig, DecoderConfig, ModelConfig, Preset, default_mixer_layers
+from .config import CompressorConfig, CrayonConfig, DecoderConfig, ModelConfig, SizePreset, default_mixer_layers
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -40,10 +40,10 @@ class ExportFamily:
     panoptic_swin: str  # the Swin size ("base" | "large") of the reference's panoptic expert
 
     def configure_decoder(self, decoder: DecoderConfig) -> DecoderConfig:
-        """A preset's decoder with the family's branches switched on."""
+        """A size preset's decoder with the family's branches switched on."""
         return decoder
 
-    def preset_parts(self, preset: Preset) -> FamilyParts:
+    def preset_parts(self, preset: SizePreset) -> FamilyParts:
         raise NotImplementedError
 
     def owns_tensors(self, keys: set[str]) -> bool:
@@ -114,7 +114,7 @@ class CoLLaVOExport(ExportFamily):
     def configure_decoder(self, decoder: DecoderConfig) -> DecoderConfig:
         return replace(decoder, seg_branch=True)
 
-    def preset_parts(self, preset: Preset) -> FamilyParts:
+    def preset_parts(self, preset: SizePreset) -> FamilyParts:
         return FamilyParts(crayon=CrayonConfig())
 
     def owns_tensors(self, keys: set[str]) -> bool:
@@ -152,7 +152,7 @@ class MoAIExport(ExportFamily):
     def configure_decoder(self, decoder: DecoderConfig) -> DecoderConfig:
         return replace(decoder, mixer_layers=default_mixer_layers(decoder.num_layers))
 
-    def preset_parts(self, preset: Preset) -> FamilyParts:
+    def preset_parts(self, preset: SizePreset) -> FamilyParts:
         return FamilyParts(compressor=CompressorConfig(**preset.compressor))
 
     def owns_tensors(self, keys: set[str]) -> bool:

@@ -7,13 +7,8 @@ Both branches read the same initializers from the outer graph (one copy in the f
 union of both graphs' inputs; the outputs (logits, key.i, value.i) have the same names in both. Why one
 graph: two sessions sharing one weights buffer cannot repack it (onnxruntime's Python API has no
 prepacked-weights container), and a MatMulNBits that is not repacked dequantizes its whole weight on every
-call. Measured through the runtime on the small MoAI decoder (with the traced decode graph that
-export.gqa_decode replaced), 1316-token past, 2 threads, interleaved: an
-int4 decode step takes 24.7 ms as a branch of the merged graph and 263.6 ms as a graph of its own with its
-own weights file (onnxruntime memory-maps external weights and then does not repack them); float32 takes
-43.5 ms merged and 40.9 ms in two sessions sharing the weights. The cost: onnxruntime copies the weights
-the branches use into its own memory (int4: 227 MB anonymous for a 178 MB weights file; float32: 655 MB
-for 614 MB, where the shared layout keeps them file-backed).
+call. The cost: onnxruntime copies the weights the branches use into its own memory. What both measure:
+docs/precision.md.
 
 A graph is merged only when every input and output the two share has the same element type (a decode
 graph with float16 IO keeps the two-graph layout with shared weights).

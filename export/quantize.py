@@ -11,13 +11,18 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .onnx_weights import subgraphs
-from .precision import WeightOnly
+from moai_edge.engines.errors import ExportValidationError
 
-# The decoder's base weights and output head, by node name: the prefill's as the exporter names them (module paths),
-# the decode graph's as export.gqa_decode does; the PLoRA, seg and mixer branches are not matched and keep float32.
+from .onnx_weights import subgraphs
+from .precision import Rule, WeightOnly
+
+# The decoder's base weights, by node name: the prefill's as the exporter names them (module paths), the decode
+# graph's as export.gqa_decode does; the PLoRA, seg and mixer branches are not matched and keep float32. The output
+# head is found from the graph instead (output_head).
 BASE_MATMUL = re.compile(r"/(Plora_main|output|base)/MatMul$")
-HEAD_MATMUL = re.compile(r"(^|/)output(/base)?/MatMul$")
+LOGITS = "logits"  # the decoder graphs' output that the head computes
+BETWEEN_HEAD_AND_LOGITS = ("Squeeze", "Unsqueeze", "Reshape", "Flatten", "Cast", "Identity")  # walked back through
+HEAD_OPS = ("MatMul", "MatMulNBits")  # the head, before and after weight-only quantization
 
 
 @contextmanager
@@ -37,24 +42,49 @@ def matmuls(model, keep) -> list[str]:
     return [n.name for g in subgraphs(model.graph) for n in g.node if n.op_type == "MatMul" and keep(n.name)]
 
 
-def matmul_nbits(model, settings: WeightOnly, bits: int, *, exclude: list[str]):
+def output_head(model) -> list[str]:
+    """The names of the nodes computing the decoder's `logits`: its output head, in each branch of a merged decoder."""
+    return head_of(model.graph, LOGITS)
+
+
+def head_of(graph, output: str) -> list[str]:
+    """The MatMul computing `output` of `graph`, walking back through shape ops and casts, and into If branches."""
+    producer = {name: node for node in graph.node for name in node.output}
+    name, node = output, producer.get(output)
+    while node is not None and node.op_type in BETWEEN_HEAD_AND_LOGITS:
+        name, node = node.input[0], producer.get(node.input[0])
+    if node is not None and node.op_type == "If":
+        k = list(node.output).index(name)
+        branches = [a.g for a in node.attribute if a.name in ("then_branch", "else_branch")]
+        return [head for branch in branches for head in head_of(branch, branch.output[k].name)]
+    if node is None or node.op_type not in HEAD_OPS:
+        found = f"{node.op_type} node {node.name!r}" if node is not None else f"no node computing {name!r}"
+        raise ExportValidationError(f"the decoder's output head: expected a MatMul computing {output!r} in graph "
+                                    f"{graph.name!r} (through {', '.join(BETWEEN_HEAD_AND_LOGITS)} at most), "
+                                    f"found {found}")
+    return [node.name]
+
+
+def matmul_nbits(model, settings: WeightOnly, *, exclude: list[str]):
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=settings.block_size, is_symmetric=settings.symmetric,
-                                     accuracy_level=settings.accuracy_level, nodes_to_exclude=exclude)
+    quantizer = MatMulNBitsQuantizer(model, bits=settings.bits, block_size=settings.block_size,
+                                     is_symmetric=settings.symmetric, accuracy_level=settings.accuracy_level,
+                                     nodes_to_exclude=exclude)
     with quiet():
         quantizer.process()
     return quantizer.model.model
 
 
-def weight_only(model, settings: WeightOnly):
-    """The decoder's base matmuls as MatMulNBits (blockwise, `settings.bits` per weight, a scale per block), and the
-    output head at `settings.head_bits` (None: left float32). Branches and attention keep their MatMuls."""
-    base = lambda name: BASE_MATMUL.search(name) and not HEAD_MATMUL.search(name)  # noqa: E731
-    model = matmul_nbits(model, settings, settings.bits, exclude=matmuls(model, lambda name: not base(name)))
-    if settings.head_bits:
-        model = matmul_nbits(model, settings, settings.head_bits,
-                             exclude=matmuls(model, lambda name: not HEAD_MATMUL.search(name)))
+def weight_only(model, base: WeightOnly, head: Rule):
+    """The decoder's base matmuls as MatMulNBits (blockwise, `base.bits` per weight, a scale per block), and its output
+    head (output_head) the same way at `head`'s bits when `head` is weight-only too (else left float32). Branches
+    and attention keep their MatMuls."""
+    heads = set(output_head(model))
+    is_base = lambda name: bool(BASE_MATMUL.search(name)) and name not in heads  # noqa: E731
+    model = matmul_nbits(model, base, exclude=matmuls(model, lambda name: not is_base(name)))
+    if isinstance(head, WeightOnly):
+        model = matmul_nbits(model, head, exclude=matmuls(model, lambda name: name not in heads))
     return model
 
 

@@ -3,8 +3,8 @@
 Files the preset keeps are copied; each graph file it lowers is transformed once (export.quantize), for every
 component that runs it (prefill and decode are branches of one decoder graph), and saved in its place. A graph
 with external weights keeps them outside, in `{stem}.weights` beside it: the merged decoder's weights stay one
-file (export.merge_decoder says why that layout, and what it measures). A package in the two-graph layout (a
-float16-IO decode graph, for GPUs) gets one weights file per graph. The manifest records each component's
+file (export.merge_decoder says why that layout, docs/precision.md what it measures). A package in the two-graph
+layout (a float16-IO decode graph, for GPUs) gets one weights file per graph. The manifest records each component's
 precision and the preset.
 """
 
@@ -22,20 +22,20 @@ from . import quantize
 from .calibration import calibration_feeds
 from .onnx_weights import save_model
 from .package import decode_weight_bytes, io_specs
-from .precision import DECODER, Preset
+from .precision import DECODER, PrecisionPreset
 
 
-def lowered(proto, kind: str, *, decoder: bool, preset: Preset, calibration: list[dict] | None = None):
+def lowered(proto, kind: str, *, decoder: bool, preset: PrecisionPreset, calibration: list[dict] | None = None):
     if kind == "fp16":
         return quantize.float16(proto)
     if kind == "int8-qdq":
         return quantize.static_int8_qdq(proto, calibration)
     if decoder:
-        return quantize.weight_only(proto, preset.weight_only())
+        return quantize.weight_only(proto, preset.rules["decoder"], preset.rules["head"])
     return quantize.dynamic_int8(proto)
 
 
-def reduce_package(src: Path, out: Path, preset: Preset) -> Manifest:
+def reduce_package(src: Path, out: Path, preset: PrecisionPreset) -> Manifest:
     """Write `src` (a float32 package) at `preset` into `out` and return the saved manifest."""
     import onnx
 
@@ -44,7 +44,7 @@ def reduce_package(src: Path, out: Path, preset: Preset) -> Manifest:
     out.mkdir(parents=True, exist_ok=True)
     components = {name: replace(comp, precision=preset.of(name)) for name, comp in manifest.components.items()}
     lower = {name for name, c in components.items() if c.kind == "onnx" and c.precision != "fp32"}
-    if preset.embedding != "fp32":
+    if preset.of("embedding") != "fp32":
         lower.add("embedding")
     kept = {f for name in manifest.components if name not in lower for f in manifest.component_files(name)}
     for rel in sorted(kept | {manifest.tokenizer["file"]}):
@@ -88,7 +88,7 @@ def half_embedding(manifest: Manifest, out: Path) -> Component:
                    outputs=[TensorSpec("embed_tokens", "float16", tuple(table.shape))])
 
 
-def reduce_and_check(src: Path, out: Path, preset: Preset) -> Manifest:
+def reduce_and_check(src: Path, out: Path, preset: PrecisionPreset) -> Manifest:
     """`reduce_package`, then the reduced package held to `src` on world questions (export.precision_check); the
     measured agreement is recorded in the manifest's source."""
     from moai_edge.runtime import Pipeline
@@ -100,5 +100,5 @@ def reduce_and_check(src: Path, out: Path, preset: Preset) -> Manifest:
         measured = measure_agreement(reference, reduced)
     manifest.source["precision_check"] = {"against": "fp32", **{k: a.to_json() for k, a in measured.items()}}
     manifest.save(out)
-    check_agreement(preset.decoder, measured["decoder"])
+    check_agreement(preset.rules["decoder"].kind, measured["decoder"])
     return manifest

@@ -8,7 +8,7 @@ import pytest
 from moai_edge.bench.footprint import (DEVICES, EXPERTS, GB, Part, compressor_part, crayon_part, decoder_parts,
                                        footprint, markdown, vision_part)
 from moai_edge.export.config import DecoderConfig
-from moai_edge.export.precision import PRESETS
+from moai_edge.export.precision import PRECISION_PRESETS
 
 torch = pytest.importorskip("torch", reason="counting the PyTorch models' parameters needs moai-edge[export]")
 from torch import nn  # noqa: E402
@@ -107,7 +107,7 @@ def test_presets_store_fewer_bytes_in_order_and_int4_moai_fits_an_orin_nx_with_4
     int4 = fp["presets"]["int4"]
     assert int4["total"] == pytest.approx(int4["weights_total"] + int4["kv_cache"] + int4["largest_stage_activations"])
     table = markdown(fp)
-    assert all(f"free on {d}" in table for d in DEVICES) and all(f"| {p} |" in table for p in PRESETS)
+    assert all(f"free on {d}" in table for d in DEVICES) and all(f"| {p} |" in table for p in PRECISION_PRESETS)
 
 
 def test_batch_8_decode_gains_less_where_the_weights_read_less():

@@ -17,9 +17,10 @@ from moai_edge.engines.errors import ExportValidationError, InputError  # noqa: 
 from moai_edge.engines.manifest import Manifest  # noqa: E402
 from moai_edge.export import reduce_package as reducing  # noqa: E402
 from moai_edge.export.merge_decoder import branch_of  # noqa: E402
-from moai_edge.export.precision import PRESETS, precision_preset  # noqa: E402
+from moai_edge.export.onnx_weights import subgraphs  # noqa: E402
+from moai_edge.export.precision import PRECISION_PRESETS, Float32, WeightOnly, precision_preset  # noqa: E402
 from moai_edge.export.precision_check import BOUNDS  # noqa: E402
-from moai_edge.export.quantize import BASE_MATMUL, HEAD_MATMUL  # noqa: E402
+from moai_edge.export.quantize import BASE_MATMUL, output_head, weight_only  # noqa: E402
 from moai_edge.runtime.pipeline import Pipeline  # noqa: E402
 from moai_edge.runtime.samples import sample_image  # noqa: E402
 
@@ -39,10 +40,24 @@ def branch_graph(root, component):
     return branch, {**inits, **{i.name: i for i in branch.initializer}}
 
 
+def unsuffixed(name: str) -> str:
+    return re.sub(r"_Q\d$", "", name)  # the quantizer's MatMulNBits name suffix
+
+
+def heads_of(root) -> set[str]:
+    """The output head's nodes (unsuffixed), found from the `logits` they compute, in a package's decoder graph(s)."""
+    import onnx
+
+    m = Manifest.load(root)
+    files = {m.component(name).file for name in ("prefill", "decode")}
+    protos = [onnx.load(str(m.path(f)), load_external_data=False) for f in files]
+    return {unsuffixed(head) for proto in protos for head in output_head(proto)}
+
+
 @pytest.fixture(scope="module")
 def int4_moai(tiny_packages, tmp_path_factory):
     out = tmp_path_factory.mktemp("int4") / "moai"
-    return reducing.reduce_and_check(tiny_packages["moai"], out, PRESETS["int4"]).root
+    return reducing.reduce_and_check(tiny_packages["moai"], out, PRECISION_PRESETS["int4"]).root
 
 
 def test_unknown_preset_is_refused_before_anything_is_built(tmp_path):
@@ -76,18 +91,64 @@ def test_int4_quantizes_the_base_weights_only(int4_moai, tiny_packages):
     prefill, inits = branch_graph(int4_moai, "prefill")
     fp32_prefill, _ = branch_graph(tiny_packages["moai"], "prefill")
     quantized = [n for n in prefill.node if n.op_type == "MatMulNBits"]
-    unsuffixed = lambda name: re.sub(r"_Q\d$", "", name)  # noqa: E731 - the quantizer's MatMulNBits name suffix
     assert len(quantized) == 5 * layers + 1 and all(BASE_MATMUL.search(unsuffixed(n.name)) for n in quantized)
+    heads = heads_of(int4_moai)
     for graph in (prefill, decode):  # the base weights at 4 bits, the output head at 8
         bits = {unsuffixed(n.name): next(a.i for a in n.attribute if a.name == "bits")
                 for n in graph.node if n.op_type == "MatMulNBits"}
-        assert sorted(b for name, b in bits.items() if HEAD_MATMUL.search(name)) == [8]
-        assert sorted(set(b for name, b in bits.items() if not HEAD_MATMUL.search(name))) == [4]
+        assert sorted(b for name, b in bits.items() if name in heads) == [8]
+        assert sorted(set(b for name, b in bits.items() if name not in heads)) == [4]
     branches = [n for n in prefill.node if n.op_type == "MatMul" and n.input[1] in inits]
     assert any("Plora_A" in n.name for n in branches) and any("moai_" in n.name for n in branches)
     assert all(inits[n.input[1]].data_type == 1 for n in branches)  # float32
     expected = [n.name for n in fp32_prefill.node if n.op_type == "MatMul" and not BASE_MATMUL.search(n.name)]
     assert sorted(n.name for n in prefill.node if n.op_type == "MatMul") == sorted(expected)
+
+
+def bits_by_node(model) -> dict[str, int]:
+    """{unsuffixed name: bits} of every MatMulNBits in `model` and its branches."""
+    return {unsuffixed(n.name): next(a.i for a in n.attribute if a.name == "bits")
+            for g in subgraphs(model.graph) for n in g.node if n.op_type == "MatMulNBits"}
+
+
+@pytest.mark.parametrize(("base", "head"), [(WeightOnly(4), WeightOnly(8)), (WeightOnly(8), Float32())])
+def test_the_head_is_the_matmul_computing_logits_whatever_its_name(base, head, tiny_packages):
+    """The output head renamed in both branches of the merged decoder (a name no pattern knows) still gets the head's
+    rule: 8 bits beside 4-bit base weights, or float32 beside 8-bit ones."""
+    import onnx
+
+    m = Manifest.load(tiny_packages["moai"])
+    model = onnx.load(str(m.path(m.component("decode").file)))
+    renamed = set()
+    for graph in subgraphs(model.graph):
+        for node in graph.node:
+            if re.search(r"(^|/)output(/base)?/MatMul$", node.name):  # the exporter's names for the head
+                node.name = f"{graph.name}/lm_head/MatMul"
+                renamed.add(node.name)
+    assert len(renamed) == 2 and set(output_head(model)) == renamed and not any(BASE_MATMUL.search(n) for n in renamed)
+    bits = bits_by_node(weight_only(model, base, head))
+    base_count = 2 * 5 * m.model.num_layers  # wqkv, wo, w1, w3, w2 per layer, in each branch
+    assert sorted(bits[n] for n in renamed if n in bits) == ([8, 8] if isinstance(head, WeightOnly) else [])
+    assert sorted(b for n, b in bits.items() if n not in renamed) == [base.bits] * base_count
+
+
+def test_a_decoder_whose_logits_no_matmul_computes_is_refused():
+    """The head is walked back to through shape ops and casts only; anything else is named in the error."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def graph(last: str):
+        w = numpy_helper.from_array(np.ones((4, 8), np.float32), "w")
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="proj"),
+                 helper.make_node("Cast", ["h"], ["c"], name="cast", to=TensorProto.FLOAT),
+                 helper.make_node(last, ["c", "c"] if last == "Add" else ["c"], ["logits"], name="last")]
+        io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("x", "logits")]
+        return helper.make_model(helper.make_graph(nodes, "g", io[:1], io[1:], initializer=[w]))
+
+    assert output_head(graph("Identity")) == ["proj"]
+    with pytest.raises(ExportValidationError, match=re.escape(
+            "expected a MatMul computing 'logits' in graph 'g' (through Squeeze, Unsqueeze, Reshape, Flatten, Cast, "
+            "Identity at most), found Add node 'last'")):
+        output_head(graph("Add"))
 
 
 def test_int4_decoder_weights_are_one_file_a_third_of_float32(int4_moai, tiny_packages):
@@ -122,19 +183,20 @@ def test_int4_package_runs_the_whole_pipeline(int4_moai):
 
 @pytest.mark.parametrize("name", ["fp16", "int8"])
 def test_other_presets_pass_their_bounds(name, tiny_packages, tmp_path):
-    m = reducing.reduce_and_check(tiny_packages["collavo"], tmp_path / name, PRESETS[name])
-    preset = PRESETS[name]
+    m = reducing.reduce_and_check(tiny_packages["collavo"], tmp_path / name, PRECISION_PRESETS[name])
+    decoder, tower = (PRECISION_PRESETS[name].rules[role].kind for role in ("decoder", "tower"))
     assert {n: c.precision for n, c in m.components.items() if n in ("prefill", "decode", "vision", "panoptic")} == \
-        {"prefill": preset.decoder, "decode": preset.decoder, "vision": preset.tower, "panoptic": preset.tower}
+        {"prefill": decoder, "decode": decoder, "vision": tower, "panoptic": tower}
     check = m.source["precision_check"]["decoder"]
     assert check["token_agreement"] >= BOUNDS[name].token_agreement and check["kl"] <= BOUNDS[name].kl
     with Pipeline.load(tmp_path / name) as pipe:
         assert pipe.ask(sample_image(seed=1), "What is this?", max_new_tokens=3).tokens
     if name == "int8":  # the base matmuls at 8 bits, the output head kept float32 in both branches
+        heads = heads_of(tmp_path / name)
         for component in ("prefill", "decode"):
             graph, inits = branch_graph(tmp_path / name, component)
             assert Counter(n.op_type for n in graph.node)["MatMulNBits"] == 5 * m.model.num_layers
-            head = [n for n in graph.node if HEAD_MATMUL.search(n.name)]
+            head = [n for n in graph.node if n.name in heads]
             assert [n.op_type for n in head] == ["MatMul"] and inits[head[0].input[1]].data_type == 1
 
 
@@ -155,7 +217,7 @@ def test_the_tensorrt_preset_calibrates_symmetric_qdq_on_world_images(tiny_packa
         return got
 
     monkeypatch.setattr(reducing, "calibration_feeds", spy)
-    m = reducing.reduce_and_check(tiny_packages["moai"], tmp_path / "trt", PRESETS["fp16-int8"])
+    m = reducing.reduce_and_check(tiny_packages["moai"], tmp_path / "trt", PRECISION_PRESETS["fp16-int8"])
     # one feed per image (the mask heads run on every one of these images: each has queries post-processing reads)
     assert seen == {"vision": 16, "panoptic": 16, "detector": 16, "scene_graph": 16, "scene_graph_masks": 16}
     for name in seen:
@@ -185,7 +247,7 @@ def test_a_broken_conversion_fails_the_check(tiny_packages, tmp_path, monkeypatc
 
     monkeypatch.setattr(reducing, "lowered", zeroed)
     with pytest.raises(ExportValidationError, match=re.escape("int8 decoder against float32")):
-        reducing.reduce_and_check(tiny_packages["collavo"], tmp_path / "broken", PRESETS["int8"])
+        reducing.reduce_and_check(tiny_packages["collavo"], tmp_path / "broken", PRECISION_PRESETS["int8"])
     recorded = json.loads((tmp_path / "broken" / "manifest.json").read_text())["source"]["precision_check"]
     assert recorded["decoder"]["token_agreement"] < BOUNDS["int8"].token_agreement
 
