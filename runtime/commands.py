@@ -196,7 +196,7 @@ def print_timings(ms: dict[str, float]) -> None:
 
 def cmd_verify(args) -> int:
     require("torch", "export")
-    from moai_edge.bench.verify import verify_package
+    from moai_edge.bench.compare.verify import verify_package
 
     report = verify_package(Path(args.engine), images=args.images, question=args.question,
                             max_new_tokens=args.max_new_tokens, options=runtime_options(args))
@@ -205,8 +205,8 @@ def cmd_verify(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from moai_edge.bench.pipeline_bench import BenchConfig, PipelineBench
-    from moai_edge.bench.report import summary, write_report
+    from moai_edge.bench.speed.pipeline import BenchConfig, PipelineBench
+    from moai_edge.bench.speed.report import summary, write_report
 
     try:
         sizes = tuple(int(v) for v in args.batch_sizes.split(","))
@@ -223,7 +223,7 @@ def cmd_bench(args) -> int:
                       max_new_tokens=args.max_new_tokens, images=args.images)
     report = PipelineBench(cfg).run()
     if args.compare:
-        from moai_edge.bench.genai import CompareConfig, compare_genai
+        from moai_edge.bench.compare.genai import CompareConfig, compare_genai
 
         report["compare"] = {"genai": compare_genai(CompareConfig(engine_dir=Path(args.engine), batch_sizes=sizes,
                                                                   options=runtime_options(args)))}
@@ -234,9 +234,9 @@ def cmd_bench(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from moai_edge.bench.eval import EvalConfig, run_eval
-    from moai_edge.bench.eval_paired import load_baseline, paired
-    from moai_edge.bench.eval_report import summary, write_eval_report
+    from moai_edge.bench.accuracy.eval import EvalConfig, run_eval
+    from moai_edge.bench.accuracy.paired import load_baseline, paired
+    from moai_edge.bench.accuracy.report import summary, write_eval_report
 
     cfg = EvalConfig(engine_dir=Path(args.engine), images=args.images, seed=args.seed, blank_experts=args.blank_experts,
                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, options=runtime_options(args))
@@ -255,7 +255,7 @@ def cmd_demo(args) -> int:
     with moai-edge) captions a few held-out world images and answers their questions, each beside the truth."""
     from PIL import Image
 
-    from moai_edge.bench.eval import image_seeds, score_answer, world_items
+    from moai_edge.bench.accuracy.eval import image_seeds, score_answer, world_items
     from moai_edge.export.world import DESCRIBE_QUESTION
 
     from .caption.job import CaptionJob

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from moai_edge.bench.compare import compare_experts, compare_results, same_up_to_rounding
+from moai_edge.bench.compare.results import compare_experts, compare_results, same_up_to_rounding
 from moai_edge.runtime.request import Result
 
 RESULT = {

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from moai_edge.bench.eval import (ACCURACY_KEYS, MAX_EXAMPLES, evaluate, expert_aux, image_seeds, score_answer,
+from moai_edge.bench.accuracy.eval import (ACCURACY_KEYS, MAX_EXAMPLES, evaluate, expert_aux, image_seeds, score_answer,
                                   world_items)
-from moai_edge.bench.eval_paired import mcnemar_exact, paired
+from moai_edge.bench.accuracy.paired import mcnemar_exact, paired
 from moai_edge.engines.errors import InputError
 from moai_edge.export.world import HELD_OUT_SEEDS, HELD_OUT_WORDS
 from moai_edge.runtime.cli import main

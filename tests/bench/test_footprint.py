@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from moai_edge.bench.footprint import (DEVICES, EXPERTS, GB, Part, compressor_part, crayon_part, decoder_parts,
+from moai_edge.bench.speed.footprint import (DEVICES, EXPERTS, GB, Part, compressor_part, crayon_part, decoder_parts,
                                        footprint, markdown, vision_part)
 from moai_edge.export.config import DecoderConfig
 from moai_edge.export.precision import PRECISION_PRESETS

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the Llama conversion needs moai-edge[export]")
 og = pytest.importorskip("onnxruntime_genai", reason="needs moai-edge[compare]")
 
-from moai_edge.bench.genai import CompareConfig, GenaiDecode, build_genai, compare_genai, markdown, to_llama  # noqa: E402
+from moai_edge.bench.compare.genai import CompareConfig, GenaiDecode, build_genai, compare_genai, markdown, to_llama  # noqa: E402
 from moai_edge.engines.manifest import load_manifest  # noqa: E402
 from moai_edge.engines.options import RuntimeOptions  # noqa: E402
 

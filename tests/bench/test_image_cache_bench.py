@@ -1,8 +1,8 @@
-"""python -m moai_edge.bench.image_cache: the first and second question about each image, answers checked."""
+"""python -m moai_edge.bench.speed.image_cache: the first and second question about each image, answers checked."""
 
 from __future__ import annotations
 
-from moai_edge.bench.image_cache import first_and_second
+from moai_edge.bench.speed.image_cache import first_and_second
 from moai_edge.runtime import RuntimeOptions
 
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from moai_edge.bench.roofline import (batch_ceiling_tokens_per_s, batching, decode_weight_bytes, kv_bytes_per_token,
+from moai_edge.bench.speed.roofline import (batch_ceiling_tokens_per_s, batching, decode_weight_bytes, kv_bytes_per_token,
                                       memory_bound_gain, roofline)
 from moai_edge.engines.manifest import Manifest
 from moai_edge.runtime.cli import main

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from moai_edge.bench.backbone_memory import zero_prefill_feeds
+from moai_edge.bench.speed.backbone_memory import zero_prefill_feeds
 from moai_edge.engines import RuntimeOptions, load_manifest, open_engine
 from moai_edge.engines.resident_pages import drop_resident_pages
 

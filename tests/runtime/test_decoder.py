@@ -39,7 +39,7 @@ def test_kv_cache_dtype_comes_from_the_spec():
 
 def prefill_feeds(engine, table: np.ndarray, lengths: list[int]) -> dict[str, np.ndarray]:
     """Right-padded rows of token 7 with the given real lengths; no image, every family input zero."""
-    from moai_edge.bench.backbone_memory import zero_prefill_feeds
+    from moai_edge.bench.speed.backbone_memory import zero_prefill_feeds
 
     feeds = zero_prefill_feeds(engine, max(lengths), rows=len(lengths))
     feeds["inputs_embeds"][:] = table[7]

@@ -41,7 +41,7 @@ def test_pipeline_equals_the_pytorch_reference_pipeline(pipelines, tiny_packages
     """Image -> runtime pipeline (batch of 4) == image -> PyTorch experts with the reference's post-processing
     -> verbalizer -> PyTorch reference model: the experts' results, the verbalized text, the greedy tokens."""
     pytest.importorskip("torch")
-    from moai_edge.bench.compare import compare_results
+    from moai_edge.bench.compare.results import compare_results
     from moai_edge.bench.reference.pipeline import ReferencePipeline
 
     pipe = pipelines[family]
@@ -61,7 +61,7 @@ def test_pipeline_equals_the_pytorch_reference_pipeline(pipelines, tiny_packages
 
 
 def test_verify_covers_experts_verbalization_and_tokens(tiny_packages, tmp_path):
-    from moai_edge.bench.verify import verify_package
+    from moai_edge.bench.compare.verify import verify_package
 
     Image.fromarray(sample_image(size=300, seed=2)).save(tmp_path / "a.png")
     report = verify_package(tiny_packages["moai"], images=[str(tmp_path / "a.png")], question=QUESTION, max_new_tokens=6,

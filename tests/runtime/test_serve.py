@@ -17,7 +17,7 @@ httpx = pytest.importorskip("httpx")
 
 from PIL import Image  # noqa: E402
 
-from moai_edge.bench.serve_load import chat_body, png_url, run_load  # noqa: E402
+from moai_edge.bench.speed.serve_load import chat_body, png_url, run_load  # noqa: E402
 from moai_edge.engines.options import RuntimeOptions  # noqa: E402
 from moai_edge.runtime.pipeline import Pipeline  # noqa: E402
 from moai_edge.runtime.samples import sample_image  # noqa: E402

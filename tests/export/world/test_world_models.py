@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from moai_edge.bench.eval import evaluate, image_seeds
+from moai_edge.bench.accuracy.eval import evaluate, image_seeds
 from moai_edge.export.world.build import CHECKPOINTS, WORLD_FAMILIES, WORLD_PARTS, export_world, train_world
 from moai_edge.export.world.train_backbone import BackboneRecipe
 from moai_edge.runtime.cli import main

@@ -1,6 +1,6 @@
 """Peak memory of the decoder, in a process that never imports torch (bench.backbone runs it as a child).
 
-    python -m moai_edge.bench.backbone_memory --engine DIR [--device cpu] [--threads 2] [--prompt-tokens 600]
+    python -m moai_edge.bench.speed.backbone_memory --engine DIR [--device cpu] [--threads 2] [--prompt-tokens 600]
                                               [--new-tokens 16]
 
 Prints one JSON object: the process's peak RSS after its imports (`base_mb`), after prefill + decode ran

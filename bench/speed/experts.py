@@ -1,7 +1,7 @@
 """Per-expert latency on full-size architectures with random weights: onnxruntime vs PyTorch, one image
 (Mask2Former Swin-B/L, OWLv2 B/16, PSGTR-R50, PP-OCR).
 
-    python -m moai_edge.bench.experts [--device cpu] [--threads 2] [--runs 3] [--only panoptic] [--arena]
+    python -m moai_edge.bench.speed.experts [--device cpu] [--threads 2] [--runs 3] [--only panoptic] [--arena]
 
 Also measures what caching OWLv2's text side saves: the 1847-query text forward the reference
 repeats for every image. OCR is timed against rapidocr (the reference runs PaddleOCR; there is no
@@ -24,7 +24,7 @@ import numpy as np
 from moai_edge.engines.options import DEVICES, RuntimeOptions
 from moai_edge.engines.registry import open_file
 
-from .timing import interleaved_ms, timed_ms
+from ..timing import interleaved_ms, timed_ms
 
 
 def bench_graph(target, model, feeds: dict, work: Path, options: RuntimeOptions, runs: int, *,

@@ -40,7 +40,7 @@ from moai_edge.export.world import (HELD_OUT_SEEDS, HELD_OUT_WORDS, NO_SIGN_ANSW
                                    questions_for)
 from moai_edge.runtime import AuxInputs, Request, check_batch_size, check_generation, check_range
 
-from .machine import machine_info
+from ..machine import machine_info
 
 ACCURACY_KEYS: tuple[str, ...] = (*QUESTION_TYPES, "unseen_sign_word")
 CASE_INSENSITIVE = ("count", "colour")

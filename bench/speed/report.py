@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .footprint import GB
 from .footprint import markdown as footprint_markdown
-from .genai import markdown as genai_markdown
+from ..compare.genai import markdown as genai_markdown
 
 PLOTS = ("latency_by_stage.png", "throughput_by_batch.png", "memory_over_time.png")
 

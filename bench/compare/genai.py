@@ -27,8 +27,8 @@ from moai_edge.engines.options import RuntimeOptions
 from moai_edge.engines.registry import open_engine
 from moai_edge.runtime.decoding import DecoderRunner
 
-from .backbone_memory import zero_prefill_feeds
-from .roofline import batching, read_bandwidth_gbs
+from ..speed.backbone_memory import zero_prefill_feeds
+from ..speed.roofline import batching, read_bandwidth_gbs
 
 PRECISIONS = ("fp32", "int4")
 

@@ -1,7 +1,7 @@
 """Load on `moai-edge serve`: N concurrent clients send a fixed number of chat completions on localhost; every
 request is answered or refused with 429 (none lost), and the answers are checked against the Python API's.
 
-    python -m moai_edge.bench.serve_load --engine pkg/tiny-moai --clients 8 --requests 64 [--max-queue 8]
+    python -m moai_edge.bench.speed.serve_load --engine pkg/tiny-moai --clients 8 --requests 64 [--max-queue 8]
         [--max-batch 1] [--threads 2]
 
 Reports p50/p99 latency of the answered requests (arrival to answer, queue included) and their throughput.
@@ -82,7 +82,7 @@ def run_load(base_url: str, images: list[np.ndarray], *, clients: int, requests:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m moai_edge.bench.serve_load", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m moai_edge.bench.speed.serve_load", description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", required=True)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--requests", type=int, default=64)

@@ -16,8 +16,8 @@ from moai_edge.engines.options import RuntimeOptions
 from moai_edge.export.package import validate_package
 from moai_edge.runtime import Pipeline, Request, Result, load_image, sample_image
 
-from .compare import compare_result, same_up_to_rounding
-from .reference.pipeline import ReferencePipeline
+from .results import compare_result, same_up_to_rounding
+from ..reference.pipeline import ReferencePipeline
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Backbone latency and memory: the runtime Backbone against the PyTorch reference backbone on the same package.
 
-    python -m moai_edge.bench.backbone --engine DIR [--device cpu] [--threads 2] [--runs 5] [--new-tokens 16]
+    python -m moai_edge.bench.speed.backbone --engine DIR [--device cpu] [--threads 2] [--runs 5] [--new-tokens 16]
 
 One sample image, no expert results (the reference's "nothing detected" inputs). Vision, aux (the family's
 prefill extras), prefill (image tokens + prompt) and decode ms/token, each the median of `--runs` after one
@@ -36,10 +36,10 @@ def measure_memory(engine_dir: Path, options: RuntimeOptions, *, prompt_tokens: 
     """bench.backbone_memory in a child process, so torch (imported here) is not in its figures."""
     args = ["--engine", str(engine_dir), "--device", options.device, "--threads", str(options.threads),
             "--prompt-tokens", str(prompt_tokens), "--new-tokens", str(new_tokens)]
-    out = subprocess.run([sys.executable, "-m", "moai_edge.bench.backbone_memory", *args], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "moai_edge.bench.speed.backbone_memory", *args], capture_output=True,
                          text=True)
     if out.returncode:
-        raise MoaiEdgeError(f"moai_edge.bench.backbone_memory: expected exit 0, found {out.returncode}:\n{out.stderr}")
+        raise MoaiEdgeError(f"moai_edge.bench.speed.backbone_memory: expected exit 0, found {out.returncode}:\n{out.stderr}")
     return json.loads(out.stdout)
 
 
@@ -55,7 +55,7 @@ def stage_runner(backbone, encode, image, cfg):
 
 
 def measure_latency(engine_dir: Path, options: RuntimeOptions, *, runs: int, new_tokens: int) -> dict:
-    from .reference.pipeline import ReferencePipeline
+    from ..reference.pipeline import ReferencePipeline
 
     options = options.replace(verify_hashes=False)
     with Pipeline.load(engine_dir, options) as pipe, ReferencePipeline.load(engine_dir, options) as ref:

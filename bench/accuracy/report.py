@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from .eval import ACCURACY_KEYS
-from .report import fmt
+from ..speed.report import fmt
 
 
 def write_eval_report(report: dict, out_dir: Path) -> list[Path]:

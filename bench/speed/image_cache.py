@@ -1,6 +1,6 @@
 """A second question about the same image with the image cache on, against the first (which fills it).
 
-    python -m moai_edge.bench.image_cache --engine pkg/tiny-moai [--rounds 5] [--threads 2]
+    python -m moai_edge.bench.speed.image_cache --engine pkg/tiny-moai [--rounds 5] [--threads 2]
 
 Each round takes a new image and asks two questions about it, so the first misses and the second hits: the two
 latencies are measured side by side in every round (A B A B), and the answers are checked against a pipeline

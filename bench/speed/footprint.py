@@ -1,6 +1,6 @@
 """What the real CoLLaVO-7B and MoAI-7B take in memory at each precision preset, computed from their dimensions.
 
-    python -m moai_edge.bench.footprint [--family moai|collavo]
+    python -m moai_edge.bench.speed.footprint [--family moai|collavo]
 
 Weights: parameter counts from the architectures (export.config's defaults are the published sizes; the experts'
 counts are those of their published configurations, checked against the PyTorch models by the tests), times the
@@ -215,7 +215,7 @@ def markdown(fp: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m moai_edge.bench.footprint", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m moai_edge.bench.speed.footprint", description=__doc__.splitlines()[0])
     p.add_argument("--family", choices=sorted(FAMILY_EXPERTS), default="moai")
     print(markdown(footprint(p.parse_args(argv).family)))
     return 0

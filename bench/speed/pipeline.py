@@ -21,7 +21,7 @@ from moai_edge.engines.options import RuntimeOptions
 from moai_edge.runtime import Pipeline, Request, Result, load_image, sample_image
 
 from .footprint import footprint
-from .machine import machine_info
+from ..machine import machine_info
 from .memory import RssSampler, gpu_memory, jetson_memory, rss_mb
 from .roofline import batching, kv_bytes_per_token, read_bandwidth_gbs, roofline
 
@@ -160,8 +160,8 @@ class PipelineBench:
     def side_by_side(self, pipe: Pipeline) -> tuple[dict, list[str]]:
         """Batch 1, runtime and PyTorch reference interleaved; ratios are reference / runtime per run pair. Also the
         differences bench.compare finds between the two sides' answers of the first timed pair."""
-        from .compare import compare_results
-        from .reference.pipeline import ReferencePipeline
+        from ..compare.results import compare_results
+        from ..reference.pipeline import ReferencePipeline
 
         with ReferencePipeline.load(self.cfg.engine_dir, self.cfg.options) as ref:
             request = [Request(self.images[0], self.cfg.question, self.decoding(pipe))]
