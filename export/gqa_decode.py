@@ -73,75 +73,109 @@ def check_decodable(model: VLM) -> None:
                                     f"{GQA_HEAD_MULTIPLE}, found {model.cfg.decoder.head_dim}")
 
 
+class DecodeWriter(GraphWriter):
+    """The decode graph's nodes: a GraphWriter that knows the decoder's dimensions and the IO dtype."""
+
+    def __init__(self, model: VLM, half: bool):
+        from onnx import TensorProto
+
+        super().__init__()
+        self.model, self.d, self.half = model, model.cfg.decoder, half
+        self.kv_type = TensorProto.FLOAT16 if half else TensorProto.FLOAT
+        cos, sin = rope_tables(model)
+        self.cos = self.weight("rope.cos", cos.astype(np.float16) if half else cos)
+        self.sin = self.weight("rope.sin", sin.astype(np.float16) if half else sin)
+        d, groups = self.d, self.d.num_heads // self.d.num_kv_heads
+        self.split = self.const("qkv.split", [groups, 1, 1])
+        self.grouped = self.const("qkv.grouped", [0, 0, d.num_kv_heads, groups + 2, d.head_dim])
+        self.flat = self.const("qkv.flat", [0, 0, -1])
+
+    def cast(self, x: str, name: str, to: int) -> str:
+        """x cast to `to` when the IO is float16 (attention in float16 on the float16 cache), else x itself."""
+        return self.node("Cast", [x], name, to=to) if self.half else x
+
+    def norm_weight(self, norm, name: str) -> str:
+        return self.weight(name, norm.weight.detach().float().numpy())
+
+    def skip_norm(self, x: str, skip: str, norm, name: str) -> tuple[str, str]:
+        """RMSNorm(x + skip) and x + skip (the residual stream)."""
+        out, summed = f"{name}/out", f"{name}/residual"
+        self.node("SkipSimplifiedLayerNormalization", [x, skip, self.norm_weight(norm, name)], f"{name}/SkipNorm",
+                  outputs=[out, "", "", summed], domain="com.microsoft", epsilon=self.d.rms_norm_eps)
+        return out, summed
+
+    def attention(self, h: str, i: int, att) -> str:
+        """wqkv -> GroupQueryAttention (rotary inside, KV written in place at seqlens_k) -> wo."""
+        from onnx import TensorProto
+
+        p, d = f"layers.{i}", self.d
+        qkv = self.linear(h, att.wqkv.Plora_main, f"{p}/wqkv")
+        q, k, v = self.node("Split", [self.node("Reshape", [qkv, self.grouped], f"{p}/qkv/Reshape"), self.split],
+                            f"{p}/qkv/Split", outputs=3, axis=3)
+        q, k, v = (self.cast(self.node("Reshape", [t, self.flat], f"{p}/{n}/Reshape"), f"{p}/{n}/Cast", self.kv_type)
+                   for t, n in ((q, "q"), (k, "k"), (v, "v")))
+        attn = self.node("GroupQueryAttention", [q, k, v, f"past_key.{i}", f"past_value.{i}", "seqlens_k",
+                                                 "total_sequence_length", self.cos, self.sin], f"{p}/GroupQueryAttention",
+                         outputs=[f"{p}/attn", f"key.{i}", f"value.{i}"], domain="com.microsoft",
+                         num_heads=d.num_heads, kv_num_heads=d.num_kv_heads, do_rotary=1, rotary_interleaved=0)[0]
+        return self.linear(self.cast(attn, f"{p}/attn/Cast", TensorProto.FLOAT), att.wo.Plora_main, f"{p}/wo")
+
+    def feed_forward(self, h: str, i: int, ff) -> str:
+        """w1 and w3, the SiLU gate, w2."""
+        p = f"layers.{i}"
+        gate, up = self.linear(h, ff.w1.Plora_main, f"{p}/w1"), self.linear(h, ff.w3.Plora_main, f"{p}/w3")
+        silu = self.node("Mul", [gate, self.node("Sigmoid", [gate], f"{p}/Sigmoid")], f"{p}/silu")
+        return self.linear(self.node("Mul", [silu, up], f"{p}/gated"), ff.w2.Plora_main, f"{p}/w2")
+
+    def layers(self, x: str) -> str:
+        """Every decoder layer; returns the final norm's output."""
+        layers, eps = self.model.model.layers, self.d.rms_norm_eps
+        first = self.norm_weight(layers[0].attention_norm, "layers.0.attention_norm")
+        h = self.node("SimplifiedLayerNormalization", [x, first], "layers.0/attention_norm", epsilon=eps, axis=-1,
+                      stash_type=1)
+        residual = x
+        for i, layer in enumerate(layers):
+            h, residual = self.skip_norm(self.attention(h, i, layer.attention), residual, layer.ffn_norm,
+                                         f"layers.{i}.ffn_norm")
+            last = i + 1 == len(layers)
+            nxt, name = (self.model.model.norm, "norm") if last else (layers[i + 1].attention_norm,
+                                                                      f"layers.{i + 1}.attention_norm")
+            h, residual = self.skip_norm(self.feed_forward(h, i, layer.feed_forward), residual, nxt, name)
+        return h
+
+    def logits(self, h: str) -> None:
+        from onnx import TensorProto
+
+        logits = self.node("Squeeze", [self.linear(h, self.model.output, "output"), self.const("axis1", [1])],
+                           "logits/Squeeze", outputs=["logits" if not self.half else "logits/float"])
+        if self.half:
+            self.node("Cast", [logits], "logits/Cast", outputs=["logits"], to=self.kv_type)
+
+    def graph_io(self) -> tuple[list, list]:
+        from onnx import TensorProto, helper
+
+        d, t = self.d, self.kv_type
+        kv = [f"{kind}.{i}" for i in range(d.num_layers) for kind in ("key", "value")]
+        kv_shape = ["batch", d.num_kv_heads, "max_len", d.head_dim]
+        inputs = [helper.make_tensor_value_info("inputs_embeds", t, ["batch", 1, d.hidden_size]),
+                  helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
+                  helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, [])]
+        inputs += [helper.make_tensor_value_info(f"past_{n}", t, kv_shape) for n in kv]
+        outputs = [helper.make_tensor_value_info("logits", t, ["batch", d.vocab_size])]
+        outputs += [helper.make_tensor_value_info(n, t, kv_shape) for n in kv]
+        return inputs, outputs
+
+
 def build_gqa_decode(model: VLM, io_dtype: str = "float32"):
     """The decode graph as an onnx.ModelProto. With io_dtype "float16" the embeddings, the KV buffers and the
     logits are float16: attention runs in float16 on the float16 cache, everything else in float32."""
     from onnx import TensorProto, helper
 
     check_decodable(model)
-    d = model.cfg.decoder
-    hd, groups = d.head_dim, d.num_heads // d.num_kv_heads
-    half = io_dtype == "float16"
-    kv_type = TensorProto.FLOAT16 if half else TensorProto.FLOAT
-    g = GraphWriter()
-    eps = d.rms_norm_eps
-    cos, sin = rope_tables(model)
-    cos_t = g.weight("rope.cos", cos.astype(np.float16) if half else cos)
-    sin_t = g.weight("rope.sin", sin.astype(np.float16) if half else sin)
-    split = g.const("qkv.split", [groups, 1, 1])
-    grouped = g.const("qkv.grouped", [0, 0, d.num_kv_heads, groups + 2, hd])
-    flat = g.const("qkv.flat", [0, 0, -1])
-    to_float = lambda x, name: g.node("Cast", [x], name, to=TensorProto.FLOAT) if half else x  # noqa: E731
-    to_kv = lambda x, name: g.node("Cast", [x], name, to=kv_type) if half else x  # noqa: E731
-
-    layers = model.model.layers
-    norm_w = lambda norm, name: g.weight(name, norm.weight.detach().float().numpy())  # noqa: E731
-    x = to_float("inputs_embeds", "embeds/Cast")
-
-    def skip_norm(x, skip, norm, name):
-        """RMSNorm(x + skip) and x + skip (the residual stream)."""
-        out, summed = f"{name}/out", f"{name}/residual"
-        g.node("SkipSimplifiedLayerNormalization", [x, skip, norm_w(norm, name)], f"{name}/SkipNorm",
-               outputs=[out, "", "", summed], domain="com.microsoft", epsilon=eps)
-        return out, summed
-
-    h, residual = g.node("SimplifiedLayerNormalization", [x, norm_w(layers[0].attention_norm, "layers.0.attention_norm")],
-                         "layers.0/attention_norm", epsilon=eps, axis=-1, stash_type=1), x
-    outputs = []
-    for i, layer in enumerate(layers):
-        p, att, ff = f"layers.{i}", layer.attention, layer.feed_forward
-        qkv = g.linear(h, att.wqkv.Plora_main, f"{p}/wqkv")
-        q, k, v = g.node("Split", [g.node("Reshape", [qkv, grouped], f"{p}/qkv/Reshape"), split], f"{p}/qkv/Split",
-                         outputs=3, axis=3)
-        q, k, v = (to_kv(g.node("Reshape", [t, flat], f"{p}/{n}/Reshape"), f"{p}/{n}/Cast") for t, n in
-                   ((q, "q"), (k, "k"), (v, "v")))
-        present = [f"key.{i}", f"value.{i}"]
-        attn = g.node("GroupQueryAttention", [q, k, v, f"past_key.{i}", f"past_value.{i}", "seqlens_k",
-                                              "total_sequence_length", cos_t, sin_t], f"{p}/GroupQueryAttention",
-                      outputs=[f"{p}/attn", *present], domain="com.microsoft", num_heads=d.num_heads,
-                      kv_num_heads=d.num_kv_heads, do_rotary=1, rotary_interleaved=0)[0]
-        outputs += present
-        a = g.linear(to_float(attn, f"{p}/attn/Cast"), att.wo.Plora_main, f"{p}/wo")
-        h, residual = skip_norm(a, residual, layer.ffn_norm, f"{p}.ffn_norm")
-        gate, up = g.linear(h, ff.w1.Plora_main, f"{p}/w1"), g.linear(h, ff.w3.Plora_main, f"{p}/w3")
-        silu = g.node("Mul", [gate, g.node("Sigmoid", [gate], f"{p}/Sigmoid")], f"{p}/silu")
-        m = g.linear(g.node("Mul", [silu, up], f"{p}/gated"), ff.w2.Plora_main, f"{p}/w2")
-        nxt = layers[i + 1].attention_norm if i + 1 < len(layers) else model.model.norm
-        nxt_name = f"layers.{i + 1}.attention_norm" if i + 1 < len(layers) else "norm"
-        h, residual = skip_norm(m, residual, nxt, nxt_name)
-    logits = g.node("Squeeze", [g.linear(h, model.output, "output"), g.const("axis1", [1])], "logits/Squeeze",
-                    outputs=["logits" if not half else "logits/float"])
-    if half:
-        g.node("Cast", [logits], "logits/Cast", outputs=["logits"], to=kv_type)
-
-    kv_shape = ["batch", d.num_kv_heads, "max_len", hd]
-    inputs = [helper.make_tensor_value_info("inputs_embeds", kv_type, ["batch", 1, d.hidden_size]),
-              helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
-              helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, [])]
-    inputs += [helper.make_tensor_value_info(f"past_{n}", kv_type, kv_shape) for n in outputs]
-    graph_outputs = [helper.make_tensor_value_info("logits", kv_type, ["batch", d.vocab_size])]
-    graph_outputs += [helper.make_tensor_value_info(n, kv_type, kv_shape) for n in outputs]
-    graph = helper.make_graph(g.nodes, "decode", inputs, graph_outputs, initializer=g.initializers)
+    g = DecodeWriter(model, half=io_dtype == "float16")
+    g.logits(g.layers(g.cast("inputs_embeds", "embeds/Cast", TensorProto.FLOAT)))
+    inputs, outputs = g.graph_io()
+    graph = helper.make_graph(g.nodes, "decode", inputs, outputs, initializer=g.initializers)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid(dom, v) for dom, v in OPSETS])
     proto.ir_version = 8
     return proto

@@ -1,0 +1,36 @@
+"""GET /health, /health/ready, /metrics and /v1/models."""
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from ..http import server_of
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health():
+    return {"status": "ok"}
+
+
+@router.get("/health/ready")
+async def health_ready(request: Request):
+    server = server_of(request)
+    if server.ready.is_set():
+        return {"status": "ready", "model": server.model, "family": server.pipeline.manifest.family}
+    status = "failed" if server.failure else "loading"
+    return JSONResponse({"status": status, **({"error": server.failure} if server.failure else {})}, status_code=503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request):
+    server = server_of(request)
+    server.authorize(request.headers)
+    return Response(server.metrics.render(), media_type=server.metrics.content_type)
+
+
+@router.get("/v1/models")
+async def models(request: Request):
+    server = server_of(request)
+    server.authorize(request.headers)
+    return {"object": "list", "data": [{"id": server.model, "object": "model", "owned_by": "moai-edge"}]}
