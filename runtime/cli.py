@@ -9,10 +9,12 @@ import threading
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from moai_edge.engines.decoding import STRATEGIES
 from moai_edge.engines.errors import MoaiEdgeError
 from moai_edge.engines.options import DEVICES
 
 from . import commands
+from .families import FAMILIES
 from .request import DEFAULT_QUESTION
 
 DEFAULT_DEMO_DIR = Path("artifacts/world-moai")
@@ -39,27 +41,34 @@ def engine_options(p: argparse.ArgumentParser, *, engine_required: bool = True) 
 
 def generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, help="tokens to generate at most (default: the package's)")
-    p.add_argument("--decoding", choices=["greedy", "sample", "beam"], help="default: the package's")
-    p.add_argument("--template", choices=["eval", "demo"], help="the reference's prompt format (default: eval)")
+    p.add_argument("--decoding", choices=STRATEGIES, help="default: the package's")
+    p.add_argument("--template", help="a prompt template of the package (the reference's: eval, demo; default: the "
+                                      "package's)")
     p.add_argument("--seed", type=int, help="seed for sampling")
 
 
 def add_export(sub) -> None:
+    from moai_edge.export.config import SIZE_PRESETS  # torch-free tables: the choices come from the registries
+    from moai_edge.export.precision import PRECISION_PRESETS
+
+    families = sorted(FAMILIES)
     e = sub.add_parser("export", help="checkpoint -> engine package (needs moai-edge[export])")
     src = e.add_mutually_exclusive_group(required=True)
-    src.add_argument("--tiny", choices=["collavo", "moai"], help="build a seeded tiny checkpoint and export it")
-    src.add_argument("--world", choices=["collavo", "moai"], help="the trained tiny-world checkpoints shipped with "
-                                                                  "moai-edge (see `moai-edge eval`)")
+    src.add_argument("--tiny", choices=families, help="build a seeded tiny checkpoint and export it")
+    src.add_argument("--world", choices=families, help="the trained tiny-world checkpoints shipped with moai-edge "
+                                                       "(see `moai-edge eval`)")
     src.add_argument("--checkpoint", help="checkpoint folder or hub id (BK-Lee/MoAI-7B layout)")
-    e.add_argument("--family", choices=["collavo", "moai"], help="check the checkpoint is of this family")
-    e.add_argument("--preset", default="tiny", choices=["tiny", "small"], help="size of a --tiny checkpoint")
+    e.add_argument("--family", choices=families, help="check the checkpoint is of this family")
+    e.add_argument("--preset", default="tiny", choices=[k for k in SIZE_PRESETS if k != "world"],
+                   help="size of a --tiny checkpoint")
     e.add_argument("--seed", type=int, default=0, help="seed of a --tiny checkpoint's weights (--world: of the "
                                                                     "untrained detector and scene graph)")
     e.add_argument("--out", required=True, help="the engine package folder to write")
     e.add_argument("--precision", default="fp32", metavar="PRESET",
-                   help="what each component is stored and computed in: fp32; fp16 (GPU); int8, int4 (CPU: weight-only "
-                        "decoder, int8 tower and experts); int4-fp16 (GPU). Below fp32 the package is held to the fp32 "
-                        "one on world questions (token agreement, KL)")
+                   help=f"what each component is stored and computed in, one of {', '.join(PRECISION_PRESETS)}: fp16 "
+                        f"and int4-fp16 for GPUs, int8 and int4 for CPUs (weight-only decoder, int8 tower and experts), "
+                        f"fp16-int8 for TensorRT (docs/precision.md). Below fp32 the package is held to the fp32 one on "
+                        f"world questions (token agreement, KL)")
     e.add_argument("--no-validate", action="store_true", help="skip the ONNX-vs-PyTorch validation")
     e.add_argument("--no-experts", action="store_true", help="backbone only")
     e.add_argument("--panoptic", help="Mask2Former checkpoint folder or hub id (default: the reference's)")

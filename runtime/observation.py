@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .contracts import AuxInputs
-
-if TYPE_CHECKING:
-    from .experts.results import ExpertResults
+from .experts.results import ExpertResults
 
 
 @dataclass

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..images import resize_planes
+from .outputs import Detection
 from .registry import ExpertContext, config_from, expert
-from .verbalize import Detection
-
-if TYPE_CHECKING:
-    from .results import ExpertResults
+from .results import ExpertResults
 
 
 @dataclass

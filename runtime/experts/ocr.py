@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,10 +25,9 @@ from moai_edge.engines.options import RuntimeOptions
 from moai_edge.engines.registry import open_file
 from moai_edge.engines.protocol import Engine
 
+from .outputs import OcrLine
 from .registry import ExpertContext, config_from, expert
-
-if TYPE_CHECKING:
-    from .results import ExpertResults
+from .results import ExpertResults
 
 
 @dataclass
@@ -48,13 +46,6 @@ class OcrConfig:
     batch: int = 6
     drop_score: float = 0.5  # PaddleOCR's own cut
     min_confidence: float = 0.85  # MoAI's
-
-
-@dataclass
-class OcrLine:
-    text: str
-    confidence: float
-    box: list[list[float]]  # 4 points (x, y) in image pixels, clockwise from top-left
 
 
 def _cv2():

@@ -9,15 +9,13 @@ step: mask logits upsampled to the fixed 384x384, sigmoid, class softmax max, qu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..images import resize_planes
+from .outputs import PanopticResult, Segment
 from .registry import ExpertContext, config_from, expert
-
-if TYPE_CHECKING:
-    from .results import ExpertResults
+from .results import ExpertResults
 
 HF_MASK_SIZE = 384  # transformers upsamples the mask logits to this size for every Mask2Former model
 
@@ -32,20 +30,6 @@ class PanopticConfig:
     overlap_mask_area_threshold: float = 0.8
     target_size: int = 490  # MoAI: 490; CoLLaVO: 35 (the vision grid)
     labels: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Segment:
-    id: int
-    label_id: int
-    score: float
-    was_fused: bool = False
-
-
-@dataclass
-class PanopticResult:
-    segmentation: np.ndarray  # (H, W) int32 segment ids; 0 = no segment, -1 everywhere when nothing was kept
-    segments: list[Segment]
 
 
 def preprocess_panoptic(image: np.ndarray, cfg: PanopticConfig) -> np.ndarray:

@@ -7,15 +7,14 @@ reference (bench.reference.experts) attaches its outputs with the same `attach`.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
 from moai_edge.engines.manifest import Manifest
 from moai_edge.engines.protocol import Engine
 
-if TYPE_CHECKING:
-    from .results import ExpertResults
+from .results import ExpertResults
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .ocr import OcrLine
-from .panoptic import PanopticResult
-from .scene_graph import SceneGraphResult
-from .verbalize import Detection, clean_class, segment_boxes
+from .outputs import Detection, OcrLine, PanopticResult, SceneGraphResult
+from .verbalize import clean_class, segment_boxes
 
 
 @dataclass

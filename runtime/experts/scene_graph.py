@@ -18,19 +18,17 @@ heads (the `scene_graph_masks` graph, most of the model's work) on those queries
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from moai_edge.engines.errors import require
 
 from .mask_grid import MaskGrid
+from .outputs import SceneGraphResult
 from .panoptic import softmax_f32
 from .registry import ExpertContext, config_from, expert
 from .relations import select_relations
-
-if TYPE_CHECKING:
-    from .results import ExpertResults
+from .results import ExpertResults
 
 
 @dataclass
@@ -54,17 +52,6 @@ HEADS = ("sub_logits", "obj_logits", "rel_logits", "sub_masks", "obj_masks")  # 
 LOGITS = HEADS[:3]
 # the `scene_graph` graph's outputs that the `scene_graph_masks` graph takes (export.experts.scene_graph)
 MASK_INPUTS = ("features_s32", "features_s16", "features_s8", "features_s4", "sub_attention", "obj_attention")
-
-
-@dataclass
-class SceneGraphResult:
-    """What MoAI reads from OpenPSG's Result: 1-based entity labels, predicate distributions (column 0 =
-    no relation) and the (subject, object) entity index of each relation."""
-
-    labels: list[int]
-    rel_dists: np.ndarray
-    rel_pairs: np.ndarray
-    relations: list[tuple[str, str, str]] = field(default_factory=list)  # MoAI's selection, as words
 
 
 def scaled_size(h: int, w: int, scale: tuple[int, int]) -> tuple[int, int]:

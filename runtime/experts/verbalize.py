@@ -11,19 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .panoptic import PanopticResult
+from .outputs import Detection, PanopticResult
 
 SEGMENT_PREFIX = "The image includes bounding box coordinates and their objects: "
 RELATION_PREFIX = "The image includes relationships between objects: "
 OCR_PREFIX = "The image includes text descriptions: "
 ITEM_JOIN = ", and "
-
-
-@dataclass
-class Detection:
-    box: np.ndarray  # (4,) float32 x1, y1, x2, y2 in target pixels
-    score: float
-    label_id: int
 
 
 def clean_class(name: str) -> str:

@@ -3,8 +3,6 @@ segment text before the question."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from moai_edge.engines.errors import InputError
@@ -12,11 +10,9 @@ from moai_edge.engines.manifest import ModelDims
 from moai_edge.engines.registry import open_engine
 
 from ..contracts import AuxInputs
+from ..experts.results import ExpertResults
 from ..experts.verbalize import collavo_question, crayon_maps, crayon_text
 from .base import Family, HeadParts, family
-
-if TYPE_CHECKING:
-    from ..experts.results import ExpertResults
 
 
 @family("collavo")

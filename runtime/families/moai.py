@@ -3,8 +3,6 @@ the compressor -> aux tokens the mixers read."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from moai_edge.engines.errors import InputError
@@ -14,11 +12,9 @@ from moai_edge.engines.registry import open_engine
 from ..contracts import AuxInputs
 from ..experts.verbalize import (EMPTY_VERBALIZATION, colour_map, join_parts, verbalize_detections, verbalize_ocr,
                                  verbalize_relations, verbalize_segments)
+from ..experts.results import ExpertResults
 from ..images import normalize_unit
 from .base import Family, HeadParts, family
-
-if TYPE_CHECKING:
-    from ..experts.results import ExpertResults
 
 
 @family("moai")

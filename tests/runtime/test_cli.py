@@ -29,7 +29,7 @@ def test_ask_json(tiny_packages, image_file, capsys, family):
     assert {"load", "vision", "prefill", "decode"} <= set(out["timings_ms"])
 
 
-def test_ask_streams_text_and_beam(tiny_packages, image_file, capsys):
+def test_ask_with_beam_prints_the_answer_and_timings(tiny_packages, image_file, capsys):
     assert main(["ask", "--engine", str(tiny_packages["moai"]), str(image_file), "Hi?", "--max-new-tokens", "4", "--decoding", "beam"]) == 0
     assert "prefill" in capsys.readouterr().out
 

@@ -76,3 +76,21 @@ def test_every_training_part_runs(tmp_path):
     for family in WORLD_FAMILIES:
         assert (tmp_path / family / "tokenizer.model").is_file() and (tmp_path / family / "config.json").is_file()
     export_world("collavo", tmp_path / "pkg", checkpoints=tmp_path, validate=False)
+
+
+def test_ask_streams_the_answers_exact_text(world_packages, tmp_path, capsys):
+    """`moai-edge ask` prints the streamed pieces of a greedy answer: together they are the answer's exact text (its
+    spaces included, nothing after the answer's stop), what --json reports."""
+    from PIL import Image
+
+    from moai_edge.export.world import DESCRIBE_QUESTION, generate
+
+    image = tmp_path / "world.png"
+    Image.fromarray(generate(image_seeds(0, 1)[0]).image).save(image)
+    args = ["ask", "--engine", str(world_packages["moai"]), str(image), DESCRIBE_QUESTION, "--decoding", "greedy",
+            "--max-new-tokens", "48"]
+    assert main([*args, "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)["answer"]
+    assert main(args) == 0
+    streamed = capsys.readouterr().out.split("\nstage ")[0]
+    assert " " in answer.strip() and streamed == answer, (streamed, answer)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moai_edge.runtime.experts.panoptic import PanopticResult, Segment
-from moai_edge.runtime.experts.verbalize import (Detection, colour_map, crayon_maps, crayon_text, join_parts,
+from moai_edge.runtime.experts import Detection, PanopticResult, Segment
+from moai_edge.runtime.experts.verbalize import (colour_map, crayon_maps, crayon_text, join_parts,
                                                  verbalize_detections, verbalize_ocr, verbalize_relations,
                                                  verbalize_segments)
 
