@@ -12,9 +12,8 @@ the two next-token distributions are compared:
 Two measurements: `decoder` gives both decoders the float32 package's image features and expert inputs,
 so it measures the decoder's precision alone, and is bounded (`BOUNDS`, by the decoder's precision);
 `end_to_end` lets each package see the image with its own tower and experts, and is recorded. The bounds
-catch a broken conversion, not a small loss: a seeded random-weight tiny model, whose logits have no
-trained margins, measures 71% agreement and KL 0.16 with an int4 decoder, where the trained world MoAI
-measures 93% and 0.008. What a precision costs in answers is `moai-edge eval`'s to say.
+catch a broken conversion, not a small loss (docs/precision.md, "The precision check's bounds"); what a
+precision costs in answers is `moai-edge eval`'s to say.
 """
 
 from __future__ import annotations
