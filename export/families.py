@@ -4,7 +4,7 @@ One object per family, registered with `@export_family(name)`. It says how a siz
 family's own parts, how they are read from a checkpoint's tensors, which backbone graphs it exports and
 what the prefill graph's family input is, which experts it packages (and the reference's hub ids for
 them), where its panoptic segments are mapped, and what its config.json records beyond InternLM2's
-fields. Nothing else in export/ asks which family it builds. (The runtime's twin is runtime/families.py.)
+fields. Nothing else in export/ asks which family it builds. (The runtime's twin is runtime/families/; the PyTorch heads are export.family_heads.)
 """
 
 from __future__ import annotations

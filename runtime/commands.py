@@ -114,7 +114,7 @@ def cmd_caption(args) -> int:
 
 
 def cmd_caption_ray(args) -> int:
-    """`caption --ray`: the same job on Ray Data actors, into a folder of shards (runtime/caption_ray.py)."""
+    """`caption --ray`: the same job on Ray Data actors, into a folder of shards (runtime/caption/on_ray.py)."""
     from .caption.on_ray import RayWorkers, run_ray_caption_job
 
     workers = RayWorkers(count=1 if args.num_workers is None else args.num_workers,

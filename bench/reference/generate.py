@@ -1,7 +1,7 @@
 """The PyTorch parity oracle of the runtime's generation loop, written like transformers' `generate` (5.x:
 `_sample`, `_beam_search` and its helpers) and checked against it in tests/runtime/test_generation.py.
 
-Same contract as runtime/generation.py, whose logic this module does not share (only DecodingConfig):
+Same contract as runtime/decoding/generation.py, whose logic this module does not share (only DecodingConfig):
 `step(tokens (R,)) -> logits (R, V)`
 advances the caller's cache, `select_rows(index (R',))` makes new row j = old row index[j]; the result is the
 generated ids per input row, the eos token included when one was generated.

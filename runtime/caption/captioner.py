@@ -3,7 +3,7 @@
     captioner = Captioner(pipe, batch_size=8)
     records = captioner.caption(["a", "b"], ["a.jpg", b"...png bytes"])   # in the order of the ids
 
-The batcher is all a worker needs: the resumable JSONL job (caption_job) and a Ray Data actor both
+The batcher is all a worker needs: the resumable JSONL job (caption.job) and a Ray Data actor both
 hold one. Greedy decoding unless told otherwise.
 """
 
