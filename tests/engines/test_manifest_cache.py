@@ -113,15 +113,13 @@ def test_hashes_can_be_skipped_by_the_manifest_or_the_options(root, hashed):
         open_engine(load_manifest(root), "decode", OPTIONS)
 
 
-def test_the_uncached_load_hashes_everything_at_once(root, hashed):
-    from moai_edge.engines import Manifest
-
-    Manifest.load(root)
+def test_verify_all_after_loading_hashes_everything_at_once(root, hashed):
+    load_manifest(root).verify_all()
     assert len(hashed) == len(FILES)
     flip_byte(root / "decode.onnx")
     with pytest.raises(IntegrityError, match="decode.onnx"):
-        Manifest.load(root)
-    Manifest.load(root, verify=False)
+        load_manifest(root).verify_all()
+    load_manifest(root, verify_hashes=False)
 
 
 @pytest.mark.parametrize("old", [1, 2, 3])  # 2: no in-place KV buffers; 3: the scene graph's mask heads inside it
