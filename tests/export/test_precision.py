@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import subprocess
@@ -67,6 +68,15 @@ def test_unknown_preset_is_refused_before_anything_is_built(tmp_path):
                           "int3", "--out", str(tmp_path / "pkg")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "int3" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "pkg").exists()
+
+
+def test_reducing_leaves_the_shared_source_manifest_as_it_was(tiny_packages, tmp_path):
+    """reduce_package changes a copy of the source package's manifest, never the one load_manifest hands out."""
+    src = load_manifest(tiny_packages["collavo"])
+    before = copy.deepcopy(src)
+    reducing.reduce_package(tiny_packages["collavo"], tmp_path / "fp16", PRECISION_PRESETS["fp16"])
+    assert load_manifest(tiny_packages["collavo"]) is src and src == before
+    assert load_manifest(tmp_path / "fp16").source["precision"] == "fp16" and "precision" not in src.source
 
 
 def test_int4_package_records_each_components_precision(int4_moai):
