@@ -18,7 +18,7 @@ from . import integrity
 from .errors import ManifestError
 from .manifest import SharedWeights as SharedWeightsSpec
 from .manifest import package_file
-from .manifest_fields import check_weight_ranges, weight_tensor
+from .manifest.fields import check_weight_ranges, weight_tensor
 
 
 class SharedWeights:
@@ -30,7 +30,7 @@ class SharedWeights:
 
     @classmethod
     def open(cls, root: Path, spec: SharedWeightsSpec, *, where: str = "shared_weights",
-             verify: bool = True) -> "SharedWeights":
+             verify: bool = True) -> SharedWeights:
         """Every tensor entry is checked (dtype, nbytes = prod(shape) * itemsize, range inside the file) before mapping;
         with `verify` the mapping is hashed (once per process) before any view of it is made."""
         path = package_file(Path(root), spec.file, f"{where}.file")

@@ -10,13 +10,14 @@ precision and the preset.
 
 from __future__ import annotations
 
+import copy
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from moai_edge.engines.manifest import Component, Manifest, TensorSpec, sha256_of
+from moai_edge.engines.manifest import Component, Manifest, TensorSpec, load_manifest, sha256_of
 
 from . import quantize
 from .calibration import calibration_feeds
@@ -40,7 +41,8 @@ def reduce_package(src: Path, out: Path, preset: PrecisionPreset) -> Manifest:
     import onnx
 
     src, out = Path(src), Path(out)
-    manifest = Manifest.load(src)
+    manifest = copy.deepcopy(load_manifest(src))  # changed below: never the shared, cached one
+    manifest.verify_all()  # every file of `src` hashed before it is copied or lowered
     out.mkdir(parents=True, exist_ok=True)
     components = {name: replace(comp, precision=preset.of(name)) for name, comp in manifest.components.items()}
     lower = {name for name, c in components.items() if c.kind == "onnx" and c.precision != "fp32"}

@@ -37,14 +37,14 @@ def tiny_fp16_io_package(tmp_path_factory):
 def packaged_scene_graph(tiny_packages):
     """The tiny MoAI package's scene-graph expert: (manifest, config, engine, the PyTorch PSGTR it was exported from)."""
     pytest.importorskip("torch", reason="the PyTorch scene graph needs moai-edge[export]")
-    from moai_edge.engines.manifest import Manifest
+    from moai_edge.engines.manifest import load_manifest
     from moai_edge.engines.options import RuntimeOptions
     from moai_edge.engines.registry import open_engine
     from moai_edge.export.experts.scene_graph import load_scene_graph
     from moai_edge.runtime.experts import config_from
     from moai_edge.runtime.experts.scene_graph import SceneGraphConfig
 
-    m = Manifest.load(tiny_packages["moai"])
+    m = load_manifest(tiny_packages["moai"])
     section = m.experts["scene_graph"]
     engine = open_engine(m, "scene_graph", RuntimeOptions())
     yield m, config_from(SceneGraphConfig, section), engine, load_scene_graph(section["source"])

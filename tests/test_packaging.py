@@ -71,7 +71,7 @@ def runtime_imports() -> list[tuple[Path, str, int, str]]:
 def test_the_import_walk_sees_the_known_imports():
     seen = {(p.name, module, how) for p, module, _, how in runtime_imports()}
     assert {("ocr.py", "cv2", "require:ocr"), ("ocr.py", "pyclipper", "require:ocr"),
-            ("ort_engine.py", "onnxruntime", "import"), ("manifest.py", "numpy", "import")} <= seen
+            ("ort_engine.py", "onnxruntime", "import"), ("format.py", "numpy", "import")} <= seen
 
 
 def test_every_import_of_the_runtime_is_a_base_dependency(project):

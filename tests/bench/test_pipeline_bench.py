@@ -9,7 +9,7 @@ import pytest
 
 from moai_edge.bench.speed.roofline import (batch_ceiling_tokens_per_s, batching, decode_weight_bytes, kv_bytes_per_token,
                                       memory_bound_gain, roofline)
-from moai_edge.engines.manifest import Manifest
+from moai_edge.engines.manifest import load_manifest
 from moai_edge.runtime.cli import main
 
 STAGES = {"preprocessing", "expert_panoptic", "expert_detector", "expert_scene_graph", "expert_ocr", "experts", "verbalize",
@@ -67,7 +67,7 @@ def test_a_memory_budget_reports_each_stage_alone_and_the_peak_against_it(tiny_p
 
 
 def test_roofline_flags_more_than_the_machine_can_move(tiny_packages):
-    m = Manifest.load(tiny_packages["collavo"])
+    m = load_manifest(tiny_packages["collavo"])
     fine = roofline(m, tokens_per_s=10, context=100, bandwidth_gbs=10.0)
     assert not fine["measurement_error"] and fine["bytes_per_token"] == decode_weight_bytes(m) + kv_bytes_per_token(m, 100)
     assert roofline(m, tokens_per_s=1e6, context=100, bandwidth_gbs=10.0)["measurement_error"]
@@ -76,7 +76,7 @@ def test_roofline_flags_more_than_the_machine_can_move(tiny_packages):
 def test_the_batch_ceiling_is_the_bandwidth_over_the_weights_and_each_rows_kv(tiny_packages):
     """A step reads the weights once and every row's KV: with KV as large as the weights, batch 8 reads 4.5x the
     bytes of batch 1 for 8x the tokens, so it can gain at most 8 / 4.5 over a memory-bound batch 1."""
-    m = Manifest.load(tiny_packages["collavo"])
+    m = load_manifest(tiny_packages["collavo"])
     w, kv = decode_weight_bytes(m), kv_bytes_per_token(m, 100)
     assert batch_ceiling_tokens_per_s(w, kv, batch=1, bandwidth_gbs=10.0) == pytest.approx(10e9 / (w + kv))
     one = batch_ceiling_tokens_per_s(100, 100, batch=1, bandwidth_gbs=1.0)
@@ -90,7 +90,7 @@ def test_the_batch_ceiling_is_the_bandwidth_over_the_weights_and_each_rows_kv(ti
 def test_decode_reads_its_base_weights_not_the_whole_decoder_file(tiny_packages):
     """The roofline's bytes: the decode graph's own weights (base matmuls, output head, norms, rope tables), less than
     the decoder file, which also holds the PLoRA and seg branches only prefill reads."""
-    m = Manifest.load(tiny_packages["collavo"])
+    m = load_manifest(tiny_packages["collavo"])
     d, cfg = m.model, m.source["model_config"]["decoder"]
     h, inter = d.hidden_size, cfg["intermediate_size"]
     matmuls = d.num_layers * (h * (d.num_heads + 2 * d.num_kv_heads) * d.head_dim + d.num_heads * d.head_dim * h

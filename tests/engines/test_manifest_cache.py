@@ -113,15 +113,34 @@ def test_hashes_can_be_skipped_by_the_manifest_or_the_options(root, hashed):
         open_engine(load_manifest(root), "decode", OPTIONS)
 
 
-def test_the_uncached_load_hashes_everything_at_once(root, hashed):
-    from moai_edge.engines import Manifest
-
-    Manifest.load(root)
+def test_verify_all_after_loading_hashes_everything_at_once(root, hashed):
+    load_manifest(root).verify_all()
     assert len(hashed) == len(FILES)
     flip_byte(root / "decode.onnx")
     with pytest.raises(IntegrityError, match="decode.onnx"):
-        Manifest.load(root)
-    Manifest.load(root, verify=False)
+        load_manifest(root).verify_all()
+    load_manifest(root, verify_hashes=False)
+
+
+def test_load_manifest_is_the_one_loader_and_verify_hashes_its_one_option(root):
+    from moai_edge.engines import Manifest
+
+    assert not hasattr(Manifest, "load") and not hasattr(Manifest, "parse")
+    with pytest.raises(TypeError, match="verify"):
+        load_manifest(root, verify=False)
+    with pytest.raises(TypeError):
+        load_manifest(root, False)  # keyword-only
+
+
+def test_a_file_removed_after_a_load_is_refused_by_the_next_load(root):
+    """manifest.json is not parsed again, but the files it names are looked at on every load."""
+    m = load_manifest(root, verify_hashes=False)
+    graph = (root / "decode.onnx").read_bytes()
+    (root / "decode.onnx").unlink()
+    with pytest.raises(ManifestError, match="'decode.onnx' .*missing"):
+        load_manifest(root, verify_hashes=False)
+    (root / "decode.onnx").write_bytes(graph)
+    assert load_manifest(root, verify_hashes=False) is m
 
 
 @pytest.mark.parametrize("old", [1, 2, 3])  # 2: no in-place KV buffers; 3: the scene graph's mask heads inside it

@@ -19,7 +19,7 @@ import pytest
 from moai_edge.engines.errors import IntegrityError, ManifestError
 from moai_edge.engines.decoding import DecodingConfig
 from moai_edge.engines.manifest import (SECTION_RULES, Manifest, ModelDims, PreprocessConfig, PromptConfig, SharedWeights,
-                                        sha256_of)
+                                        load_manifest, sha256_of)
 
 GRAPHS = ("vision", "compressor", "prefill", "decode", "panoptic", "detector", "scene_graph", "scene_graph_masks",
           "ocr_det", "ocr_cls", "ocr_rec")
@@ -80,23 +80,31 @@ def write(root: Path, d) -> Path:
     return root
 
 
-def refused(root: Path, d: dict, field: str, error=ManifestError, **load) -> str:
+def load(root: Path, *, verify_hashes: bool = True) -> Manifest:
+    """The package loaded and, with `verify_hashes`, every file hashed now."""
+    m = load_manifest(root, verify_hashes=verify_hashes)
+    if verify_hashes:
+        m.verify_all()
+    return m
+
+
+def refused(root: Path, d: dict, field: str, error=ManifestError, *, verify_hashes: bool = True) -> str:
     write(root, d)
     with pytest.raises(error) as info:
-        Manifest.load(root, **load)
+        load(root, verify_hashes=verify_hashes)
     assert field in str(info.value), f"message should name {field!r}: {info.value}"
     return str(info.value)
 
 
 def test_a_good_package_loads_and_round_trips(package):
     root, d = package
-    m = Manifest.load(write(root, d))
+    m = load(write(root, d))
     assert set(m.files()) >= {"tokenizer.model", "embed.npy", "weights.bin", "ocr/ocr_rec.onnx"}
     assert m.load_array("embedding").shape == (5, 4)
     assert isinstance(m.load_array("detector_queries", mmap=True), np.memmap)
     assert m.path("vision.onnx") == root / "vision.onnx"
     m.save(root)
-    assert Manifest.load(root).to_json() == m.to_json()
+    assert load(root).to_json() == m.to_json()
 
 
 def test_rules_cover_every_field_of_every_section():
@@ -112,7 +120,7 @@ def test_unreadable_manifest_text(package, raw, words):
     root, _ = package
     (root / "manifest.json").write_bytes(raw)
     with pytest.raises(ManifestError, match=words):
-        Manifest.load(root)
+        load(root)
 
 
 SET, DROP = object(), object()
@@ -197,7 +205,7 @@ def edited(d: dict, keys: tuple, value) -> dict:
 @pytest.mark.parametrize("keys, value, words", BAD_FIELDS, ids=lambda v: str(v)[:40] if isinstance(v, tuple) else None)
 def test_bad_field_is_named(package, keys, value, words):
     root, d = package
-    refused(root, edited(d, keys, value), words, verify=False)
+    refused(root, edited(d, keys, value), words, verify_hashes=False)
 
 
 @pytest.mark.parametrize("relative", ["../outside.onnx", "/etc/passwd", "sub/../../outside.onnx", "..\\outside.onnx",
@@ -230,18 +238,18 @@ def test_symlinks_inside_the_package_are_fine(package):
     (root / "inner").mkdir()
     (root / "vision.onnx").rename(root / "inner" / "vision.onnx")
     (root / "vision.onnx").symlink_to(Path("inner") / "vision.onnx")
-    Manifest.load(write(root, d))
+    load(write(root, d))
 
 
 def test_missing_corrupted_and_unverified_files(package):
     root, d = package
     (root / "decode.onnx").write_bytes(b"tampered")
     refused(root, d, "decode.onnx", error=IntegrityError)
-    Manifest.load(root, verify=False)  # hashes are skipped by option, nothing else is
+    load(root, verify_hashes=False)  # hashes are skipped by option, nothing else is
     (root / "decode.onnx").unlink()
-    refused(root, d, "decode.onnx", verify=False)
+    refused(root, d, "decode.onnx", verify_hashes=False)
     (root / "decode.onnx").mkdir()
-    refused(root, d, "decode.onnx", verify=False)
+    refused(root, d, "decode.onnx", verify_hashes=False)
 
 
 def replace_array(root: Path, d: dict, writer) -> dict:
@@ -269,7 +277,7 @@ def test_npy_components_are_plain_arrays_of_the_declared_shape(package, writer, 
 def test_load_array_refuses_what_changed_after_loading(package, verify):
     """Checked: the hash names the file. Unchecked: the content itself is refused, never unpickled."""
     root, d = package
-    m = Manifest.load(write(root, d), verify=verify)
+    m = load(write(root, d), verify_hashes=verify)
     with pytest.raises(ManifestError, match="components.vision.kind"):
         m.load_array("vision")
     with pytest.raises(ManifestError, match="no component 'ghost'"):
@@ -289,7 +297,7 @@ def test_load_array_returns_the_declared_array(package):
     root, d = package
     np.save(root / "embed.npy", np.asfortranarray(np.arange(20, dtype=np.float32).reshape(5, 4)))
     d["components"]["embedding"]["sha256"] = sha256_of(root / "embed.npy")
-    m = Manifest.load(write(root, d))
+    m = load(write(root, d))
     for mmap in (False, True):
         array = m.load_array("embedding", mmap=mmap)
         np.testing.assert_array_equal(array, np.arange(20, dtype=np.float32).reshape(5, 4))

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from moai_edge.engines.errors import CheckpointError, ExportValidationError  # noqa: E402
-from moai_edge.engines.manifest import Manifest  # noqa: E402
+from moai_edge.engines.manifest import load_manifest  # noqa: E402
 from moai_edge.export.checkpoint import load_checkpoint  # noqa: E402
 from moai_edge.export.config import preset_config  # noqa: E402
 from moai_edge.export.graphs import TARGETS  # noqa: E402
@@ -58,7 +58,8 @@ def test_not_a_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("family", ["collavo", "moai"])
 def test_every_graph_was_validated_in_export(tiny_packages, family):
-    m = Manifest.load(tiny_packages[family])
+    m = load_manifest(tiny_packages[family])
+    m.verify_all()  # every sha256 the export recorded is the file's
     diffs = m.source["validation_max_abs_diff"]
     graphs = {n for n, c in m.components.items() if c.kind == "onnx" and not n.startswith("ocr_")}  # PP-OCR is copied as is
     family_graphs = {"crayon"} if family == "collavo" else {"compressor", "detector", "scene_graph", "scene_graph_masks"}

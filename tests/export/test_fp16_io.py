@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from moai_edge.engines.errors import InputError  # noqa: E402
-from moai_edge.engines.manifest import Manifest  # noqa: E402
+from moai_edge.engines.manifest import load_manifest  # noqa: E402
 from moai_edge.engines.options import RuntimeOptions  # noqa: E402
 from moai_edge.engines.registry import open_engine  # noqa: E402
 from moai_edge.export.graphs import TARGETS, with_io_dtype  # noqa: E402
@@ -20,7 +20,7 @@ INTEGER_INPUTS = {"seqlens_k", "total_sequence_length"}
 
 
 def test_decode_specs_are_float16_and_the_rest_float32(tiny_fp16_io_package):
-    m = Manifest.load(tiny_fp16_io_package)
+    m = load_manifest(tiny_fp16_io_package)
     decode = m.component("decode")
     assert {s.dtype for s in decode.inputs if s.name not in INTEGER_INPUTS} == {"float16"}
     assert {s.dtype for s in decode.inputs if s.name in INTEGER_INPUTS} == {"int32"}
@@ -39,8 +39,8 @@ def test_outputs_within_two_fp16_steps_of_the_fp32_graph(tiny_packages, tiny_fp1
     feeds16 = {k: v.numpy() for k, v in example_inputs(with_io_dtype(TARGETS["decode"], "float16"), model, 3).items()}
     feeds32 = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in feeds16.items()}
     options = RuntimeOptions(threads=1)
-    with open_engine(Manifest.load(tiny_fp16_io_package), "decode", options) as e16, \
-            open_engine(Manifest.load(tiny_packages["moai"]), "decode", options) as e32:
+    with open_engine(load_manifest(tiny_fp16_io_package), "decode", options) as e16, \
+            open_engine(load_manifest(tiny_packages["moai"]), "decode", options) as e32:
         out16, out32 = in_place(e16.run)(feeds16), in_place(e32.run)(feeds32)
     for name, ref in out32.items():
         assert out16[name].dtype == np.float16, name

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 import onnx  # noqa: E402
 
 from moai_edge.engines.errors import ExportValidationError  # noqa: E402
-from moai_edge.engines.manifest import Manifest  # noqa: E402
+from moai_edge.engines.manifest import load_manifest  # noqa: E402
 from moai_edge.export.gqa_decode import build_gqa_decode, check_decodable  # noqa: E402
 from moai_edge.export.graphs import TARGETS, kv_names, to_seq_major  # noqa: E402
 from moai_edge.export.merge_decoder import branch_of  # noqa: E402
@@ -24,7 +24,7 @@ from ..float32_noise import sum_noise  # noqa: E402
 def test_one_fused_attention_per_layer_and_no_kv_reshuffling(tiny_packages):
     """The KV path has no transpose, concatenation or head expansion: one GroupQueryAttention per layer reads and
     writes the buffers; the branch is a few nodes per layer (the traced graph had ~180)."""
-    m = Manifest.load(tiny_packages["moai"])
+    m = load_manifest(tiny_packages["moai"])
     model = onnx.load(str(m.path(m.component("decode").file)), load_external_data=False)
     ops = Counter(n.op_type for n in branch_of(model, prefill=False).node)
     layers = m.model.num_layers

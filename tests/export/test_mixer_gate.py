@@ -46,13 +46,13 @@ def test_exported_prefill_rounds_the_gate(tiny_packages, tiny_references):
     the rounding PyTorch port far more closely than the gap between the fp32 and fp16 gates. (Means, not maxima:
     a position whose gate logit the two sides' fp32 noise puts across an fp16 rounding boundary differs by one
     fp16 step, as any two implementations of the reference's rounding may.)"""
-    from moai_edge.engines.manifest import Manifest
+    from moai_edge.engines.manifest import load_manifest
     from moai_edge.engines.options import RuntimeOptions
     from moai_edge.engines.registry import open_engine
     from moai_edge.export.graphs import TARGETS
     from moai_edge.export.onnx_export import example_inputs, torch_outputs
 
-    model, manifest = tiny_references["moai"], Manifest.load(tiny_packages["moai"])
+    model, manifest = tiny_references["moai"], load_manifest(tiny_packages["moai"])
     target = TARGETS["prefill"]
     feeds = example_inputs(target, model, 1)
     with open_engine(manifest, "prefill", RuntimeOptions()) as engine:  # onnxruntime optimizes at level 'all'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 pytest.importorskip("torch", reason="export needs moai-edge[export]")
 
 from moai_edge.engines.errors import ExportValidationError, InputError  # noqa: E402
-from moai_edge.engines.manifest import Manifest  # noqa: E402
+from moai_edge.engines.manifest import load_manifest  # noqa: E402
 from moai_edge.export import reduce_package as reducing  # noqa: E402
 from moai_edge.export.merge_decoder import branch_of  # noqa: E402
 from moai_edge.export.onnx_weights import subgraphs  # noqa: E402
@@ -30,7 +31,7 @@ def branch_graph(root, component):
     it can read."""
     import onnx
 
-    m = Manifest.load(root)
+    m = load_manifest(root)
     c = m.component(component)
     proto = onnx.load(str(m.path(c.file)))
     inits = {i.name: i for i in proto.graph.initializer}
@@ -48,7 +49,7 @@ def heads_of(root) -> set[str]:
     """The output head's nodes (unsuffixed), found from the `logits` they compute, in a package's decoder graph(s)."""
     import onnx
 
-    m = Manifest.load(root)
+    m = load_manifest(root)
     files = {m.component(name).file for name in ("prefill", "decode")}
     protos = [onnx.load(str(m.path(f)), load_external_data=False) for f in files]
     return {unsuffixed(head) for proto in protos for head in output_head(proto)}
@@ -69,8 +70,18 @@ def test_unknown_preset_is_refused_before_anything_is_built(tmp_path):
     assert not (tmp_path / "pkg").exists()
 
 
+def test_reducing_leaves_the_shared_source_manifest_as_it_was(tiny_packages, tmp_path):
+    """reduce_package changes a copy of the source package's manifest, never the one load_manifest hands out."""
+    src = load_manifest(tiny_packages["collavo"])
+    before = copy.deepcopy(src)
+    reducing.reduce_package(tiny_packages["collavo"], tmp_path / "fp16", PRECISION_PRESETS["fp16"])
+    assert load_manifest(tiny_packages["collavo"]) is src and src == before
+    assert load_manifest(tmp_path / "fp16").source["precision"] == "fp16" and "precision" not in src.source
+
+
 def test_int4_package_records_each_components_precision(int4_moai):
-    m = Manifest.load(int4_moai)
+    m = load_manifest(int4_moai)
+    m.verify_all()  # the lowered graphs' and the copied files' sha256s are theirs
     got = {name: c.precision for name, c in m.components.items()}
     assert got == {"vision": "int8", "compressor": "fp32", "prefill": "int4", "decode": "int4", "panoptic": "int8",
                    "detector": "int8", "detector_queries": "fp32", "scene_graph": "int8", "scene_graph_masks": "int8",
@@ -85,7 +96,7 @@ def test_int4_package_records_each_components_precision(int4_moai):
 def test_int4_quantizes_the_base_weights_only(int4_moai, tiny_packages):
     """Every base matmul (and the output head, at 8 bits) is MatMulNBits; the PLoRA and mixer branches keep float32
     MatMuls."""
-    layers = Manifest.load(int4_moai).model.num_layers
+    layers = load_manifest(int4_moai).model.num_layers
     decode, _ = branch_graph(int4_moai, "decode")
     assert Counter(n.op_type for n in decode.node)["MatMulNBits"] == 5 * layers + 1
     prefill, inits = branch_graph(int4_moai, "prefill")
@@ -117,7 +128,7 @@ def test_the_head_is_the_matmul_computing_logits_whatever_its_name(base, head, t
     rule: 8 bits beside 4-bit base weights, or float32 beside 8-bit ones."""
     import onnx
 
-    m = Manifest.load(tiny_packages["moai"])
+    m = load_manifest(tiny_packages["moai"])
     model = onnx.load(str(m.path(m.component("decode").file)))
     renamed = set()
     for graph in subgraphs(model.graph):
@@ -153,7 +164,7 @@ def test_a_decoder_whose_logits_no_matmul_computes_is_refused():
 
 def test_int4_decoder_weights_are_one_file_a_third_of_float32(int4_moai, tiny_packages):
     """Prefill and decode stay the two branches of one graph, with one weights file for both."""
-    m, fp32 = Manifest.load(int4_moai), Manifest.load(tiny_packages["moai"])
+    m, fp32 = load_manifest(int4_moai), load_manifest(tiny_packages["moai"])
     assert m.shared_weights == {}
     for name in ("prefill", "decode"):
         c = m.component(name)
@@ -175,7 +186,7 @@ def test_int4_base_weights_take_under_a_fifth_of_their_float32_bytes(int4_moai, 
 
 
 def test_int4_package_runs_the_whole_pipeline(int4_moai):
-    vocab = Manifest.load(int4_moai).model.vocab_size
+    vocab = load_manifest(int4_moai).model.vocab_size
     with Pipeline.load(int4_moai) as pipe:
         result = pipe.ask(sample_image(seed=0), "Describe the image.", max_new_tokens=6)
     assert result.tokens and all(0 <= t < vocab for t in result.tokens) and result.experts["segments"] is not None

@@ -41,7 +41,7 @@ def without_vision_config(ckpt):
 
 # ---- CoLLaVO's w2 seg pair ---------------------------------------------------------------------
 def test_collavo_w2_seg_pair_is_loaded_and_reported(tiny_packages):
-    from moai_edge.engines.manifest import Manifest
+    from moai_edge.engines.manifest import load_manifest
 
     ckpt = tiny_packages["collavo"] / "checkpoint"
     layers = json.loads((ckpt / "config.json").read_text())["num_hidden_layers"]
@@ -52,7 +52,7 @@ def test_collavo_w2_seg_pair_is_loaded_and_reported(tiny_packages):
     assert set(report.ignored) == w2_seg
     assert "never uses" in " ".join(report.notes)
     assert not any(k.startswith("model.layers.0.feed_forward.w2.Plora_seg") for k in model.state_dict())
-    assert Manifest.load(tiny_packages["collavo"]).source["load_notes"] == report.notes
+    assert load_manifest(tiny_packages["collavo"]).source["load_notes"] == report.notes
 
 
 @pytest.mark.parametrize("family, extra", [

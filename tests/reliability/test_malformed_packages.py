@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from moai_edge.engines.errors import MoaiEdgeError
-from moai_edge.engines.manifest import Manifest, sha256_of
+from moai_edge.engines.manifest import Manifest, load_manifest, sha256_of
 
 
 @dataclass
@@ -286,10 +286,17 @@ def refusal(call: Callable[[], object], names: str) -> tuple[str, str]:
     return "accepted", ""
 
 
+def loaded(root: Path) -> Manifest:
+    """The package loaded and every file hashed now."""
+    m = load_manifest(root)
+    m.verify_all()
+    return m
+
+
 def outcome(variant: Variant, root: Path) -> tuple[str, str]:
     if not variant.array:
-        return refusal(lambda: Manifest.load(root), variant.names)
-    m = Manifest.load(root)
+        return refusal(lambda: loaded(root), variant.names)
+    m = loaded(root)
     variant.tamper(root, {})
     results = [refusal(lambda: m.load_array(variant.array, mmap=mmap), variant.names) for mmap in (False, True)]
     return next((r for r in results if r[0] != "clean"), results[0])
@@ -313,7 +320,7 @@ def test_every_malformed_package_is_refused_naming_the_field(corpus):
 
 def test_the_untampered_copy_loads(tiny_packages, tmp_path):
     root = copy_package(Path(tiny_packages["moai"]), tmp_path / "pkg")
-    m = Manifest.load(root)
+    m = loaded(root)
     assert m.load_array("embedding").shape == (m.model.vocab_size + 1, m.model.hidden_size)
 
 

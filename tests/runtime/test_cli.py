@@ -56,16 +56,17 @@ def test_verify_passes_on_a_good_package(tiny_packages, image_file, family):
 
 def test_verify_fails_on_a_tampered_package(tiny_packages, tmp_path):
     """Weights changed after export (hashes updated, so only verify can tell): non-zero exit naming the graph."""
+    import copy
     import shutil
 
-    from moai_edge.engines.manifest import Manifest, sha256_of
+    from moai_edge.engines.manifest import load_manifest, sha256_of
 
     pkg = tmp_path / "pkg"
     shutil.copytree(tiny_packages["moai"], pkg, ignore=shutil.ignore_patterns("checkpoint"))
     weights = np.fromfile(pkg / "decoder.weights", dtype=np.float32)
     weights[: len(weights) // 2] *= 1.5
     weights.tofile(pkg / "decoder.weights")
-    m = Manifest.load(pkg, verify=False)
+    m = copy.deepcopy(load_manifest(pkg, verify_hashes=False))  # changed below: never the shared, cached one
     for name in ("prefill", "decode"):
         m.components[name].extra_files["decoder.weights"] = sha256_of(pkg / "decoder.weights")
     m.save(pkg)

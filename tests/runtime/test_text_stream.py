@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from moai_edge.engines.manifest import Manifest
+from moai_edge.engines.manifest import load_manifest
 from moai_edge.runtime.decoding.prompts import cut_answer
 from moai_edge.runtime.decoding.text_stream import TextStream
 from moai_edge.runtime.decoding.tokenizer import Tokenizer
@@ -12,7 +12,7 @@ from moai_edge.runtime.decoding.tokenizer import Tokenizer
 
 @pytest.fixture(scope="module")
 def tokenizer_and_prompts(tiny_packages):
-    m = Manifest.load(tiny_packages["moai"])
+    m = load_manifest(tiny_packages["moai"])
     tok = Tokenizer.from_bytes(m.read_file(m.tokenizer["file"]), image_token=m.prompts.image_token)
     return tok, m.prompts
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from moai_edge.engines.errors import InputError
-from moai_edge.engines.manifest import Manifest
+from moai_edge.engines.manifest import load_manifest
 from moai_edge.engines.options import RuntimeOptions
 from moai_edge.engines.registry import open_engine
 from moai_edge.runtime.experts.detector import DetectorConfig, preprocess_detector
@@ -20,7 +20,7 @@ from moai_edge.export.experts.detector import load_detector, query_tokens, read_
 
 @pytest.fixture(scope="module")
 def packaged(tiny_packages):
-    m = Manifest.load(tiny_packages["moai"])
+    m = load_manifest(tiny_packages["moai"])
     section = m.experts["detector"]
     engine = open_engine(m, "detector", RuntimeOptions())
     queries = np.load(m.path(m.component(section["queries"]).file))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from moai_edge.engines.manifest import Manifest
+from moai_edge.engines.manifest import load_manifest
 from moai_edge.runtime.experts.ocr import OcrReader
 
 rapidocr = pytest.importorskip("rapidocr_onnxruntime")
@@ -15,7 +15,7 @@ pytest.importorskip("cv2")
 
 @pytest.fixture(scope="module")
 def reader(tiny_packages):
-    m = Manifest.load(tiny_packages["moai"])
+    m = load_manifest(tiny_packages["moai"])
     o = m.experts["ocr"]
     reader = OcrReader.load(*(m.path(m.component(o[k]).file) for k in ("det", "cls", "rec")))
     yield reader

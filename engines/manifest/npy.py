@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ManifestError
-from .manifest_fields import refuse
+from ..errors import ManifestError
+from .fields import refuse
 
 HEADER_LIMIT = 1 << 16  # numpy reads headers of at most 10000 bytes; the magic and length come before
 ZIP_MAGIC = b"PK\x03\x04"

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 import string
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 import numpy as np
 
-from .errors import ManifestError
+from ..errors import ManifestError
 
 WEIGHT_DTYPES = ("bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
                  "float16", "float32", "float64")  # what numpy can view a shared-weights file as
@@ -172,6 +173,3 @@ def check_weight_ranges(file: str, tensors: dict[str, dict], size: int, where: s
         if t["offset"] + t["nbytes"] > size:
             refuse(f"{where}.tensors.{name}", f"bytes inside the {size} bytes of '{file}'",
                    f"bytes {t['offset']}..{t['offset'] + t['nbytes']}")
-
-
-# ---- sections ------------------------------------------------------------------------------
