@@ -9,7 +9,7 @@ from moai_edge.engines.options import RuntimeOptions
 
 from .asking import Asking
 from .caption import Captioner, CaptionRecord
-from .contracts import AuxInputs, OnToken
+from .contracts import AuxInputs, OnToken, ShouldStop
 from .decoding import PromptIds, Scored, TextStream, Tokenizer, log_softmax
 from .experts import MASK_INPUTS, ExpertResults, PanopticConfig, post_process_panoptic
 from .experts.verbalize import (COLLAVO_EMPTY_PREFIX, EMPTY_VERBALIZATION, OCR_PREFIX, RELATION_PREFIX, SEGMENT_PREFIX,
@@ -27,7 +27,7 @@ from .timer import Timer
 __all__ = [
     # asking
     "Asking", "AuxInputs", "DEFAULT_QUESTION", "DecodingConfig", "Observation", "OnToken", "Pipeline", "Request", "Result",
-    "RuntimeOptions", "Scored", "TextStream", "Timer",
+    "RuntimeOptions", "Scored", "ShouldStop", "TextStream", "Timer",
     # captioning and the robot's loop
     "CaptionRecord", "Captioner", "FrameResult", "LatestFrameRunner", "LiveStats",
     # the bounds a caller's asks are checked against

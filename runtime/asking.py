@@ -9,7 +9,7 @@ from moai_edge.engines.decoding import DecodingConfig
 from moai_edge.engines.errors import InputError
 from moai_edge.engines.manifest import Manifest
 
-from .contracts import AuxInputs, OnToken
+from .contracts import AuxInputs, OnToken, ShouldStop
 from .images import load_resized
 from .request import Request, Result
 
@@ -17,7 +17,8 @@ from .request import Request, Result
 class Asking:
     manifest: Manifest
 
-    def run(self, requests: list[Request], *, on_token: OnToken | None = None) -> list[Result]:
+    def run(self, requests: list[Request], *, on_token: OnToken | None = None,
+            should_stop: ShouldStop | None = None) -> list[Result]:
         raise NotImplementedError
 
     def __enter__(self):

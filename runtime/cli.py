@@ -142,6 +142,18 @@ def add_serve(sub) -> None:
     s.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height (default: 40M)")
     s.add_argument("--max-new-tokens", type=int, help="the most tokens a request may ask for (default: no limit "
                                                        "beyond the package's context)")
+    s.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="S",
+                   help="on SIGTERM, how long answers in flight may take before they are cut; a cut stream ends with "
+                        "an error event (default: 10)")
+    s.add_argument("--read-timeout", type=float, default=30.0, metavar="S",
+                   help="how long a request's head, and then its body, may take to arrive; 408 after (default: 30)")
+    s.add_argument("--stuck-after", type=float, default=300.0, metavar="S",
+                   help="/health/ready answers 503 'stuck' while one answer has run longer than this (default: 300)")
+    s.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a browser origin (e.g. http://localhost:3000) allowed to call without an API key "
+                        "(repeatable; default: none: cross-origin requests are refused)")
+    s.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a Host name accepted without an API key besides loopback names and --host (repeatable)")
     s.add_argument("--image-cache-mb", type=int, default=256,
                    help="keep recent images' features and expert results for their next question "
                         "(default: 256; 0: off)")

@@ -134,10 +134,10 @@ def cmd_serve(args) -> int:
 
     from moai_edge.engines.manifest import load_manifest
 
-    uvicorn = require("uvicorn", "serve")
+    require("uvicorn", "serve")
     from .pipeline import Pipeline
-    from .serve.app import create_app
-    from .serve.config import ServeConfig
+    from .serve import ServeConfig, create_app
+    from .serve.listener import uvicorn_server
 
     options = runtime_options(args).replace(image_cache_mb=args.image_cache_mb)
     load_manifest(args.engine, verify_hashes=False)
@@ -145,9 +145,12 @@ def cmd_serve(args) -> int:
                          allow_paths=tuple(Path(p) for p in args.allow_path), max_queue=args.max_queue,
                          max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                          max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels,
-                         max_new_tokens=args.max_new_tokens)
+                         max_new_tokens=args.max_new_tokens, shutdown_timeout_s=args.shutdown_timeout,
+                         read_timeout_s=args.read_timeout, stuck_after_s=args.stuck_after,
+                         allow_origins=tuple(args.allow_origin),
+                         allow_hosts=tuple(args.allow_host))
     app = create_app(lambda: Pipeline.load(args.engine, options), config, model=Path(args.engine).resolve().name)
-    uvicorn.run(app, host=config.host, port=config.port, ws_max_size=config.max_body_bytes, log_level="info")
+    uvicorn_server(app, config).run()
     return 0
 
 

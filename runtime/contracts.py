@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 
 OnToken = Callable[[int, int], "bool | None"]  # (row, token); returning False stops that row's decoding
+ShouldStop = Callable[[int], bool]  # (row) -> True once nobody wants that row's answer: checked between decoding steps
 
 
 @dataclass

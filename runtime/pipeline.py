@@ -33,7 +33,7 @@ from moai_edge.engines.manifest import Manifest, load_manifest
 from moai_edge.engines.options import RuntimeOptions, usable_cores
 
 from .asking import Asking
-from .contracts import AuxInputs, OnToken
+from .contracts import AuxInputs, OnToken, ShouldStop
 from .decoding.backbone import Backbone, Scored
 from .decoding.prompts import PromptIds
 from .decoding.text_stream import TextStream
@@ -90,15 +90,17 @@ class Pipeline(Asking):
                     part.close()
 
     # ---- asking ------------------------------------------------------------------------------
-    def run(self, requests: list[Request], *, on_token: OnToken | None = None) -> list[Result]:
-        """Any bad image raises (see Captioner for error isolation). `on_token` rows index `requests`."""
+    def run(self, requests: list[Request], *, on_token: OnToken | None = None,
+            should_stop: ShouldStop | None = None) -> list[Result]:
+        """Any bad image raises (see Captioner for error isolation). `on_token` and `should_stop` rows index
+        `requests`; `should_stop(row)` is asked between decoding steps (every strategy, beam search included)."""
         with self.lock:
             self.check_open()
             t0, timer = time.perf_counter(), Timer()
             seen = self.observe([r.image for r in requests], experts=[r.aux is None for r in requests], timer=timer)
             aux = [req.aux if req.aux is not None else s.aux or AuxInputs() for req, s in zip(requests, seen)]
             features = np.stack([s.features for s in seen])
-            answers = self.generate(requests, features, aux, timer, on_token)
+            answers = self.generate(requests, features, aux, timer, on_token, should_stop)
             release_freed()
             total = (time.perf_counter() - t0) * 1e3
         return [Result(req.id, ans.answer, ans.tokens, s.results.to_json() if s.results is not None else {},
@@ -198,7 +200,8 @@ class Pipeline(Asking):
             results[i] = r
         return results, features.result() if features is not None else vision()
 
-    def generate(self, requests: list[Request], features, aux, timer: Timer, on_token: OnToken | None):
+    def generate(self, requests: list[Request], features, aux, timer: Timer, on_token: OnToken | None,
+                 should_stop: ShouldStop | None):
         """Rows that share a decoding config and template are one backbone batch."""
         def key(i):
             r = requests[i]
@@ -209,9 +212,10 @@ class Pipeline(Asking):
             rows = list(group)
             first = requests[rows[0]]
             cfg = self.decoding(first.decoding)
-            stream = (lambda row, token: on_token(rows[row], token)) if on_token else None
+            stream = (lambda row, token, rows=rows: on_token(rows[row], token)) if on_token else None
+            stop = (lambda row, rows=rows: should_stop(rows[row])) if should_stop else None
             out = self.backbone.generate(features[rows], [aux[i] for i in rows], [requests[i].question for i in rows],
-                                         cfg, template=first.template, on_token=stream, timer=timer)
+                                         cfg, template=first.template, on_token=stream, should_stop=stop, timer=timer)
             for i, ans in zip(rows, out):
                 answers[i] = ans
         return answers

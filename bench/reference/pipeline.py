@@ -25,7 +25,7 @@ from moai_edge.engines.manifest import Manifest, load_manifest
 from moai_edge.engines.options import RuntimeOptions
 from moai_edge.export.checkpoint import load_checkpoint
 from moai_edge.export.modeling.vlm import VLM
-from moai_edge.runtime import Asking, AuxInputs, OnToken, Request, Result, Timer, family_of
+from moai_edge.runtime import Asking, AuxInputs, OnToken, Request, Result, ShouldStop, Timer, family_of
 
 from .backbone import ReferenceBackbone
 from .experts import ReferenceExperts
@@ -65,8 +65,10 @@ class ReferencePipeline(Asking):
 
     # ---- asking ------------------------------------------------------------------------------
     @torch.no_grad()
-    def run(self, requests: list[Request], *, on_token: OnToken | None = None) -> list[Result]:
-        """Every request one after another; `on_token` rows index `requests`."""
+    def run(self, requests: list[Request], *, on_token: OnToken | None = None,
+            should_stop: ShouldStop | None = None) -> list[Result]:
+        """Every request one after another; `on_token` rows index `requests`. The reference decodes each answer to
+        its end: `should_stop` is taken for the runtime's surface and not asked."""
         t0, timer = time.perf_counter(), Timer()
         with timer("load"):
             pixels = [self.expert_input(r.image) for r in requests]

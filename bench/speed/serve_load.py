@@ -50,10 +50,13 @@ def png_url(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def chat_body(url: str, question: str, max_new_tokens: int) -> dict:
-    return {"model": "moai-edge", "temperature": 0, "max_tokens": max_new_tokens,
+def chat_body(url: str, question: str, max_new_tokens: int, model: str | None = None) -> dict:
+    """A chat completion asking `question` about the image at `url`; `model`: the served model's name (/v1/models),
+    None to leave it out."""
+    body = {"temperature": 0, "max_tokens": max_new_tokens,
             "messages": [{"role": "user", "content": [{"type": "text", "text": question},
                                                       {"type": "image_url", "image_url": {"url": url}}]}]}
+    return {"model": model, **body} if model is not None else body
 
 
 def run_load(base_url: str, images: list[np.ndarray], *, clients: int, requests: int, max_new_tokens: int) -> Load:

@@ -21,7 +21,7 @@ from moai_edge.engines.options import RuntimeOptions
 from moai_edge.engines.protocol import Engine
 from moai_edge.engines.registry import open_engine
 
-from ..contracts import AuxInputs, OnToken
+from ..contracts import AuxInputs, OnToken, ShouldStop
 from ..families import Family, HeadParts
 from ..limits import check_generation
 from ..timer import Timer
@@ -78,7 +78,8 @@ class Backbone:
         return build_prompt(self.family.question(aux, question), self.tokenizer, self.manifest.prompts, template=template)
 
     def generate(self, features: np.ndarray, aux: list[AuxInputs], questions: list[str], cfg: DecodingConfig, *,
-                 template: str | None = None, on_token: OnToken | None = None, timer: Timer | None = None) -> list[Answer]:
+                 template: str | None = None, on_token: OnToken | None = None, should_stop: ShouldStop | None = None,
+                 timer: Timer | None = None) -> list[Answer]:
         """features (B, N, H) from the vision tower; one aux and one question per row."""
         if not len(features) == len(aux) == len(questions):
             raise InputError(f"expected one aux input and one question per image, found {len(features)} images, "
@@ -91,7 +92,7 @@ class Backbone:
                                      timer=timer)
         prompt_tokens = [int(n) for n in runner.cache.lengths]
         with timer("decode"):
-            rows = generate(first, runner.step, runner.select_rows, cfg, on_token=on_token)
+            rows = generate(first, runner.step, runner.select_rows, cfg, on_token=on_token, should_stop=should_stop)
         timer.ms["decode_per_token"] = timer.ms["decode"] / max(1, max(len(r) for r in rows) - 1)
         return [self.answer(ids, runner.cache.nbytes(), n) for ids, n in zip(rows, prompt_tokens)]
 

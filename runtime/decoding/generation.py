@@ -17,7 +17,7 @@ import numpy as np
 from moai_edge.engines.decoding import DecodingConfig
 from moai_edge.engines.errors import InputError
 
-from ..contracts import OnToken
+from ..contracts import OnToken, ShouldStop
 
 IMPOSSIBLE = np.float32(-1.0e9)  # HF's score of a beam that must not be chosen
 
@@ -26,15 +26,16 @@ SelectRows = Callable[[np.ndarray], None]
 
 
 def generate(first_logits: np.ndarray, step: Step, select_rows: SelectRows, cfg: DecodingConfig, *,
-             on_token: OnToken | None = None) -> list[list[int]]:
+             on_token: OnToken | None = None, should_stop: ShouldStop | None = None) -> list[list[int]]:
     """Per input row, the generated ids in order, the eos token included when one was generated. `on_token` hears
     each token as it is chosen (beam search: each row's final tokens at the end); returning False from it stops
-    that row's decoding as an eos would, without the token being taken back."""
+    that row's decoding as an eos would, without the token being taken back. `should_stop(row)` is asked between
+    steps, for every strategy: True stops the row there (beam search: its best finished hypothesis so far, if any)."""
     cfg.validate()
     check_logits(first_logits, rows=None, vocab=None)
     if cfg.strategy != "beam":
-        return decode_rows(first_logits, step, select_rows, cfg, on_token)
-    rows = beam_search(first_logits, step, select_rows, cfg)
+        return decode_rows(first_logits, step, select_rows, cfg, on_token, should_stop)
+    rows = beam_search(first_logits, step, select_rows, cfg, should_stop)
     if on_token is not None:
         for r, ids in enumerate(rows):
             for t in ids:
@@ -122,7 +123,7 @@ def next_tokens(logits: np.ndarray, cfg: DecodingConfig, rng: np.random.Generato
 
 
 def decode_rows(first_logits: np.ndarray, step: Step, select_rows: SelectRows, cfg: DecodingConfig,
-                on_token: OnToken | None) -> list[list[int]]:
+                on_token: OnToken | None, should_stop: ShouldStop | None = None) -> list[list[int]]:
     """Greedy or sampling; rows that emit an eos, or that `on_token` stops, leave the caller's cache and cost no more
     decode work."""
     rng = np.random.default_rng(cfg.seed)
@@ -136,7 +137,7 @@ def decode_rows(first_logits: np.ndarray, step: Step, select_rows: SelectRows, c
         alive = ~np.isin(tokens, eos)
         for i, (row, tok) in enumerate(zip(active.tolist(), tokens.tolist())):
             out[row].append(tok)
-            if on_token is not None and on_token(row, tok) is False:
+            if on_token is not None and on_token(row, tok) is False or should_stop is not None and should_stop(row):
                 alive[i] = False
         if t == cfg.max_new_tokens - 1 or not alive.any():
             break
@@ -235,7 +236,8 @@ def update_improvable(s: BeamState, gen_len: int, length_penalty: float) -> None
     s.improvable &= (best_live > worst_done).any(axis=1)
 
 
-def beam_search(first_logits: np.ndarray, step: Step, select_rows: SelectRows, cfg: DecodingConfig) -> list[list[int]]:
+def beam_search(first_logits: np.ndarray, step: Step, select_rows: SelectRows, cfg: DecodingConfig,
+                should_stop: ShouldStop | None = None) -> list[list[int]]:
     b, vocab = first_logits.shape
     nb = cfg.num_beams
     keep = max(2, 1 + len(cfg.eos_token_ids)) * nb  # candidates per input row, as HF
@@ -250,6 +252,8 @@ def beam_search(first_logits: np.ndarray, step: Step, select_rows: SelectRows, c
         src = keep_running(s, top_scores, seqs, src_beam, hits, nb)
         update_finished(s, top_scores, seqs, hits, gen_len, cfg)
         update_improvable(s, gen_len, cfg.length_penalty)
+        if should_stop is not None:
+            s.improvable &= ~np.array([should_stop(r) for r in range(b)])
         if not s.improvable.any() or hits.all():
             break
         src_row = src if rows_per_input > 1 else np.zeros_like(src)  # first call: repeat(arange(B), nb)

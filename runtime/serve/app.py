@@ -10,6 +10,7 @@ package is loaded and warm.
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 from typing import Callable
 
@@ -17,6 +18,7 @@ from moai_edge.engines.errors import require
 
 from ..pipeline import Pipeline
 from .config import ServeConfig
+from .guard import HostOriginGuard
 from .metrics import CountRequests
 from .state import Server
 
@@ -37,13 +39,20 @@ def create_app(load: Callable[[], Pipeline], config: ServeConfig | None = None, 
 
     @asynccontextmanager
     async def lifespan(app):
+        server.bind(asyncio.get_running_loop())
         server.loader.start()
         yield
         await run_in_threadpool(server.close)
 
     app = fastapi.FastAPI(title="moai-edge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
-    app.add_middleware(CountRequests, metrics=server.metrics, endpoints=ENDPOINTS)
+    if server.config.allow_origins:  # their preflights answered, their responses given CORS headers
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(server.config.allow_origins), allow_methods=["*"],
+                           allow_headers=["*"])
+    app.add_middleware(HostOriginGuard, config=server.config)
+    app.add_middleware(CountRequests, metrics=server.metrics, endpoints=ENDPOINTS)  # outermost: counts refusals too
     add_error_handlers(app)
     for routes in (status, chat, ask, camera):
         app.include_router(routes.router)

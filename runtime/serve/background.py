@@ -9,19 +9,16 @@ from __future__ import annotations
 import threading
 import time
 
-from moai_edge.engines.errors import EngineError, require
+from moai_edge.engines.errors import EngineError
 
-
+from .listener import uvicorn_server
 
 class BackgroundServer:
     def __init__(self, app, *, ready_timeout_s: float = 300.0):
         """`app` from create_app; it listens on its config's host and port (port 0: a free one). `__enter__` returns
         once the package is loaded and warm."""
-        uvicorn = require("uvicorn", "serve")
-        config = app.state.server.config
         self.app, self.ready_timeout_s = app, ready_timeout_s
-        self.server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
-                                                    ws_max_size=config.max_body_bytes))
+        self.server = uvicorn_server(app, app.state.server.config, log_level="warning")
         self.thread = threading.Thread(target=self.server.run, name="serve-http", daemon=True)
         self.url = ""
 
@@ -42,5 +39,6 @@ class BackgroundServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.app.state.server.begin_shutdown()
         self.server.should_exit = True
         self.thread.join(timeout=60)

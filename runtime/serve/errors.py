@@ -12,6 +12,23 @@ class RequestRefused(InputError):
         self.status, self.kind, self.headers = status, kind, headers or {}
 
 
+class ClientGone(RequestRefused):
+    """The client hung up before its request was read: its own outcome (499 in the metrics), never a server error."""
+
+    def __init__(self, message: str):
+        super().__init__(499, message, kind="client_gone")
+
+
+def check_text(field: str, text: str) -> str:
+    """400 naming `field` for text the tokenizer cannot take: a lone surrogate (JSON may carry one) is no character."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestRefused(400, f"{field}: expected text, found a lone surrogate {text[exc.start]!r} at character "
+                                  f"{exc.start}") from None
+    return text
+
+
 def status_of(exc: Exception) -> tuple[int, str]:
     """(HTTP status, OpenAI error type) for an exception raised while answering."""
     if isinstance(exc, RequestRefused):

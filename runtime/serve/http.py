@@ -1,4 +1,4 @@
-"""What the HTTP routes share: the server behind an app, a body read within its limit, an answer awaited while
+"""What the HTTP routes share: the server behind an app, a body read within its limits, an answer awaited while
 watching for the client to leave."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from ..request import Result
-from .errors import RequestRefused
+from .errors import ClientGone, RequestRefused
 from .state import Server
 from .worker import Job
 
@@ -18,17 +18,29 @@ def server_of(connection) -> Server:
     return connection.app.state.server
 
 
-async def body_of(request, limit: int) -> bytes:
-    """The request's body; 413 once it is known to be longer than `limit` bytes (from its header, or as it comes)."""
+async def body_of(request, limit: int, timeout_s: float) -> bytes:
+    """The request's body: 413 once it is known to be longer than `limit` bytes (from its header, or as it comes),
+    408 when it has not all come within `timeout_s`, ClientGone when the client hangs up while sending it."""
+    from starlette.requests import ClientDisconnect
+
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestRefused(413, f"the body is {declared} bytes, more than this server's limit of {limit}")
-    data = bytearray()
-    async for piece in request.stream():
-        data += piece
-        if len(data) > limit:
-            raise RequestRefused(413, f"the body is more than this server's limit of {limit} bytes")
-    return bytes(data)
+
+    async def read() -> bytes:
+        data = bytearray()
+        async for piece in request.stream():
+            data += piece
+            if len(data) > limit:
+                raise RequestRefused(413, f"the body is more than this server's limit of {limit} bytes")
+        return bytes(data)
+
+    try:
+        return await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestRefused(408, f"the body did not arrive within {timeout_s:g} s", kind="timeout") from None
+    except ClientDisconnect:
+        raise ClientGone("the client went away while sending its body") from None
 
 
 async def answer_of(request, job: Job, answer: asyncio.Future) -> Result | None:

@@ -13,7 +13,7 @@ from moai_edge.engines.decoding import DecodingConfig
 from moai_edge.engines.errors import InputError
 
 from ..request import Result
-from .errors import RequestRefused
+from .errors import RequestRefused, check_text
 
 
 @dataclass
@@ -23,6 +23,7 @@ class ChatAsk:
     decoding: DecodingConfig
     stream: bool
     include_usage: bool
+    model: str | None  # the model the client names (None: not named)
 
 
 def refuse(message: str) -> RequestRefused:
@@ -42,8 +43,22 @@ def parse_chat(body: object, defaults: DecodingConfig) -> ChatAsk:
         raise refuse(f"messages: this model answers one question about one image, expected exactly one user message "
                      f"(system messages aside), found {roles}")
     question, image_url = read_content(turns[0].get("content"))
-    return ChatAsk(image_url, question, decoding_of(body, defaults), stream_flag(body),
-                   bool((body.get("stream_options") or {}).get("include_usage", False)))
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise refuse(f"model: expected the name of a model (a string), found {model!r:.80}")
+    return ChatAsk(image_url, question, decoding_of(body, defaults), stream_flag(body), include_usage(body), model)
+
+
+def include_usage(body: dict) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise refuse(f"stream_options: expected an object such as {{\"include_usage\": true}}, found {options!r:.80}")
+    flag = options.get("include_usage", False)
+    if not isinstance(flag, bool):
+        raise refuse(f"stream_options.include_usage: expected true or false, found {flag!r:.80}")
+    return flag
 
 
 def read_content(content: object) -> tuple[str, str]:
@@ -63,7 +78,7 @@ def read_content(content: object) -> tuple[str, str]:
             raise refuse(f"messages[user].content: expected parts of type 'text' or 'image_url', found {part!r:.80}")
     if len(images) != 1:
         raise refuse(f"messages[user].content: expected exactly one image_url part, found {len(images)}")
-    question = "\n".join(t.strip() for t in texts if t.strip())
+    question = check_text("messages[user].content", "\n".join(t.strip() for t in texts if t.strip()))
     if not question:
         raise refuse("messages[user].content: no question; expected a text part beside the image")
     return question, images[0]

@@ -1,11 +1,16 @@
 """What every route of the server shares: the package (loaded on a background thread), the worker in front of it,
-the metrics, and the bridge between the worker's thread and the event loop."""
+the pool that reads and decodes admitted requests' images, the metrics, and the bridge between the worker's thread
+and the event loop."""
 
 import asyncio
 import hmac
 import logging
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
+
+import numpy as np
 
 from ..pipeline import Pipeline
 from ..request import DEFAULT_QUESTION, Request, Result
@@ -13,7 +18,8 @@ from ..samples import sample_image
 from .config import ServeConfig
 from .errors import RequestRefused
 from .metrics import Metrics
-from .worker import Cancelled, Job, Worker
+from .request_images import decode_image
+from .worker import Admission, Cancelled, Job, Worker
 
 log = logging.getLogger("moai_edge.serve")
 
@@ -30,6 +36,19 @@ class Server:
                                in_flight=lambda: self.worker.running if self.worker else 0,
                                cache_counts=self.cache_counts)
         self.loader = threading.Thread(target=self.start, args=(load,), name="serve-load", daemon=True)
+        # images are read and decoded here, never on the event loop, at most `decode_workers` at once
+        self.decoder = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="serve-decode")
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stopping = asyncio.Event()  # set (on the loop) the moment shutdown begins: streams end with an error
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The event loop the app serves on (the lifespan's)."""
+        self.loop = loop
+
+    def begin_shutdown(self) -> None:
+        """From any thread, as soon as the server is told to stop (SIGTERM, or BackgroundServer's exit)."""
+        if self.loop is not None:
+            to_loop(self.loop, self.stopping.set)
 
     def start(self, load: Callable[[], Pipeline]) -> None:
         try:
@@ -48,8 +67,25 @@ class Server:
     def close(self) -> None:
         if self.worker is not None:
             self.worker.close()
+        self.decoder.shutdown(cancel_futures=True)
         if self.pipeline is not None and self.owns_pipeline:
             self.pipeline.close()
+
+    def health(self) -> tuple[bool, dict]:
+        """(ready, what /health/ready says): loading, failed, stuck (one answer running longer than
+        `stuck_after_s`, or the worker gone) or ready."""
+        if self.failure:
+            return False, {"status": "failed", "error": self.failure}
+        if not self.ready.is_set():
+            return False, {"status": "loading"}
+        if not self.worker.thread.is_alive():
+            return False, {"status": "failed", "error": "the worker thread has stopped"}
+        since = self.worker.busy_since
+        running_s = time.perf_counter() - since if since is not None else 0.0
+        if running_s > self.config.stuck_after_s:
+            return False, {"status": "stuck", "error": f"one answer has been running for {running_s:.0f} s, more "
+                                                        f"than {self.config.stuck_after_s:g} s"}
+        return True, {"status": "ready", "model": self.model, "family": self.pipeline.manifest.family}
 
     def cache_counts(self) -> tuple[int, int]:
         cache = self.pipeline.image_cache if self.pipeline is not None else None
@@ -72,9 +108,26 @@ class Server:
             raise RequestRefused(401, "expected the header 'Authorization: Bearer <api key>' with this server's key",
                                  kind="authentication_error")
 
-    def submit(self, request: Request, *, stream: bool) -> tuple[Job, asyncio.Future, asyncio.Queue | None]:
-        """Queue a request; its answer settles the returned future and, when streaming, its tokens (then None) go
-        into the returned queue, both on this event loop."""
+    def admit(self) -> Admission:
+        """A place in the queue, before anything is read or decoded for the request (429 when full)."""
+        try:
+            return self.worker.admit()
+        except RequestRefused as exc:
+            if exc.status == 429:
+                self.metrics.rejected.inc()
+            raise
+
+    async def image(self, read: Callable[[], bytes]) -> np.ndarray:
+        """`read()`'s bytes decoded, on the decode pool: the image at the vision input size (what the pipeline's one
+        resize makes of it), so a waiting request holds S x S x 3 bytes, not the photo."""
+        size, max_pixels = self.pipeline.manifest.preprocess.image_size, self.config.max_pixels
+        return await asyncio.get_running_loop().run_in_executor(
+            self.decoder, lambda: decode_image(read(), max_pixels, size))
+
+    def submit(self, request: Request, admission: Admission, *,
+               stream: bool) -> tuple[Job, asyncio.Future, asyncio.Queue | None]:
+        """The request into its admitted place; its answer settles the returned future and, when streaming, its tokens
+        (then None) go into the returned queue, both on this event loop."""
         loop = asyncio.get_running_loop()
         answer, tokens = loop.create_future(), (asyncio.Queue() if stream else None)
 
@@ -89,12 +142,7 @@ class Server:
 
         on_token = (lambda token: to_loop(loop, tokens.put_nowait, token)) if stream else None
         job = Job(request, done, on_token)
-        try:
-            self.worker.submit(job)
-        except RequestRefused as exc:
-            if exc.status == 429:
-                self.metrics.rejected.inc()
-            raise
+        self.worker.submit(job, admission)
         return job, answer, tokens
 
 

@@ -1,9 +1,11 @@
 """One thread answers the server's requests, in arrival order, behind a bounded queue.
 
-A request that finds the queue full is refused at once (429 with a Retry-After from the recent service time), so the
-backlog never grows past `max_queue`. With `max_batch` > 1 the first waiting request waits up to `batch_wait_ms` for
-others with the same decoding settings, and they are answered as one batch. A job cancelled while it waits is never
-run; one cancelled while it decodes stops at its next token (the token callback returns False for its row).
+A request takes its place in the queue before any of its work is done (`admit`, before its image is read or
+decoded); one that finds the queue full is refused at once (429 with a Retry-After from the recent service time), so
+neither the backlog nor the images being prepared for it grow past `max_queue`. With `max_batch` > 1 the first
+waiting request waits up to `batch_wait_ms` for others with the same decoding settings, and they are answered as one
+batch. A job cancelled while it waits is never run; one cancelled while it decodes stops at its next step, whatever
+its decoding strategy (the pipeline's `should_stop`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,20 @@ class Job:
         return ((self.started or time.perf_counter()) - self.submitted) * 1e3
 
 
+class Admission:
+    """A place in the queue, taken before the request's image is prepared; `Worker.submit` fills it with the job,
+    `release` gives it back (the request failed first)."""
+
+    def __init__(self, worker: "Worker"):
+        self.worker, self.held = worker, True
+
+    def release(self) -> None:
+        with self.worker.cond:
+            if self.held:
+                self.held = False
+                self.worker.admitted -= 1
+
+
 class Worker:
     def __init__(self, pipeline: Pipeline, *, max_queue: int, max_batch: int = 1, batch_wait_ms: float = 0.0):
         self.pipeline, self.max_queue, self.max_batch = pipeline, max_queue, max_batch
@@ -51,30 +67,50 @@ class Worker:
         self.pending: deque[Job] = deque()
         self.cond = threading.Condition()
         self.closed = False
+        self.admitted = 0  # places taken by requests whose image is still being prepared
         self.running = 0  # requests taken from the queue and not yet answered
+        self.busy_since: float | None = None  # when the batch in flight started (perf_counter)
         self.batch_s = 1.0  # a recent batch's service time, for Retry-After; refined by every batch
         self.thread = threading.Thread(target=self.serve, name="serve-worker", daemon=True)
         self.thread.start()
 
-    def submit(self, job: Job) -> None:
+    def admit(self) -> Admission:
+        """A place in the queue, or 503 (shutting down) / 429 (full) before any work is done for the request."""
         with self.cond:
             if self.closed:
                 raise RequestRefused(503, "the server is shutting down", kind="server_error")
-            if len(self.pending) >= self.max_queue:
-                wait = max(1, math.ceil(self.batch_s * (len(self.pending) / self.max_batch + 1)))
+            waiting = len(self.pending) + self.admitted
+            if waiting >= self.max_queue:
+                wait = max(1, math.ceil(self.batch_s * (waiting / self.max_batch + 1)))
                 raise RequestRefused(429, f"the queue is full ({self.max_queue} requests waiting): retry in {wait} s",
                                      kind="rate_limit_error", headers={"Retry-After": str(wait)})
+            self.admitted += 1
+            return Admission(self)
+
+    def submit(self, job: Job, admission: Admission) -> None:
+        """The job into the place `admission` holds."""
+        with self.cond:
+            if not admission.held:
+                raise RequestRefused(503, "the request's place in the queue was given back", kind="server_error")
+            admission.held = False
+            self.admitted -= 1
+            if self.closed:
+                raise RequestRefused(503, "the server is shutting down", kind="server_error")
             self.pending.append(job)
             self.cond.notify()
 
     def depth(self) -> int:
-        return len(self.pending)
+        return len(self.pending) + self.admitted
 
     def serve(self) -> None:
         while (batch := self.take()) is not None:
-            self.answer(batch)
-            with self.cond:
-                self.running -= len(batch)
+            self.busy_since = time.perf_counter()
+            try:
+                self.answer(batch)
+            finally:
+                self.busy_since = None
+                with self.cond:
+                    self.running -= len(batch)
 
     def take(self) -> list[Job] | None:
         with self.cond:
@@ -115,7 +151,8 @@ class Worker:
 
         start = time.perf_counter()
         try:
-            results = self.pipeline.run([j.request for j in live], on_token=on_token)
+            results = self.pipeline.run([j.request for j in live], on_token=on_token,
+                                        should_stop=lambda row: live[row].cancelled.is_set())
         except Exception as exc:  # noqa: BLE001 - reported to each request; the server goes on
             if len(live) > 1:  # one request the batch cannot take must not sink the others
                 for job in live:

@@ -1,15 +1,16 @@
-"""POST /v1/ask: the image as the body's bytes, ?question=...&max_new_tokens=...&decoding=...&seed=..."""
+"""POST /v1/ask: the image as the body's bytes, ?question=...&max_new_tokens=...&decoding=...&seed=...
+
+The request takes its place in the queue before its body is read or its image decoded (429 first)."""
 
 import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from ...request import DEFAULT_QUESTION
 from ...request import Request as AskRequest
+from ..errors import check_text
 from ..http import CLIENT_GONE, answer_of, body_of, server_of
-from ..request_images import decode_image
 
 router = APIRouter()
 ENDPOINT = "/v1/ask"
@@ -22,12 +23,17 @@ async def ask_native(request: Request, question: str = DEFAULT_QUESTION, max_new
     server = server_of(request)
     server.authorize(request.headers)
     pipe, config = server.ready_pipeline(), server.config
-    data = await body_of(request, config.max_body_bytes)
+    check_text("question", question)
     cfg = pipe.decoding(decoding, max_new_tokens=max_new_tokens, seed=seed)
     cfg.validate()
     config.check_new_tokens(cfg.max_new_tokens)
-    image = await run_in_threadpool(decode_image, data, config.max_pixels)
-    job, answer, _ = server.submit(AskRequest(image, question, cfg), stream=False)
+    admission = server.admit()
+    try:
+        data = await body_of(request, config.max_body_bytes, config.read_timeout_s)
+        image = await server.image(lambda: data)
+        job, answer, _ = server.submit(AskRequest(image, question, cfg), admission, stream=False)
+    finally:
+        admission.release()
     result = await answer_of(request, job, answer)
     if result is None:
         return Response(status_code=CLIENT_GONE)

@@ -15,11 +15,8 @@ async def health():
 
 @router.get("/health/ready")
 async def health_ready(request: Request):
-    server = server_of(request)
-    if server.ready.is_set():
-        return {"status": "ready", "model": server.model, "family": server.pipeline.manifest.family}
-    status = "failed" if server.failure else "loading"
-    return JSONResponse({"status": status, **({"error": server.failure} if server.failure else {})}, status_code=503)
+    ready, body = server_of(request).health()
+    return body if ready else JSONResponse(body, status_code=503)
 
 
 @router.get("/metrics")
