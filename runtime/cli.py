@@ -13,7 +13,7 @@ from moai_edge.engines.decoding import STRATEGIES
 from moai_edge.engines.errors import MoaiEdgeError
 from moai_edge.engines.options import DEVICES
 
-from . import commands
+from . import commands, demo
 from .families import FAMILIES
 from .request import DEFAULT_QUESTION
 
@@ -122,7 +122,7 @@ def add_runtime_verbs(sub) -> None:
                                              "question held-out world images, each answer beside the truth")
     engine_options(d, engine_required=False)
     d.add_argument("--max-new-tokens", type=int, help="tokens per answer (default: 48)")
-    d.set_defaults(func=commands.cmd_demo)
+    d.set_defaults(func=demo.cmd_demo)
 
 
 def add_serve(sub) -> None:
