@@ -1,4 +1,5 @@
-"""What each `moai-edge` verb does. Export, verify, bench and eval are imported lazily (export and verify need torch)."""
+"""What each `moai-edge` verb does. Export, verify, bench and eval are imported lazily (export and verify need
+torch)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def cmd_export(args) -> int:
         ignored = [flag for flag, given in (
             ("--no-experts", args.no_experts), ("--labels", args.labels), ("--moai-repo", args.moai_repo),
             ("--preset", args.preset != "tiny"), ("--family", args.family), ("--panoptic", args.panoptic),
-            ("--detector", args.detector), ("--scene-graph", args.scene_graph), ("--vision-config", args.vision_config)) if given]
+            ("--detector", args.detector), ("--scene-graph", args.scene_graph),
+            ("--vision-config", args.vision_config)) if given]
         if ignored:
             raise InputError(f"--world exports the shipped world models with their own experts and labels; "
                              f"{', '.join(ignored)} cannot apply")
@@ -40,8 +42,9 @@ def cmd_export(args) -> int:
             labels = {"queries": read["detector_queries"],
                       **({"predicates": read["psg_predicates"]} if "psg_predicates" in read else {})}
         if args.tiny:
-            m = export_tiny(args.tiny, Path(args.out), preset=args.preset, seed=args.seed, validate=not args.no_validate,
-                            with_experts=not args.no_experts, labels=labels, precision=args.precision)
+            m = export_tiny(args.tiny, Path(args.out), preset=args.preset, seed=args.seed,
+                            validate=not args.no_validate, with_experts=not args.no_experts, labels=labels,
+                            precision=args.precision)
         else:
             experts = {k: v for k, v in (("panoptic", args.panoptic), ("detector", args.detector),
                                          ("scene_graph", args.scene_graph)) if v}
@@ -206,9 +209,11 @@ def cmd_bench(args) -> int:
     try:
         sizes = tuple(int(v) for v in args.batch_sizes.split(","))
     except ValueError:
-        raise InputError(f"--batch-sizes: expected comma-separated integers like 1,2,4,8, found '{args.batch_sizes}'") from None
+        raise InputError(f"--batch-sizes: expected comma-separated integers like 1,2,4,8, "
+                         f"found '{args.batch_sizes}'") from None
     if not sizes or min(sizes) < 1 or args.runs < 1 or args.warmup < 0:
-        raise InputError(f"expected batch sizes >= 1, --runs >= 1, --warmup >= 0; found {sizes}, {args.runs}, {args.warmup}")
+        raise InputError(f"expected batch sizes >= 1, --runs >= 1, --warmup >= 0; "
+                         f"found {sizes}, {args.runs}, {args.warmup}")
     if args.reference or args.compare:  # checked, not imported: the runtime's memory is measured before torch loads
         require_installed("torch", "export")
     if args.compare:
@@ -238,7 +243,8 @@ def cmd_eval(args) -> int:
     baseline = load_baseline(Path(args.against)) if args.against else None  # refused before the package loads
     report = run_eval(cfg)
     if baseline is not None:
-        report["against"] = {"baseline": args.against, "package": baseline["package"], "by_key": paired(report, baseline)}
+        report["against"] = {"baseline": args.against, "package": baseline["package"],
+                             "by_key": paired(report, baseline)}
     files = write_eval_report(report, Path(args.out))
     print(summary(report))
     print("report: " + ", ".join(str(f) for f in files))

@@ -35,7 +35,8 @@ def cmd_demo(args) -> int:
         export_world("moai", out)
     images = out.parent / "demo-images"
     images.mkdir(parents=True, exist_ok=True)
-    worlds = [(f"world_{items[0].image_seed}.png", image, items) for image, items in world_items(image_seeds(0, DEMO_IMAGES))]
+    worlds = [(f"world_{items[0].image_seed}.png", image, items)
+              for image, items in world_items(image_seeds(0, DEMO_IMAGES))]
     for name, image, _ in worlds:
         Image.fromarray(image).save(images / name)
     captions = out.parent / "demo-captions.jsonl"
