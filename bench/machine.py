@@ -35,7 +35,8 @@ def machine_info(*, threads: int, engine_dir: Path) -> dict:
         "threads": threads,
         "jetson": Path("/etc/nv_tegra_release").exists(),
         "python": platform.python_version(),
-        "versions": {d: version_of(d) for d in ("moai-edge", "onnxruntime", "onnxruntime-gpu", "numpy", "torch", "transformers")},
+        "versions": {d: version_of(d) for d in ("moai-edge", "onnxruntime", "onnxruntime-gpu", "numpy", "torch",
+                                                "transformers")},
         "engine": str(engine_dir),
         "engine_manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
     }

@@ -46,7 +46,8 @@ class CudaStream:
         err, *value = result if isinstance(result, tuple) else (result,)
         if err != self.cudart.cudaError_t.cudaSuccess:
             _, msg = self.cudart.cudaGetErrorString(err)
-            raise EngineError(f"could not {what}: CUDA error {int(err)} ({msg.decode() if isinstance(msg, bytes) else msg})")
+            raise EngineError(f"could not {what}: CUDA error {int(err)} "
+                              f"({msg.decode() if isinstance(msg, bytes) else msg})")
         return value[0] if value else None
 
     @property

@@ -146,7 +146,8 @@ class OrtEngine:
         except Exception as exc:
             raise EngineError(f"engine '{self.name}' failed to run: {exc}") from exc
 
-    def run_bound(self, feeds: dict[str, np.ndarray], out: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    def run_bound(self, feeds: dict[str, np.ndarray], out: dict[str, np.ndarray],
+                  names: list[str]) -> dict[str, np.ndarray]:
         """onnxruntime's IOBinding over the callers' arrays: inputs and the outputs in `out` are used where they lie
         (host memory), the other outputs come back as new arrays."""
         import onnxruntime as ort

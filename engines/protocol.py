@@ -64,7 +64,8 @@ def check_feeds(specs: list[TensorSpec], feeds: dict[str, np.ndarray], *, engine
             raise InputError(f"{engine}: input '{name}' expected dtype {spec.dtype}, found {arr.dtype}")
         if arr.ndim != len(spec.shape):
             raise InputError(
-                f"{engine}: input '{name}' expected rank {len(spec.shape)} {list(spec.shape)}, found shape {list(arr.shape)}"
+                f"{engine}: input '{name}' expected rank {len(spec.shape)} {list(spec.shape)}, "
+                f"found shape {list(arr.shape)}"
             )
         for axis, (want, got) in enumerate(zip(spec.shape, arr.shape)):
             if isinstance(want, int) and want >= 0 and want != got:

@@ -33,15 +33,18 @@ def parse_vision_config(text: str | dict | None) -> dict | None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"--vision-config: expected a JSON object such as '{{\"num_heads\": 12}}', found {text!r} ({exc})") from exc
+        raise CheckpointError(f"--vision-config: expected a JSON object such as '{{\"num_heads\": 12}}', "
+                              f"found {text!r} ({exc})") from exc
     if not isinstance(value, dict):
-        raise CheckpointError(f"--vision-config: expected a JSON object such as '{{\"num_heads\": 12}}', found {text!r}")
+        raise CheckpointError(f"--vision-config: expected a JSON object such as '{{\"num_heads\": 12}}', "
+                              f"found {text!r}")
     return value
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: Path, *, family: str | None = None, validate: bool = True,
                       experts: dict[str, str | Path] | None = None, with_experts: bool = True,
-                      vision_config: str | dict | None = None, decode_io_dtype: str = "float32", precision: str = "fp32"):
+                      vision_config: str | dict | None = None, decode_io_dtype: str = "float32",
+                      precision: str = "fp32"):
     """`experts` names each expert's checkpoint (folder or hub id); left out, the reference's hub ids.
     `vision_config`: the vision tower's fields no tensor gives (its head count), a dict or its JSON text.
     `decode_io_dtype`: "float16" for a decode graph with float16 inputs and outputs (export.package.build_package).
@@ -65,23 +68,25 @@ def export_checkpoint(checkpoint: str | Path, out_dir: Path, *, family: str | No
         return build(out_dir=out_dir)
     with tempfile.TemporaryDirectory(prefix="moai-edge-fp32-") as work:
         build(out_dir=Path(work))
-        return reduce_and_check(Path(work), out_dir, target) if validate else reduce_package(Path(work), out_dir, target)
+        return (reduce_and_check(Path(work), out_dir, target) if validate
+                else reduce_package(Path(work), out_dir, target))
 
 
 def export_tiny(family: str, out_dir: Path, *, preset: str = "tiny", seed: int = 0, validate: bool = True,
                 with_experts: bool = True, labels: dict[str, list[str]] | None = None, decode_io_dtype: str = "float32",
                 precision: str = "fp32"):
-    """Seeded checkpoints (VLM in `out_dir/checkpoint`, experts in `out_dir/experts`) exported through the real loading code.
-    `labels` may replace the detector's queries / the scene graph's predicates (e.g. MoAI's 1847 queries for `small`);
-    the lists the family's experts do not take are left out. `decode_io_dtype`, `precision`: see export_checkpoint."""
+    """Seeded checkpoints (VLM in `out_dir/checkpoint`, experts in `out_dir/experts`) exported through the real
+    loading code. `labels` may replace the detector's queries / the scene graph's predicates (e.g. MoAI's 1847
+    queries for `small`); the lists the family's experts do not take are left out. `decode_io_dtype`,
+    `precision`: see export_checkpoint."""
     precision_preset(precision)  # refuse an unknown preset before building anything
     out_dir = Path(out_dir)
     ckpt = build_tiny_checkpoint(family, out_dir / "checkpoint", preset=preset, seed=seed)
     experts = build_tiny_experts(family, out_dir / "experts", preset=preset, seed=seed) if with_experts else None
     if experts is not None:
         experts.update(label_sources(family, labels or {}))
-    manifest = export_checkpoint(ckpt, out_dir, family=family, validate=validate, experts=experts, with_experts=with_experts,
-                                 decode_io_dtype=decode_io_dtype, precision=precision)
+    manifest = export_checkpoint(ckpt, out_dir, family=family, validate=validate, experts=experts,
+                                 with_experts=with_experts, decode_io_dtype=decode_io_dtype, precision=precision)
     manifest.source.update({"preset": preset, "seed": seed})
     manifest.save(out_dir)
     return manifest

@@ -16,7 +16,8 @@ from moai_edge.runtime import Pipeline, RuntimeOptions
 CALIBRATION_IMAGES = 16
 
 
-def calibration_feeds(package: Path, components: set[str], *, images: int = CALIBRATION_IMAGES) -> dict[str, list[dict]]:
+def calibration_feeds(package: Path, components: set[str], *,
+                      images: int = CALIBRATION_IMAGES) -> dict[str, list[dict]]:
     """{component: [feeds, ...]} for those of `components` among the vision tower and the experts."""
     from .world import HELD_OUT_SEED_START, generate
 

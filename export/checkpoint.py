@@ -45,7 +45,8 @@ def resolve(path_or_id: str | Path) -> Path:
 
         return Path(snapshot_download(str(path_or_id), allow_patterns=["*.json", "*.safetensors", "*.model"]))
     except Exception as exc:  # network, auth, unknown repo: all mean "not available here"
-        raise CheckpointError(f"checkpoint '{path_or_id}' is not a local folder and could not be fetched: {exc}") from exc
+        raise CheckpointError(f"checkpoint '{path_or_id}' is not a local folder and could not be fetched: "
+                              f"{exc}") from exc
 
 
 def read_json(path: Path) -> dict:
@@ -99,8 +100,10 @@ def infer_config(config: dict, shapes: dict[str, tuple[int, ...]], family: str |
     found = infer_family(config, keys, given=family)
     lora_a = "model.layers.0.attention.wqkv.Plora_A.weight"
     if lora_a not in shapes:
-        raise CheckpointError(f"expected PLoRA tensors such as '{lora_a}'; found none (is this an InternLM-XComposer2-style checkpoint?)")
-    mixer_layers = tuple(sorted(int(m.group(1)) for k in keys if (m := re.match(r"model\.layers\.(\d+)\.attention\.moai_GA_img\.weight$", k))))
+        raise CheckpointError(f"expected PLoRA tensors such as '{lora_a}'; found none "
+                              "(is this an InternLM-XComposer2-style checkpoint?)")
+    mixer_layers = tuple(sorted(int(m.group(1)) for k in keys
+                                if (m := re.match(r"model\.layers\.(\d+)\.attention\.moai_GA_img\.weight$", k))))
     dec = DecoderConfig(
         vocab_size=config["vocab_size"],
         hidden_size=config["hidden_size"],
@@ -115,7 +118,8 @@ def infer_config(config: dict, shapes: dict[str, tuple[int, ...]], family: str |
         plora_alpha=config.get("plora_alpha", shapes[lora_a][0]),  # published: alpha == rank (scaling 1.0)
         seg_branch="model.layers.0.attention.wqkv.Plora_seg_A.weight" in keys,
         mixer_layers=mixer_layers,
-        mixer_rank=shapes[f"model.layers.{mixer_layers[0]}.attention.moai_CA_img_aux.linear_q.0.weight"][0] if mixer_layers else 64,
+        mixer_rank=(shapes[f"model.layers.{mixer_layers[0]}.attention.moai_CA_img_aux.linear_q.0.weight"][0]
+                    if mixer_layers else 64),
         mixer_heads=config.get("mixer_heads", 4),
         bos_id=config.get("bos_token_id", 1),
         eos_id=config.get("eos_token_id", 2),
@@ -146,7 +150,8 @@ def tensor_vision_geometry(shapes: dict[str, tuple[int, ...]]) -> tuple[dict, st
         if key not in shapes:
             raise CheckpointError(f"the checkpoint has vision tower tensors but not '{key}'")
     if len(shapes[PATCH_KEY]) != 4:
-        raise CheckpointError(f"'{PATCH_KEY}': expected a (width, 3, patch, patch) kernel, found shape {shapes[PATCH_KEY]}")
+        raise CheckpointError(f"'{PATCH_KEY}': expected a (width, 3, patch, patch) kernel, "
+                              f"found shape {shapes[PATCH_KEY]}")
     width, _, patch, _ = shapes[PATCH_KEY]
     layer_re = re.compile(re.escape(VIT) + r"encoder\.layers\.(\d+)\.")
     layers = {int(m.group(1)) for k in shapes if (m := layer_re.match(k))}
@@ -161,13 +166,15 @@ def tensor_vision_geometry(shapes: dict[str, tuple[int, ...]]) -> tuple[dict, st
 def given_vision_fields(config: dict, option: dict | None) -> dict[str, tuple[object, str]]:
     """{field: (value, who gave it)} from config.json's `vision_config` and --vision-config; both must agree."""
     given: dict[str, tuple[object, str]] = {}
-    for source, values in (("config.json's vision_config", config.get("vision_config") or {}), ("--vision-config", option or {})):
+    for source, values in (("config.json's vision_config", config.get("vision_config") or {}),
+                           ("--vision-config", option or {})):
         if not isinstance(values, dict):
             raise CheckpointError(f"{source}: expected a JSON object such as {{\"num_heads\": 16}}, found {values!r}")
         for key, value in values.items():
             check_vision_field(key, value, source)
             if key in given and given[key][0] != value:
-                raise CheckpointError(f"vision {key}: {given[key][1]} gives {given[key][0]!r}, {source} gives {value!r}")
+                raise CheckpointError(f"vision {key}: {given[key][1]} gives {given[key][0]!r}, "
+                                      f"{source} gives {value!r}")
             given[key] = (value, source)
     return given
 
@@ -204,9 +211,11 @@ def infer_vision(config: dict, shapes: dict[str, tuple[int, ...]], option: dict 
         values["num_heads"] = default_vision_heads(geometry["hidden_size"])
     vision = VisionConfig(**values)
     if vision.hidden_size % vision.num_heads:
-        raise CheckpointError(f"vision num_heads {vision.num_heads} does not divide the tower's width {vision.hidden_size}")
+        raise CheckpointError(f"vision num_heads {vision.num_heads} does not divide the tower's width "
+                              f"{vision.hidden_size}")
     if vision.image_size % vision.patch_size:
-        raise CheckpointError(f"vision image_size {vision.image_size} is not a multiple of the patch size {vision.patch_size}")
+        raise CheckpointError(f"vision image_size {vision.image_size} is not a multiple of the patch size "
+                              f"{vision.patch_size}")
     return vision
 
 
@@ -218,7 +227,8 @@ def load_vision_from_hub(model: VLM) -> dict[str, torch.Tensor]:
     try:
         clip = CLIPVisionModel.from_pretrained(CLIP_HUB_ID)
     except Exception as exc:
-        raise CheckpointError(f"the checkpoint has no vision tower tensors and '{CLIP_HUB_ID}' could not be loaded: {exc}") from exc
+        raise CheckpointError(f"the checkpoint has no vision tower tensors and '{CLIP_HUB_ID}' could not be loaded: "
+                              f"{exc}") from exc
     return {f"vit.vision_tower.vision_model.{k.removeprefix('vision_model.')}": v for k, v in clip.state_dict().items()}
 
 
@@ -268,11 +278,13 @@ def check_state_fits(model: VLM, state: dict[str, torch.Tensor], root: Path) -> 
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint '{root}' does not fit the {model.cfg.family} model: missing {missing[:8]}, unexpected {unexpected[:8]}")
+        raise CheckpointError(f"checkpoint '{root}' does not fit the {model.cfg.family} model: "
+                              f"missing {missing[:8]}, unexpected {unexpected[:8]}")
     bad = [k for k in own if own[k].shape != state[k].shape]
     if bad:
         k = bad[0]
-        raise CheckpointError(f"tensor '{k}': expected shape {tuple(own[k].shape)}, checkpoint has {tuple(state[k].shape)}")
+        raise CheckpointError(f"tensor '{k}': expected shape {tuple(own[k].shape)}, "
+                              f"checkpoint has {tuple(state[k].shape)}")
 
 
 def load_checkpoint_with_report(path_or_id: str | Path, *, family: str | None = None,
@@ -345,5 +357,6 @@ def save_checkpoint(tensors: dict[str, torch.Tensor], cfg: ModelConfig, out_dir:
         fname = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
         save_file({k: tensors[k].half().contiguous() for k in part}, str(out_dir / fname), metadata={"format": "pt"})
         weight_map.update({k: fname for k in part})
-    (out_dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
+    (out_dir / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
     (out_dir / "config.json").write_text(json.dumps(hf_config(cfg, with_vision_config=True), indent=2))

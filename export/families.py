@@ -4,7 +4,8 @@ One object per family, registered with `@export_family(name)`. It says how a siz
 family's own parts, how they are read from a checkpoint's tensors, which backbone graphs it exports and
 what the prefill graph's family input is, which experts it packages (and the reference's hub ids for
 them), where its panoptic segments are mapped, and what its config.json records beyond InternLM2's
-fields. Nothing else in export/ asks which family it builds. (The runtime's twin is runtime/families/; the PyTorch heads are export.family_heads.)
+fields. Nothing else in export/ asks which family it builds. (The runtime's twin is runtime/families/;
+the PyTorch heads are export.family_heads.)
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def family_of(name: str) -> ExportFamily:
 
 
 def infer_family(config: dict, keys: set[str], *, given: str | None = None) -> ExportFamily:
-    """The family from config.json's architectures, else from the family's own tensors; `given` (--family) must agree."""
+    """The family from config.json's architectures, else from the family's own tensors; `given` (--family) must
+    agree."""
     by_architecture = {f.architecture: f for f in FAMILIES.values()}
     found = next((by_architecture[a] for a in config.get("architectures", []) if a in by_architecture), None)
     found = found or next((f for f in FAMILIES.values() if f.owns_tensors(keys)), None)
@@ -161,7 +163,8 @@ class MoAIExport(ExportFamily):
     def infer_parts(self, config: dict, shapes: Shapes, decoder: DecoderConfig) -> FamilyParts:
         layer = re.compile(r"moai_compressor\.layers\.(\d+)\.")
         depth = len({m.group(1) for k in shapes if (m := layer.match(k))})
-        for key in ("moai_compressor.layers.0.0.to_q.weight", "moai_compressor.latents", "moai_compressor.layers.0.1.1.weight"):
+        for key in ("moai_compressor.layers.0.0.to_q.weight", "moai_compressor.latents",
+                    "moai_compressor.layers.0.1.1.weight"):
             if key not in shapes:
                 raise CheckpointError(f"a MoAI checkpoint needs the compressor tensor '{key}'; it is missing")
         inner = shapes["moai_compressor.layers.0.0.to_q.weight"][0]

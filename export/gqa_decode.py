@@ -115,7 +115,8 @@ class DecodeWriter(GraphWriter):
         q, k, v = (self.cast(self.node("Reshape", [t, self.flat], f"{p}/{n}/Reshape"), f"{p}/{n}/Cast", self.kv_type)
                    for t, n in ((q, "q"), (k, "k"), (v, "v")))
         attn = self.node("GroupQueryAttention", [q, k, v, f"past_key.{i}", f"past_value.{i}", "seqlens_k",
-                                                 "total_sequence_length", self.cos, self.sin], f"{p}/GroupQueryAttention",
+                                                 "total_sequence_length", self.cos, self.sin],
+                         f"{p}/GroupQueryAttention",
                          outputs=[f"{p}/attn", f"key.{i}", f"value.{i}"], domain="com.microsoft",
                          num_heads=d.num_heads, kv_num_heads=d.num_kv_heads, do_rotary=1, rotary_interleaved=0)[0]
         return self.linear(self.cast(attn, f"{p}/attn/Cast", TensorProto.FLOAT), att.wo.Plora_main, f"{p}/wo")
@@ -144,8 +145,6 @@ class DecodeWriter(GraphWriter):
         return h
 
     def logits(self, h: str) -> None:
-        from onnx import TensorProto
-
         logits = self.node("Squeeze", [self.linear(h, self.model.output, "output"), self.const("axis1", [1])],
                            "logits/Squeeze", outputs=["logits" if not self.half else "logits/float"])
         if self.half:

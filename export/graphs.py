@@ -122,8 +122,10 @@ class PrefillGraph(nn.Module):
         self.family_input = family_of(m.cfg.family).prefill_input
 
     def forward(self, inputs_embeds, attention_mask, position_ids, im_mask, family_input):
-        """family_input: the family's prefill input, e.g. CoLLaVO's seg_features (B,L,H) or MoAI's aux_tokens (B,A,H)."""
-        logits, kv = self.m.prefill(inputs_embeds, attention_mask, position_ids, im_mask, **{self.family_input: family_input})
+        """family_input: the family's prefill input, e.g. CoLLaVO's seg_features (B,L,H) or MoAI's aux_tokens
+        (B,A,H)."""
+        logits, kv = self.m.prefill(inputs_embeds, attention_mask, position_ids, im_mask,
+                                    **{self.family_input: family_input})
         return (logits, *to_seq_major(kv))
 
 

@@ -96,7 +96,8 @@ def check_grid_sample_modes(onnx_path: Path) -> None:
             mode = next((a.s.decode() for a in node.attribute if a.name == "mode"), "bilinear")
             if mode not in GRID_SAMPLE_MODES:
                 raise ExportValidationError(
-                    f"{onnx_path.name}: GridSample node '{node.name}' has mode '{mode}', expected one of {sorted(GRID_SAMPLE_MODES)}"
+                    f"{onnx_path.name}: GridSample node '{node.name}' has mode '{mode}', "
+                    f"expected one of {sorted(GRID_SAMPLE_MODES)}"
                 )
 
 
@@ -130,8 +131,9 @@ def compare(name: str, ours: dict[str, np.ndarray], ref: dict[str, np.ndarray], 
             queries = f"; {tol.agreement(o, r):.2%} of its queries within, {tol.query_agreement:.0%} needed" \
                 if tol.query_agreement < 1 else ""
             raise ExportValidationError(
-                f"{name}: output '{out}' differs from PyTorch by max {diff:.3g} (max |PyTorch| {np.max(np.abs(r)):.3g}; "
-                f"atol {tol.atol}, rtol {tol.rtol}{' of the max' if tol.of_max else ''}{queries})"
+                f"{name}: output '{out}' differs from PyTorch by max {diff:.3g} "
+                f"(max |PyTorch| {np.max(np.abs(r)):.3g}; atol {tol.atol}, rtol {tol.rtol}"
+                f"{' of the max' if tol.of_max else ''}{queries})"
             )
     return diffs
 
@@ -147,11 +149,13 @@ def check_symbolic_axes(target: GraphTarget, model: VLM, onnx_path: Path) -> Non
             dim = value.type.tensor_type.shape.dim[axis]
             if not dim.dim_param:
                 raise ExportValidationError(
-                    f"{target.name}: axis {axis} ('{label}') of '{value.name}' should be symbolic, found fixed size {dim.dim_value}"
+                    f"{target.name}: axis {axis} ('{label}') of '{value.name}' should be symbolic, "
+                    f"found fixed size {dim.dim_value}"
                 )
 
 
-def validate_graph(target: GraphTarget, model: VLM, run, *, tol: Tolerance = Tolerance(), batches=(1, 3)) -> dict[str, float]:
+def validate_graph(target: GraphTarget, model: VLM, run, *, tol: Tolerance = Tolerance(),
+                   batches=(1, 3)) -> dict[str, float]:
     """Run the exported graph through `run(feeds)->outputs` (an engine) at several batch sizes against PyTorch,
     and check that row 0 of a batch equals the batch-1 result. Returns the max diffs per output."""
     worst: dict[str, float] = {}
@@ -177,7 +181,8 @@ def batch_axis(target: GraphTarget, model: VLM, name: str) -> int | None:
     return next((ax for ax, label in target.dynamic_axes(model).get(name, {}).items() if label == "batch"), None)
 
 
-def check_batch_rows(target: GraphTarget, model: VLM, run, *, batch: int = 3, atol: float = 1e-5, rtol: float = 1e-5) -> float:
+def check_batch_rows(target: GraphTarget, model: VLM, run, *, batch: int = 3, atol: float = 1e-5,
+                     rtol: float = 1e-5) -> float:
     """Each row of a batch-N run equals the same row run alone, up to float32 kernel noise (batch shapes pick
     other matmul kernels): |diff| <= atol + rtol * max|output|. Returns the max abs diff."""
     feeds = {k: v.numpy() for k, v in example_inputs(target, model, batch).items()}
@@ -191,10 +196,12 @@ def check_batch_rows(target: GraphTarget, model: VLM, run, *, batch: int = 3, at
         single = run(single)
         for out, value in full.items():
             ax = batch_axis(target, model, out)
-            diff = float(np.max(np.abs(np.take(value, [row], axis=ax).astype(np.float64) - single[out]))) if value.size else 0.0
+            diff = (float(np.max(np.abs(np.take(value, [row], axis=ax).astype(np.float64) - single[out])))
+                    if value.size else 0.0)
             worst = max(worst, diff)
             if diff > atol + rtol * float(np.max(np.abs(value.astype(np.float64)), initial=0.0)):
                 raise ExportValidationError(
-                    f"{target.name}: output '{out}' row {row} of a batch of {batch} differs from the same row alone by {diff:.3g}"
+                    f"{target.name}: output '{out}' row {row} of a batch of {batch} differs from the same row alone "
+                    f"by {diff:.3g}"
                 )
     return worst

@@ -81,7 +81,8 @@ def write_shared_weights(models: dict, out_dir: Path, weights_file: str, *,
                     f.write(b"\0" * pad)
                     offset += pad
                     f.write(data)
-                    tensors[name] = {"offset": offset, "nbytes": len(data), "dtype": str(arr.dtype), "shape": list(arr.shape)}
+                    tensors[name] = {"offset": offset, "nbytes": len(data), "dtype": str(arr.dtype),
+                                     "shape": list(arr.shape)}
                     offset += len(data)
                     table[key] = name
                 canonical = table[key]

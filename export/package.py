@@ -130,8 +130,8 @@ def build_package(model: VLM, *, tokenizer_file: Path, out_dir: Path, source: di
     shared_spec = components.pop("_shared")
     table = model.model.tok_embeddings.weight.detach().float().numpy()
     np.save(out_dir / "embed_tokens.npy", table)
-    components["embedding"] = Component(file="embed_tokens.npy", sha256=sha256_of(out_dir / "embed_tokens.npy"), kind="npy",
-                                        outputs=[TensorSpec("embed_tokens", "float32", tuple(table.shape))])
+    components["embedding"] = Component(file="embed_tokens.npy", sha256=sha256_of(out_dir / "embed_tokens.npy"),
+                                        kind="npy", outputs=[TensorSpec("embed_tokens", "float32", tuple(table.shape))])
     shutil.copyfile(tokenizer_file, out_dir / "tokenizer.model")
     manifest = Manifest(
         family=cfg.family,

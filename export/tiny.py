@@ -52,7 +52,8 @@ def unused_w2_seg_tensors(cfg: ModelConfig, generator: torch.Generator) -> dict[
     """CoLLaVO's reference saves a `feed_forward.w2.Plora_seg_A/B` pair per layer that its forward never uses."""
     d = cfg.decoder
     shapes = {"A": (d.plora_rank, d.intermediate_size), "B": (d.hidden_size, d.plora_rank)}
-    return {f"model.layers.{i}.feed_forward.w2.Plora_seg_{ab}.weight": torch.randn(shape, generator=generator) / math.sqrt(shape[1])
+    return {f"model.layers.{i}.feed_forward.w2.Plora_seg_{ab}.weight":
+            torch.randn(shape, generator=generator) / math.sqrt(shape[1])
             for i in range(d.num_layers) for ab, shape in shapes.items()}
 
 
@@ -75,7 +76,8 @@ def build_tiny_checkpoint(family: str, out_dir: Path, *, preset: str = "tiny", s
     tensors = dict(model.state_dict())
     tensors[POS_KEY] = source_position_table(model, gen)
     tensors.pop("vit.vision_tower.vision_model.embeddings.position_ids", None)
-    tensors["model.tok_embeddings.weight"] = tensors["model.tok_embeddings.weight"][:vocab]  # "<image>" is added at load
+    # "<image>" is added at load
+    tensors["model.tok_embeddings.weight"] = tensors["model.tok_embeddings.weight"][:vocab]
     if cfg.decoder.seg_branch:
         tensors.update(unused_w2_seg_tensors(cfg, gen))
     save_checkpoint(tensors, cfg, out_dir)

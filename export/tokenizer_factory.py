@@ -52,7 +52,8 @@ def train_sentencepiece(out_dir: Path, lines: list[str], *, vocab_size: int, sym
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size, model_type="bpe",
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, user_defined_symbols=["[UNUSED_TOKEN_145]", "[UNUSED_TOKEN_146]", *symbols],
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        user_defined_symbols=["[UNUSED_TOKEN_145]", "[UNUSED_TOKEN_146]", *symbols],
         byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
         split_digits=True, num_threads=1, shuffle_input_sentence=False, hard_vocab_limit=False,
         minloglevel=2,

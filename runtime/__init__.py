@@ -26,8 +26,8 @@ from .timer import Timer
 
 __all__ = [
     # asking
-    "Asking", "AuxInputs", "DEFAULT_QUESTION", "DecodingConfig", "Observation", "OnToken", "Pipeline", "Request", "Result",
-    "RuntimeOptions", "Scored", "ShouldStop", "TextStream", "Timer",
+    "Asking", "AuxInputs", "DEFAULT_QUESTION", "DecodingConfig", "Observation", "OnToken", "Pipeline", "Request",
+    "Result", "RuntimeOptions", "Scored", "ShouldStop", "TextStream", "Timer",
     # captioning and the robot's loop
     "CaptionRecord", "Captioner", "FrameResult", "LatestFrameRunner", "LiveStats",
     # the bounds a caller's asks are checked against

@@ -13,7 +13,7 @@ from moai_edge.engines.decoding import STRATEGIES
 from moai_edge.engines.errors import MoaiEdgeError
 from moai_edge.engines.options import DEVICES
 
-from . import commands
+from . import commands, demo
 from .families import FAMILIES
 from .request import DEFAULT_QUESTION
 
@@ -66,9 +66,9 @@ def add_export(sub) -> None:
     e.add_argument("--out", required=True, help="the engine package folder to write")
     e.add_argument("--precision", default="fp32", metavar="PRESET",
                    help=f"what each component is stored and computed in, one of {', '.join(PRECISION_PRESETS)}: fp16 "
-                        f"and int4-fp16 for GPUs, int8 and int4 for CPUs (weight-only decoder, int8 tower and experts), "
-                        f"fp16-int8 for TensorRT (docs/precision.md). Below fp32 the package is held to the fp32 one on "
-                        f"world questions (token agreement, KL)")
+                        f"and int4-fp16 for GPUs, int8 and int4 for CPUs (weight-only decoder, int8 tower and "
+                        f"experts), fp16-int8 for TensorRT (docs/precision.md). Below fp32 the package is held to the "
+                        f"fp32 one on world questions (token agreement, KL)")
     e.add_argument("--no-validate", action="store_true", help="skip the ONNX-vs-PyTorch validation")
     e.add_argument("--no-experts", action="store_true", help="backbone only")
     e.add_argument("--panoptic", help="Mask2Former checkpoint folder or hub id (default: the reference's)")
@@ -77,7 +77,8 @@ def add_export(sub) -> None:
     e.add_argument("--labels", help="the detector's text queries: a JSON list or one per line, or a JSON object with "
                                     "'detector_queries' and 'psg_predicates' (MoAI)")
     e.add_argument("--moai-repo", help="a local clone of ByungKwanLee/MoAI to read the detector queries from, as data")
-    e.add_argument("--vision-config", help="the vision tower's fields no tensor gives, as JSON, e.g. '{\"num_heads\": 12}'")
+    e.add_argument("--vision-config",
+                   help="the vision tower's fields no tensor gives, as JSON, e.g. '{\"num_heads\": 12}'")
     e.set_defaults(func=commands.cmd_export)
 
 
@@ -116,13 +117,14 @@ def add_runtime_verbs(sub) -> None:
     r.add_argument("--worker-memory-mb", type=int, metavar="MB", help="memory each actor reserves: the peak RSS "
                    "'moai-edge bench' reports at this --batch-size, plus headroom (default: none reserved)")
     r.add_argument("--worker-gpus", type=float, help="GPUs each actor reserves; needed with --device cuda (default: 0)")
-    c.set_defaults(func=commands.cmd_caption, interrupted="the records finished so far are kept: run again with --resume")
+    c.set_defaults(func=commands.cmd_caption,
+                   interrupted="the records finished so far are kept: run again with --resume")
 
     d = sub.add_parser("demo", help="build the trained tiny-world MoAI package if missing; caption and "
                                              "question held-out world images, each answer beside the truth")
     engine_options(d, engine_required=False)
     d.add_argument("--max-new-tokens", type=int, help="tokens per answer (default: 48)")
-    d.set_defaults(func=commands.cmd_demo)
+    d.set_defaults(func=demo.cmd_demo)
 
 
 def add_serve(sub) -> None:
@@ -186,7 +188,8 @@ def add_bench_verbs(sub) -> None:
     engine_options(q)
     q.add_argument("--images", type=int, default=100, help="held-out world images to ask about (default: 100)")
     q.add_argument("--seed", type=int, default=0,
-                   help="which held-out images: S selects seeds 1_000_000 * (S + 1) onward; seeds never overlap (default: 0)")
+                   help="which held-out images: S selects seeds 1_000_000 * (S + 1) onward; seeds never overlap "
+                        "(default: 0)")
     q.add_argument("--blank-experts", action="store_true",
                    help="replace every expert result by the reference's empty case (the ablation)")
     q.add_argument("--out", default="eval-report", help="folder for report.json and report.md (default: eval-report)")

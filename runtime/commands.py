@@ -1,4 +1,5 @@
-"""What each `moai-edge` verb does. Export, verify, bench and eval are imported lazily (export and verify need torch)."""
+"""What each `moai-edge` verb does. Export, verify, bench and eval are imported lazily (export and verify need
+torch)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,6 @@ from pathlib import Path
 
 from moai_edge.engines.errors import InputError, require, require_installed
 from moai_edge.engines.options import RuntimeOptions
-
-from .request import Request
-
-DEMO_IMAGES = 4
-DEMO_MAX_NEW_TOKENS = 48  # the longest description is ~40 tokens
 
 
 def runtime_options(args) -> RuntimeOptions:
@@ -30,7 +26,8 @@ def cmd_export(args) -> int:
         ignored = [flag for flag, given in (
             ("--no-experts", args.no_experts), ("--labels", args.labels), ("--moai-repo", args.moai_repo),
             ("--preset", args.preset != "tiny"), ("--family", args.family), ("--panoptic", args.panoptic),
-            ("--detector", args.detector), ("--scene-graph", args.scene_graph), ("--vision-config", args.vision_config)) if given]
+            ("--detector", args.detector), ("--scene-graph", args.scene_graph),
+            ("--vision-config", args.vision_config)) if given]
         if ignored:
             raise InputError(f"--world exports the shipped world models with their own experts and labels; "
                              f"{', '.join(ignored)} cannot apply")
@@ -45,8 +42,9 @@ def cmd_export(args) -> int:
             labels = {"queries": read["detector_queries"],
                       **({"predicates": read["psg_predicates"]} if "psg_predicates" in read else {})}
         if args.tiny:
-            m = export_tiny(args.tiny, Path(args.out), preset=args.preset, seed=args.seed, validate=not args.no_validate,
-                            with_experts=not args.no_experts, labels=labels, precision=args.precision)
+            m = export_tiny(args.tiny, Path(args.out), preset=args.preset, seed=args.seed,
+                            validate=not args.no_validate, with_experts=not args.no_experts, labels=labels,
+                            precision=args.precision)
         else:
             experts = {k: v for k, v in (("panoptic", args.panoptic), ("detector", args.detector),
                                          ("scene_graph", args.scene_graph)) if v}
@@ -214,9 +212,11 @@ def cmd_bench(args) -> int:
     try:
         sizes = tuple(int(v) for v in args.batch_sizes.split(","))
     except ValueError:
-        raise InputError(f"--batch-sizes: expected comma-separated integers like 1,2,4,8, found '{args.batch_sizes}'") from None
+        raise InputError(f"--batch-sizes: expected comma-separated integers like 1,2,4,8, "
+                         f"found '{args.batch_sizes}'") from None
     if not sizes or min(sizes) < 1 or args.runs < 1 or args.warmup < 0:
-        raise InputError(f"expected batch sizes >= 1, --runs >= 1, --warmup >= 0; found {sizes}, {args.runs}, {args.warmup}")
+        raise InputError(f"expected batch sizes >= 1, --runs >= 1, --warmup >= 0; "
+                         f"found {sizes}, {args.runs}, {args.warmup}")
     if args.reference or args.compare:  # checked, not imported: the runtime's memory is measured before torch loads
         require_installed("torch", "export")
     if args.compare:
@@ -246,54 +246,9 @@ def cmd_eval(args) -> int:
     baseline = load_baseline(Path(args.against)) if args.against else None  # refused before the package loads
     report = run_eval(cfg)
     if baseline is not None:
-        report["against"] = {"baseline": args.against, "package": baseline["package"], "by_key": paired(report, baseline)}
+        report["against"] = {"baseline": args.against, "package": baseline["package"],
+                             "by_key": paired(report, baseline)}
     files = write_eval_report(report, Path(args.out))
     print(summary(report))
     print("report: " + ", ".join(str(f) for f in files))
-    return 0
-
-
-def cmd_demo(args) -> int:
-    """The built-in default: the trained tiny-world MoAI package (exported on the spot from the checkpoints shipped
-    with moai-edge) captions a few held-out world images and answers their questions, each beside the truth."""
-    from PIL import Image
-
-    from moai_edge.bench.accuracy.eval import image_seeds, score_answer, world_items
-    from moai_edge.export.world import DESCRIBE_QUESTION
-
-    from .caption.job import CaptionJob
-    from .caption.captioner import Captioner
-    from .pipeline import Pipeline
-
-    out = Path(args.engine)
-    if not (out / "manifest.json").is_file():
-        require("torch", "export")
-        from moai_edge.export.world.build import export_world
-
-        print(f"building the tiny-world MoAI engine package in {out} from the shipped checkpoints ...")
-        export_world("moai", out)
-    images = out.parent / "demo-images"
-    images.mkdir(parents=True, exist_ok=True)
-    worlds = [(f"world_{items[0].image_seed}.png", image, items) for image, items in world_items(image_seeds(0, DEMO_IMAGES))]
-    for name, image, _ in worlds:
-        Image.fromarray(image).save(images / name)
-    captions = out.parent / "demo-captions.jsonl"
-    captions.unlink(missing_ok=True)
-    with Pipeline.load(out, runtime_options(args)) as pipe:
-        decoding = pipe.decoding("greedy", max_new_tokens=args.max_new_tokens or DEMO_MAX_NEW_TOKENS)
-        with CaptionJob.open(images, captions, resume=False) as job:
-            summary = job.run(Captioner(pipe, question=DESCRIBE_QUESTION, batch_size=2, decoding=decoding))
-        records = {r["id"]: r for r in map(json.loads, captions.read_text().splitlines())}
-        print(f"{len(records)} held-out world images (never seen in training) in {images}, captions -> {captions}\n")
-        right = asked = 0
-        for name, image, items in worlds:
-            aux = pipe.aux_inputs(image)  # the experts once per image, for all its questions
-            results = pipe.run([Request(image, it.question, decoding, id=it.id, aux=aux) for it in items])
-            print(f"{name}: {records[name].get('caption', records[name].get('error'))!r}")
-            for it, r in zip(items, results):
-                ok = score_answer(it.question_type, it.expected, r.answer)
-                right, asked = right + ok, asked + 1
-                print(f"  {'ok' if ok else 'XX'}  {it.question:<40} {r.answer.strip()!r:<28} truth {it.expected!r}")
-    print(f"\n{right}/{asked} answers right; captioning ran at {summary.images_per_s:.2f} images/s (batch 2). "
-          f"`moai-edge eval --engine {out}` measures accuracy on 100 images.")
     return 0

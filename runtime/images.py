@@ -35,7 +35,8 @@ def _from_pil(img, name: str) -> np.ndarray:
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img)
-        arr = (arr.astype(np.uint32) >> 8).astype(np.uint8) if mode.startswith("I;16") else np.clip(arr, 0, 255).astype(np.uint8)
+        arr = ((arr.astype(np.uint32) >> 8).astype(np.uint8) if mode.startswith("I;16")
+               else np.clip(arr, 0, 255).astype(np.uint8))
         return np.repeat(arr[..., None], 3, axis=2)
     if mode == "RGBA":
         return np.asarray(img)[..., :3].copy()  # the reference keeps the first 3 channels: no compositing

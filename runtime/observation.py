@@ -19,7 +19,8 @@ class Observation:
     aux: AuxInputs | None = None
 
     def nbytes(self) -> int:
-        arrays = [self.features] + [getattr(self.aux, f.name) for f in fields(AuxInputs)] if self.aux else [self.features]
+        arrays = ([self.features] + [getattr(self.aux, f.name) for f in fields(AuxInputs)] if self.aux
+                  else [self.features])
         size = sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
         if self.results is not None:
             size += self.results.panoptic.segmentation.nbytes + 4096  # the lists around it: a few KB

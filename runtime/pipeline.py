@@ -148,7 +148,8 @@ class Pipeline(Asking):
             result = self.experts.run([pixels], pool=self.pool, max_batch=self.expert_batch, gate=gate)[0]
             return self.family.aux_inputs(result)
 
-    def observe(self, images: list, *, experts: bool | list[bool] = True, timer: Timer | None = None) -> list[Observation]:
+    def observe(self, images: list, *, experts: bool | list[bool] = True,
+                timer: Timer | None = None) -> list[Observation]:
         """Per image (a path, bytes, PIL image or HxWx3 uint8 array): its features, and where `experts` asks its
         expert results and the family inputs made from them; what `run` itself uses. From the image cache where it
         holds them, else the experts and the vision tower run (and the cache keeps them)."""

@@ -35,7 +35,8 @@ def tiny_fp16_io_package(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def packaged_scene_graph(tiny_packages):
-    """The tiny MoAI package's scene-graph expert: (manifest, config, engine, the PyTorch PSGTR it was exported from)."""
+    """The tiny MoAI package's scene-graph expert: (manifest, config, engine, the PyTorch PSGTR it was exported
+    from)."""
     pytest.importorskip("torch", reason="the PyTorch scene graph needs moai-edge[export]")
     from moai_edge.engines.manifest import load_manifest
     from moai_edge.engines.options import RuntimeOptions

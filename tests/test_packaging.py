@@ -1,4 +1,5 @@
-"""`pip install moai-edge` (no extras) runs a MoAI package fully; extras are pinned for the targets; the licence is declared.
+"""`pip install moai-edge` (no extras) runs a MoAI package fully; extras are pinned for the targets; the licence is
+declared.
 
 Every third-party module runtime/ and engines/ import, at module level or inside a function, maps to a base
 dependency, except those imported through `require(module, extra)`, which must be in that extra — and those

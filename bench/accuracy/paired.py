@@ -32,7 +32,8 @@ def load_baseline(path: Path) -> dict:
     try:
         report = json.loads(file.read_text())
     except (OSError, ValueError) as exc:
-        raise InputError(f"--against: expected an eval report.json (or its folder), could not read {file}: {exc}") from None
+        raise InputError(f"--against: expected an eval report.json (or its folder), could not read {file}: "
+                         f"{exc}") from None
     if "outcomes" not in report:
         raise InputError(f"--against: {file} has no per-question outcomes; it was written before they were recorded, "
                          f"run that eval again")

@@ -45,7 +45,8 @@ def markdown(report: dict) -> str:
              timing, "", "## Accuracy", "",
              "| question type | accuracy | correct | questions |", "|---|---:|---:|---:|"]
     lines += [f"| {k} | {a} | {c} | {n} |" for k, a, c, n in accuracy_rows(report)]
-    lines += ["", "`unseen_sign_word`: the sign questions whose word was never in training (also counted in `sign`).", ""]
+    lines += ["", "`unseen_sign_word`: the sign questions whose word was never in training (also counted in `sign`).",
+              ""]
     if "against" in report:
         lines += against_markdown(report["against"])
     lines += ["## Wrong answers (first few per type)", ""]
@@ -61,12 +62,14 @@ def markdown(report: dict) -> str:
 def against_markdown(against: dict) -> list[str]:
     lines = [f"## Against {against['baseline']}", "",
              f"The same questions answered by the baseline package ({against['package']['engine']}, precision "
-             + ", ".join(sorted(set(against["package"]["precision"].values()))) + "), question by question. p: McNemar's "
-             "exact test on the questions only one of the two got right (small: the difference is not chance).", "",
+             + ", ".join(sorted(set(against["package"]["precision"].values()))) + "), question by question. "
+             "p: McNemar's exact test on the questions only one of the two got right (small: the difference is not "
+             "chance).", "",
              "| question type | this | baseline | difference, points | only this right | only baseline right | p |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {k} | {percent(r['accuracy'])} | {percent(r['baseline_accuracy'])} | {r['difference_points']:+.1f} | "
-              f"{r['only_ours_right']} | {r['only_baseline_right']} | {r['p_value']:.3f} |" for k, r in against["by_key"].items()]
+              f"{r['only_ours_right']} | {r['only_baseline_right']} | {r['p_value']:.3f} |"
+              for k, r in against["by_key"].items()]
     return lines + [""]
 
 
@@ -83,5 +86,6 @@ def summary(report: dict) -> str:
     rows += [f"{k:<18}{a:>10}{c:>9}{n:>11}" for k, a, c, n in accuracy_rows(report)]
     if "against" in report:
         rows.append(f"against {report['against']['baseline']}: " + ", ".join(
-            f"{k} {r['difference_points']:+.1f} points (p {r['p_value']:.2f})" for k, r in report["against"]["by_key"].items()))
+            f"{k} {r['difference_points']:+.1f} points (p {r['p_value']:.2f})"
+            for k, r in report["against"]["by_key"].items()))
     return "\n".join([head, *rows])

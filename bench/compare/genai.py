@@ -53,10 +53,10 @@ def to_llama(checkpoint: Path, out: Path) -> Path:
     model, root = load_checkpoint(checkpoint)
     d = model.cfg.decoder
     cfg = LlamaConfig(vocab_size=d.vocab_size, hidden_size=d.hidden_size, intermediate_size=d.intermediate_size,
-                      num_hidden_layers=d.num_layers, num_attention_heads=d.num_heads, num_key_value_heads=d.num_kv_heads,
-                      head_dim=d.head_dim, rms_norm_eps=d.rms_norm_eps, rope_theta=d.rope_theta,
-                      max_position_embeddings=model.cfg.max_context, tie_word_embeddings=False, bos_token_id=d.bos_id,
-                      eos_token_id=d.eos_id, pad_token_id=d.pad_id)
+                      num_hidden_layers=d.num_layers, num_attention_heads=d.num_heads,
+                      num_key_value_heads=d.num_kv_heads, head_dim=d.head_dim, rms_norm_eps=d.rms_norm_eps,
+                      rope_theta=d.rope_theta, max_position_embeddings=model.cfg.max_context,
+                      tie_word_embeddings=False, bos_token_id=d.bos_id, eos_token_id=d.eos_id, pad_token_id=d.pad_id)
     groups = d.num_heads // d.num_kv_heads
     state = {"model.embed_tokens.weight": model.model.tok_embeddings.weight[:d.vocab_size],
              "model.norm.weight": model.model.norm.weight, "lm_head.weight": model.output.weight}

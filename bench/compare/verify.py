@@ -36,7 +36,8 @@ class ImageCheck:
         lines = []
         if self.experts:
             found = [p.removeprefix("experts ") for p in self.problems if p.startswith("experts ")]
-            lines.append(f"experts on {self.image}: " + ("identical" if not found else "DIFFER\n  " + "\n  ".join(found)))
+            lines.append(f"experts on {self.image}: "
+                         + ("identical" if not found else "DIFFER\n  " + "\n  ".join(found)))
             a, b = self.runtime.verbalized, self.reference.verbalized
             if a == b:
                 mark = "identical"

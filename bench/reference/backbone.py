@@ -104,7 +104,8 @@ class ReferenceBackbone:
             inputs = build_reference_inputs(self.family.question(aux, question), self.tokenizer, m.embed, features,
                                             prompts=REFERENCE_PROMPTS, template=template)
         with timer("prefill"):
-            extras = {k: at_image_positions(v, inputs) if k in self.family.image_aligned else v for k, v in extras.items()}
+            extras = {k: at_image_positions(v, inputs) if k in self.family.image_aligned else v
+                      for k, v in extras.items()}
             logits, kv = m.prefill(inputs.embeds, inputs.attention_mask, inputs.position_ids, inputs.im_mask, **extras)
         state = KVState(m, kv, inputs.attention_mask)
         with timer("decode"):

@@ -88,8 +88,10 @@ class ReferencePanoptic:
         t = s["target_size"]
         ref = self.processor.post_process_panoptic_segmentation(
             out, threshold=s["threshold"], mask_threshold=s["mask_threshold"],
-            overlap_mask_area_threshold=s["overlap_mask_area_threshold"], label_ids_to_fuse=set(), target_sizes=[(t, t)])[0]
-        segments = [Segment(d["id"], d["label_id"], float(d["score"]), bool(d["was_fused"])) for d in ref["segments_info"]]
+            overlap_mask_area_threshold=s["overlap_mask_area_threshold"], label_ids_to_fuse=set(),
+            target_sizes=[(t, t)])[0]
+        segments = [Segment(d["id"], d["label_id"], float(d["score"]), bool(d["was_fused"]))
+                    for d in ref["segments_info"]]
         return PanopticResult(ref["segmentation"].numpy().astype(np.int32), segments)
 
     def close(self) -> None:

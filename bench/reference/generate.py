@@ -167,7 +167,8 @@ def update_improvable(s: BeamState, gen_len: int, length_penalty: float) -> None
     s.improvable &= (best_live > worst_done).any(dim=1)
 
 
-def beam_search(first_logits: torch.Tensor, step: Step, select_rows: SelectRows, cfg: DecodingConfig) -> list[list[int]]:
+def beam_search(first_logits: torch.Tensor, step: Step, select_rows: SelectRows,
+                cfg: DecodingConfig) -> list[list[int]]:
     b, vocab = first_logits.shape
     nb = cfg.num_beams
     keep = max(2, 1 + len(cfg.eos_token_ids)) * nb

@@ -85,8 +85,9 @@ class ReferencePipeline(Asking):
                                               template=req.template, on_token=stream, timer=timer)
         timer.ms["decode_per_token"] = timer.ms["decode"] / sum(max(1, len(ans.tokens) - 1) for ans in answers)
         total = (time.perf_counter() - t0) * 1e3
-        return [Result(req.id, ans.answer, ans.tokens, r.to_json() if r is not None else {}, self.family.display_text(a),
-                       {**timer.ms, "total": total}, ans.kv_cache_bytes, ans.prompt_tokens, timer.spans)
+        return [Result(req.id, ans.answer, ans.tokens, r.to_json() if r is not None else {},
+                       self.family.display_text(a), {**timer.ms, "total": total}, ans.kv_cache_bytes,
+                       ans.prompt_tokens, timer.spans)
                 for req, r, a, ans in zip(requests, results, aux, answers)]
 
     def see(self, pixels: list[np.ndarray], wanted: list[bool], timer: Timer) -> list:

@@ -67,8 +67,10 @@ def top_candidates(s_cls_score, o_cls_score, r_cls_score, s_mask_pred, o_mask_pr
     triplet_index = r_indexes // num_relations
     s_mask_pred = s_mask_pred[triplet_index]
     o_mask_pred = o_mask_pred[triplet_index]
-    s_mask_pred = F.interpolate(s_mask_pred.unsqueeze(1).to(torch.float16), size=mask_size).squeeze(1).to(torch.bfloat16)
-    o_mask_pred = F.interpolate(o_mask_pred.unsqueeze(1).to(torch.float16), size=mask_size).squeeze(1).to(torch.bfloat16)
+    s_mask_pred = F.interpolate(s_mask_pred.unsqueeze(1).to(torch.float16),
+                                size=mask_size).squeeze(1).to(torch.bfloat16)
+    o_mask_pred = F.interpolate(o_mask_pred.unsqueeze(1).to(torch.float16),
+                                size=mask_size).squeeze(1).to(torch.bfloat16)
     return Candidates(
         s_labels=s_labels[triplet_index] + 1, o_labels=o_labels[triplet_index] + 1, s_scores=s_scores[triplet_index],
         o_scores=o_scores[triplet_index], r_scores=r_scores, r_labels=r_labels,

@@ -39,7 +39,8 @@ def measure_memory(engine_dir: Path, options: RuntimeOptions, *, prompt_tokens: 
     out = subprocess.run([sys.executable, "-m", "moai_edge.bench.speed.backbone_memory", *args], capture_output=True,
                          text=True)
     if out.returncode:
-        raise MoaiEdgeError(f"moai_edge.bench.speed.backbone_memory: expected exit 0, found {out.returncode}:\n{out.stderr}")
+        raise MoaiEdgeError(f"moai_edge.bench.speed.backbone_memory: expected exit 0, "
+                            f"found {out.returncode}:\n{out.stderr}")
     return json.loads(out.stdout)
 
 
@@ -82,12 +83,14 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=DEVICES, default="cpu", help="where the runtime's engines run (default: cpu)")
     p.add_argument("--threads", type=int, default=2, help="threads per engine and of torch (default: 2)")
     p.add_argument("--runs", type=int, default=5, help="timed runs per side after one warm-up (default: 5)")
-    p.add_argument("--new-tokens", type=int, default=16, help="decoded per answer, end-of-sequence ignored (default: 16)")
+    p.add_argument("--new-tokens", type=int, default=16,
+                   help="decoded per answer, end-of-sequence ignored (default: 16)")
     args = p.parse_args(argv)
     engine, options = Path(args.engine), RuntimeOptions(device=args.device, threads=args.threads)
     latency = measure_latency(engine, options, runs=args.runs, new_tokens=args.new_tokens)
     report = {"latency": latency,
-              "memory": measure_memory(engine, options, prompt_tokens=latency["prompt_tokens"], new_tokens=args.new_tokens),
+              "memory": measure_memory(engine, options, prompt_tokens=latency["prompt_tokens"],
+                                       new_tokens=args.new_tokens),
               "decoder_weights_mb": decoder_weight_bytes(load_manifest(engine, verify_hashes=False)) / 2**20}
     print(json.dumps(report, indent=2))
     return 0

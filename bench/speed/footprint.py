@@ -165,7 +165,8 @@ def stage_activations(family: str, d: DecoderConfig, v: VisionConfig) -> dict[st
     tokens = v.grid**2 + 1
     length = PROMPT_TOKENS
     out = {
-        "vision": attention_peak(v.num_heads, tokens, tokens) + tokens * (v.intermediate_size + 3 * v.hidden_size) * 4.0,
+        "vision": (attention_peak(v.num_heads, tokens, tokens)
+                   + tokens * (v.intermediate_size + 3 * v.hidden_size) * 4.0),
         "prefill": max(attention_peak(d.num_heads, length, length) + 2 * length * d.num_heads * d.head_dim * 4.0,
                        2 * length * d.intermediate_size * 4.0) + 3 * length * d.hidden_size * 4.0,
         "decode": (d.num_heads * (length + NEW_TOKENS) * 2 + d.vocab_size + 2 * d.intermediate_size) * 4.0,
@@ -191,7 +192,8 @@ def footprint(family: str) -> dict:
         weights.update({e.name: e.part().nbytes(e.ships_as or preset.rules["tower"].kind) for e in experts})
         total = sum(weights.values()) + kv + activations[peak_stage]
         # decode reads the base weights once per step and each row's cache (at its mean length while decoding)
-        gain = memory_bound_gain(weights["decoder base weights"] + weights["output head"], kv_per_token * (PROMPT_TOKENS + NEW_TOKENS / 2), batch=BATCH)
+        gain = memory_bound_gain(weights["decoder base weights"] + weights["output head"],
+                                 kv_per_token * (PROMPT_TOKENS + NEW_TOKENS / 2), batch=BATCH)
         rows[name] = {"weights": weights, "weights_total": sum(weights.values()), "kv_cache": kv,
                       "decode_batch_gain_ceiling": {str(BATCH): gain},
                       "largest_stage": peak_stage, "largest_stage_activations": activations[peak_stage],
@@ -205,7 +207,8 @@ def markdown(fp: dict) -> str:
     lines = [f"Footprint of the real {fp['family']} (7B) by precision preset, GB (computed, batch 1, "
              f"{fp['prompt_tokens']}-token prompt + {fp['new_tokens']} new tokens)", "",
              "| preset | weights | KV cache | largest stage | total | " + " | ".join(f"free on {d}" for d in devices)
-             + f" | batch-{BATCH} decode gain, at most |", "|---|---:|---:|---|---:|" + "---:|" * len(devices) + "---:|"]
+             + f" | batch-{BATCH} decode gain, at most |",
+             "|---|---:|---:|---|---:|" + "---:|" * len(devices) + "---:|"]
     for name, r in fp["presets"].items():
         free = " | ".join(f"{r['free_gb'][d]:.1f}" for d in devices)
         lines.append(f"| {name} | {r['weights_total'] / GB:.2f} | {r['kv_cache'] / GB:.2f} | {r['largest_stage']} "

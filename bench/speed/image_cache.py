@@ -38,7 +38,8 @@ def first_and_second(engine: str, options: RuntimeOptions, rounds: int, max_new_
         cache = cached.image_cache
         return {"first_ms": statistics.median(firsts), "second_ms": statistics.median(seconds),
                 "speedup": statistics.median(f / s for f, s in zip(firsts, seconds)), "answers_identical": same,
-                "hits": cache.hits, "misses": cache.misses, "cache_bytes": cache.bytes, "cache_max_bytes": cache.max_bytes}
+                "hits": cache.hits, "misses": cache.misses, "cache_bytes": cache.bytes,
+                "cache_max_bytes": cache.max_bytes}
 
 
 def main(argv=None) -> int:

@@ -92,7 +92,8 @@ class PipelineBench:
         report = {"config": {"batch_sizes": list(cfg.batch_sizes), "warmup": cfg.warmup, "runs": cfg.runs,
                              "concurrent": cfg.options.concurrent,
                              "max_new_tokens": cfg.max_new_tokens, "question": cfg.question,
-                             "images": cfg.images or [f"generated {img.shape[1]}x{img.shape[0]}" for img in self.images]},
+                             "images": cfg.images or [f"generated {img.shape[1]}x{img.shape[0]}"
+                                                      for img in self.images]},
                   "machine": machine_info(threads=cfg.options.threads, engine_dir=cfg.engine_dir)}
         weights = package_bytes(self.manifest)
         base = rss_mb()
@@ -107,7 +108,8 @@ class PipelineBench:
         report["memory"] = {"weights_mb": weights / 2**20, "rss_before_load_mb": base, "rss_after_load_mb": loaded,
                             "stage_alone_peak_mb": stage_alone,
                             "peak_rss_mb": sampler.peak_mb(), "gpu": gpu_memory(), "jetson": jetson_memory(),
-                            "timeline": [(round(t - sampler.samples[0][0], 3), round(mb, 1)) for t, mb in sampler.samples[::10]]}
+                            "timeline": [(round(t - sampler.samples[0][0], 3), round(mb, 1))
+                                         for t, mb in sampler.samples[::10]]}
         for b, entry in report["batches"].items():
             entry["peak_rss_vs_weights_plus_kv"] = entry["peak_rss_mb"] / (weights / 2**20 + entry["kv_cache_mb"])
             # what the package holds once an answer is done, above the process before loading it

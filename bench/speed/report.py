@@ -44,20 +44,23 @@ def markdown(report: dict) -> str:
               "peak / (weights + KV) | RSS after the answer MB | (after - before load) / weights |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {b} | {fmt(e['images_per_s'], 3)} | {fmt(e['decode_tokens_per_s'])} | {fmt(e['kv_cache_mb'])} | "
-              f"{fmt(e['peak_rss_mb'])} | {fmt(e['peak_rss_vs_weights_plus_kv'], 2)} | {fmt(e['rss_after_answer_mb'])} | "
-              f"{fmt(e['rss_after_answer_vs_weights'], 2)} |" for b, e in batches.items()]
+              f"{fmt(e['peak_rss_mb'])} | {fmt(e['peak_rss_vs_weights_plus_kv'], 2)} | "
+              f"{fmt(e['rss_after_answer_mb'])} | {fmt(e['rss_after_answer_vs_weights'], 2)} |"
+              for b, e in batches.items()]
     mem, roof = report["memory"], report["roofline"]
     lines += ["", f"Weights loaded: {fmt(mem['weights_mb'])} MB; RSS before load {fmt(mem['rss_before_load_mb'])} MB, "
               f"after load {fmt(mem['rss_after_load_mb'])} MB, peak {fmt(mem['peak_rss_mb'])} MB."]
     if mem.get("stage_alone_peak_mb"):
         alone = ", ".join(f"{k} {fmt(v)}" for k, v in mem["stage_alone_peak_mb"].items())
-        ratios = ", ".join(f"batch {b}: {fmt(e['peak_rss_vs_weights_kv_largest_stage'], 2)}x" for b, e in batches.items())
+        ratios = ", ".join(f"batch {b}: {fmt(e['peak_rss_vs_weights_kv_largest_stage'], 2)}x"
+                           for b, e in batches.items())
         lines.append(f"Each stage's own peak, run alone (--memory-budget): {alone} MB. Peak RSS above the process "
                      f"before loading / (weights + KV + the largest of those): {ratios}.")
     lines += [f"GPU memory: {mem['gpu'].get('skipped') or fmt(mem['gpu'].get('used_mb')) + ' MB'}. "
               f"Jetson shared memory: {mem['jetson'].get('skipped') or fmt(mem['jetson'].get('used_mb')) + ' MB'}."]
     if "batching_speedup" in report:
-        lines.append(f"Batch {max(report['config']['batch_sizes'])} vs batch 1: {report['batching_speedup']:.2f}x images/s.")
+        lines.append(f"Batch {max(report['config']['batch_sizes'])} vs batch 1: "
+                     f"{report['batching_speedup']:.2f}x images/s.")
     lines += ["", "## Decode roofline (batch 1)", "",
               f"{roof['bytes_per_token'] / 2**20:.1f} MB read per token x {roof['tokens_per_s']:.2f} tokens/s = "
               f"{roof['achieved_gbs']:.2f} GB/s, {roof['percent_of_bandwidth']:.0f}% of this machine's measured read "
@@ -71,18 +74,24 @@ def markdown(report: dict) -> str:
     if "compare" in report:
         lines += ["", "## " + genai_markdown(report["compare"]["genai"])]
     if "reference" in report:
-        lines += ["", "## Against the PyTorch reference (batch 1, interleaved)", "",
-                  "| stage | runtime p50 ms | reference p50 ms | speed-up (median) | spread (min-max) |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {s} | {fmt(r['runtime_ms']['p50'])} | {fmt(r['reference_ms']['p50'])} | {fmt(r['speedup'], 2)}x | "
-                  f"{fmt(r['speedup_min'], 2)}-{fmt(r['speedup_max'], 2)} |" for s, r in report["reference"].items()]
-        differences = report.get("reference_differences", [])
-        lines += ["", "Answers (experts, display text, tokens): " + ("identical to the reference." if not differences
-                  else "DIFFERENT from the reference:"), *(f"- {d}" for d in differences)]
+        lines += reference_markdown(report)
     if report["plots"].get("skipped"):
         lines += ["", f"Plots: {report['plots']['skipped']}"]
     else:
         lines += ["", *(f"![{p}]({p})" for p in report["plots"]["files"])]
     return "\n".join(lines) + "\n"
+
+
+def reference_markdown(report: dict) -> list[str]:
+    lines = ["", "## Against the PyTorch reference (batch 1, interleaved)", "",
+             "| stage | runtime p50 ms | reference p50 ms | speed-up (median) | spread (min-max) |",
+             "|---|---:|---:|---:|---:|"]
+    lines += [f"| {s} | {fmt(r['runtime_ms']['p50'])} | {fmt(r['reference_ms']['p50'])} | {fmt(r['speedup'], 2)}x | "
+              f"{fmt(r['speedup_min'], 2)}-{fmt(r['speedup_max'], 2)} |" for s, r in report["reference"].items()]
+    differences = report.get("reference_differences", [])
+    lines += ["", "Answers (experts, display text, tokens): " + ("identical to the reference." if not differences
+              else "DIFFERENT from the reference:"), *(f"- {d}" for d in differences)]
+    return lines
 
 
 def write_plots(report: dict, out_dir: Path) -> dict:
@@ -136,17 +145,20 @@ def summary(report: dict) -> str:
     lines = []
     for b, e in report["batches"].items():
         s = e["stages_ms"]
-        lines.append(f"batch {b}: total p50 {s['total']['p50']:.0f} ms, experts {s.get('experts', {}).get('p50', 0):.0f} ms, "
-                     f"TTFT {s['time_to_first_token']['p50']:.0f} ms, decode {s['decode_per_token']['p50']:.1f} ms/token, "
-                     f"{e['images_per_s']:.3f} images/s, peak RSS {e['peak_rss_mb']:.0f} MB "
-                     f"({e['peak_rss_vs_weights_plus_kv']:.2f}x weights + KV)")
+        lines.append(f"batch {b}: total p50 {s['total']['p50']:.0f} ms, "
+                     f"experts {s.get('experts', {}).get('p50', 0):.0f} ms, "
+                     f"TTFT {s['time_to_first_token']['p50']:.0f} ms, "
+                     f"decode {s['decode_per_token']['p50']:.1f} ms/token, {e['images_per_s']:.3f} images/s, "
+                     f"peak RSS {e['peak_rss_mb']:.0f} MB ({e['peak_rss_vs_weights_plus_kv']:.2f}x weights + KV)")
     roof = report["roofline"]
     lines.append(f"decode: {roof['achieved_gbs']:.2f} GB/s = {roof['percent_of_bandwidth']:.0f}% of measured "
-                 f"{roof['machine_read_gbs']:.2f} GB/s" + ("  (ABOVE 100%: measurement error)" if roof["measurement_error"] else ""))
+                 f"{roof['machine_read_gbs']:.2f} GB/s"
+                 + ("  (ABOVE 100%: measurement error)" if roof["measurement_error"] else ""))
     if "batching_speedup" in report:
         lines.append(f"batch {max(report['config']['batch_sizes'])} vs 1: {report['batching_speedup']:.2f}x images/s")
     for b, g in roof.get("batching", {}).items():
-        lines.append(f"decode batch {b} vs 1: {g['gain']:.2f}x tokens/s (memory-bound ceiling {g['gain_ceiling']:.2f}x)")
+        lines.append(f"decode batch {b} vs 1: {g['gain']:.2f}x tokens/s "
+                     f"(memory-bound ceiling {g['gain_ceiling']:.2f}x)")
     if "footprint" in report:
         fp = report["footprint"]
         lines.append(f"the real {fp['family']} 7B (computed): " + ", ".join(

@@ -35,6 +35,6 @@ from .paths import package_file
 from .rules import COMPONENT_RULES, EXPERT_COMPONENTS, EXPERT_SETTINGS, SECTION_RULES, TOKENIZER_RULES
 
 __all__ = ["COMPONENT_KINDS", "COMPONENT_RULES", "EXPERT_COMPONENTS", "EXPERT_SETTINGS", "FAMILIES", "MANIFEST_NAME",
-           "SCHEMA_VERSION", "SECTION_RULES", "TOKENIZER_RULES", "Component", "Manifest", "ModelDims", "PreprocessConfig",
-           "PromptConfig", "SharedWeights", "TensorSpec", "load_manifest", "package_file", "read_manifest_json",
-           "sha256_of"]
+           "SCHEMA_VERSION", "SECTION_RULES", "TOKENIZER_RULES", "Component", "Manifest", "ModelDims",
+           "PreprocessConfig", "PromptConfig", "SharedWeights", "TensorSpec", "load_manifest", "package_file",
+           "read_manifest_json", "sha256_of"]

@@ -15,8 +15,8 @@ from .rules import EXPERT_COMPONENTS, EXPERT_SETTINGS
 def check_schema_version(d: dict) -> None:
     version = d.get("schema_version")
     if not is_int(version) or version != SCHEMA_VERSION:
-        raise ManifestError(f"manifest field 'schema_version': expected {SCHEMA_VERSION} (the schema this moai-edge reads; "
-                            f"re-export the package), found {shown(version)}")
+        raise ManifestError(f"manifest field 'schema_version': expected {SCHEMA_VERSION} (the schema this moai-edge "
+                            f"reads; re-export the package), found {shown(version)}")
 
 
 def component_reference(value, where: str, components: dict[str, Component], kind: str) -> None:
@@ -65,7 +65,8 @@ def check_agreement(m: Manifest) -> None:
     if d.image_token_id > d.vocab_size:
         fail("model.image_token_id", f"at most vocab_size {d.vocab_size} (the extra embedding row)", d.image_token_id)
     if m.prompts.default_template not in m.prompts.templates:
-        fail("prompts.default_template", f"one of the templates {sorted(m.prompts.templates)}", m.prompts.default_template)
+        fail("prompts.default_template", f"one of the templates {sorted(m.prompts.templates)}",
+             m.prompts.default_template)
     for name, c in m.components.items():
         if c.shared_weights is not None and c.shared_weights not in m.shared_weights:
             fail(f"components.{name}.shared_weights", f"one of the shared weights {sorted(m.shared_weights)}",

@@ -14,8 +14,9 @@ from ..errors import ManifestError
 
 WEIGHT_DTYPES = ("bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
                  "float16", "float32", "float64")  # what numpy can view a shared-weights file as
+# ONNX element types by numpy name
 TENSOR_DTYPES = WEIGHT_DTYPES + ("bfloat16", "int4", "uint4", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2",
-                                 "float8_e5m2fnuz", "complex64", "complex128", "object")  # ONNX element types by numpy name
+                                 "float8_e5m2fnuz", "complex64", "complex128", "object")
 
 Check = Callable[[object, str], None]  # (value, field path) -> None, or ManifestError
 

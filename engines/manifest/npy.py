@@ -53,11 +53,13 @@ def check_data_size(dtype: np.dtype, shape: tuple, data_bytes: int, file: str, w
 def check_npy_array(dtype: np.dtype, shape: tuple, component, where: str) -> None:
     """A plain numeric array (never pickled objects) of the dtype and shape the component declares."""
     if dtype.hasobject:
-        refuse(where, "a plain numeric array (pickled Python objects are refused)", f"dtype {dtype} in '{component.file}'")
+        refuse(where, "a plain numeric array (pickled Python objects are refused)",
+               f"dtype {dtype} in '{component.file}'")
     if component.outputs:
         spec = component.outputs[0]
         fixed = [a if isinstance(a, int) else None for a in spec.shape]
-        if str(dtype) != spec.dtype or len(shape) != len(fixed) or any(a not in (None, b) for a, b in zip(fixed, shape)):
+        if (str(dtype) != spec.dtype or len(shape) != len(fixed)
+            or any(a not in (None, b) for a, b in zip(fixed, shape))):
             refuse(where, f"{spec.dtype} {list(spec.shape)} as its outputs declare",
                    f"{dtype} {list(shape)} in '{component.file}'")
 

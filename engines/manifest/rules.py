@@ -35,7 +35,8 @@ TOP_LEVEL_RULES: dict[str, Check] = {
     "schema_version": integer(), "family": one_of(FAMILIES), **{k: mapping_of(anything) for k in (
         "source", "components", "shared_weights", "experts")},
     **{k: anything for k in ("model", "tokenizer", "prompts", "preprocess", "generation")}}
-TOP_LEVEL_REQUIRED = ("schema_version", "family", "model", "components", "tokenizer", "prompts", "preprocess", "generation")
+TOP_LEVEL_REQUIRED = ("schema_version", "family", "model", "components", "tokenizer", "prompts", "preprocess",
+                      "generation")
 
 COMPONENT_RULES = {"file": NAME, "sha256": sha256_hex, "kind": one_of(COMPONENT_KINDS), "inputs": list_of(tensor_spec),
                    "outputs": list_of(tensor_spec), "precision": NAME, "shared_weights": optional(NAME),
@@ -44,8 +45,9 @@ COMPONENT_RULES = {"file": NAME, "sha256": sha256_hex, "kind": one_of(COMPONENT_
 SECTION_RULES: dict[type, dict[str, Check]] = {
     SharedWeights: {"file": NAME, "sha256": sha256_hex, "tensors": mapping_of(weight_tensor)},
     ModelDims: {"family": one_of(FAMILIES),
-                **{k: POSITIVE for k in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "vocab_size",
-                                         "max_context", "image_size", "patch_size", "grid", "num_image_tokens")},
+                **{k: POSITIVE for k in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                                         "vocab_size", "max_context", "image_size", "patch_size", "grid",
+                                         "num_image_tokens")},
                 **{k: NON_NEGATIVE for k in ("image_token_id", "num_aux_tokens", "num_seg_classes", "num_seg_numbers",
                                              "bos_id")}},
     PromptConfig: {"system": TEXT, "image_token": NAME, "templates": mapping_of(template, nonempty=True),
@@ -62,7 +64,8 @@ TOKENIZER_RULES = {"file": NAME, "sha256": sha256_hex, "add_bos": boolean}
 # Each expert section names its graphs (and the detector its query embeddings) among the components
 # and carries the settings of the runtime's config for it; settings not listed here are ignored.
 EXPERT_COMPONENTS = {"panoptic": {"component": "onnx"}, "detector": {"component": "onnx", "queries": "npy"},
-                     "scene_graph": {"component": "onnx", "masks": "onnx"}, "ocr": {"det": "onnx", "cls": "onnx", "rec": "onnx"}}
+                     "scene_graph": {"component": "onnx", "masks": "onnx"},
+                     "ocr": {"det": "onnx", "cls": "onnx", "rec": "onnx"}}
 EXPERT_SETTINGS: dict[str, Check] = {
     "source": TEXT, "labels": list_of(TEXT, nonempty=True), "predicates": list_of(TEXT, nonempty=True),
     "mean": NORM_MEAN, "std": NORM_STD, "det_mean": NORM_MEAN, "det_std": NORM_STD,

@@ -29,8 +29,10 @@ def detector_config(preset: str):
 
     if preset != "tiny":  # OWLv2 B/16 at 960, the reference's architecture
         return Owlv2Config(vision_config=dict(image_size=IMAGE_SIZE, patch_size=16))
-    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=16)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                max_position_embeddings=16)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=IMAGE_SIZE, patch_size=16)
     return Owlv2Config(text_config=text, vision_config=vision, projection_dim=32)
 
 
@@ -67,11 +69,13 @@ def tokenize_queries(queries: list[str], vocab_size: int, max_len: int) -> tuple
     return ids, mask
 
 
-def query_tokens(model: nn.Module, queries: list[str], tokenizer_dir: str | Path | None) -> tuple[torch.Tensor, torch.Tensor]:
+def query_tokens(model: nn.Module, queries: list[str],
+                 tokenizer_dir: str | Path | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and mask as Owlv2Processor makes them (CLIP tokenizer, padded to max_length)."""
     cfg = model.config.text_config
     local = Path(str(tokenizer_dir)) if tokenizer_dir else None
-    has_files = local is None or not local.is_dir() or any((local / f).is_file() for f in ("tokenizer.json", "vocab.json"))
+    has_files = (local is None or not local.is_dir()
+                 or any((local / f).is_file() for f in ("tokenizer.json", "vocab.json")))
     tok = None
     if tokenizer_dir and has_files:  # (transformers builds an empty tokenizer from a folder without vocabulary files)
         from transformers import AutoTokenizer
@@ -82,7 +86,8 @@ def query_tokens(model: nn.Module, queries: list[str], tokenizer_dir: str | Path
             tok = None
     if tok is None:
         return tokenize_queries(queries, cfg.vocab_size, cfg.max_position_embeddings)
-    enc = tok(queries, padding="max_length", max_length=cfg.max_position_embeddings, truncation=True, return_tensors="pt")
+    enc = tok(queries, padding="max_length", max_length=cfg.max_position_embeddings, truncation=True,
+              return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"]
 
 
@@ -92,7 +97,8 @@ def query_embeddings(model: nn.Module, queries: list[str], tokenizer_dir: str | 
     ids, mask = query_tokens(model, queries, tokenizer_dir)
     out = []
     for start in range(0, len(queries), 256):
-        text = model.owlv2.text_model(input_ids=ids[start:start + 256], attention_mask=mask[start:start + 256]).pooler_output
+        text = model.owlv2.text_model(input_ids=ids[start:start + 256],
+                                      attention_mask=mask[start:start + 256]).pooler_output
         text = model.owlv2.text_projection(text)
         out.append(text / torch.linalg.norm(text, ord=2, dim=-1, keepdim=True))
     return torch.cat(out).float().numpy()
@@ -186,7 +192,8 @@ class DetectorGraph(nn.Module):
 DETECTOR = GraphTarget(
     name="detector", build=DetectorGraph,
     inputs=lambda m, b: {"pixel_values": torch.randn(b, 3, IMAGE_SIZE, IMAGE_SIZE),
-                         "query_embeds": torch.nn.functional.normalize(torch.randn(7, m.config.projection_dim), dim=-1)},
+                         "query_embeds": torch.nn.functional.normalize(torch.randn(7, m.config.projection_dim),
+                                                                       dim=-1)},
     dynamic_axes=lambda m: {"pixel_values": {0: "batch"}, "query_embeds": {0: "queries"}, "best_logit": {0: "batch"},
                             "best_query": {0: "batch"}, "boxes": {0: "batch"}},
     output_names=lambda m: ["best_logit", "best_query", "boxes"],

@@ -9,7 +9,8 @@ from pathlib import Path
 from moai_edge.engines.errors import require
 from moai_edge.engines.manifest import Component, sha256_of
 
-MODELS = {"det": "ch_PP-OCRv4_det_infer.onnx", "cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx", "rec": "ch_PP-OCRv4_rec_infer.onnx"}
+MODELS = {"det": "ch_PP-OCRv4_det_infer.onnx", "cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+          "rec": "ch_PP-OCRv4_rec_infer.onnx"}
 
 
 def export_ocr(out_dir: Path) -> tuple[dict, dict]:

@@ -138,11 +138,12 @@ def export_detector(cfg: ModelConfig, out_dir: Path, work: Path, sources: Expert
     component, diffs = export_onnx_expert(owl.DETECTOR, model, out_dir, work)
     embeds = owl.query_embeddings(model, queries, tokenizer_dir=source)
     np.save(out_dir / "detector_queries.npy", embeds)
-    queries_component = Component(file="detector_queries.npy", sha256=sha256_of(out_dir / "detector_queries.npy"), kind="npy",
-                                  outputs=[TensorSpec("query_embeds", "float32", tuple(embeds.shape))])
+    queries_component = Component(file="detector_queries.npy", sha256=sha256_of(out_dir / "detector_queries.npy"),
+                                  kind="npy", outputs=[TensorSpec("query_embeds", "float32", tuple(embeds.shape))])
     section = {
         "component": "detector", "queries": "detector_queries", "source": str(source), "image_size": owl.IMAGE_SIZE,
-        "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "threshold": 0.1, "keep_score": 0.5, "target_size": 490, "labels": list(queries),
+        "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "threshold": 0.1, "keep_score": 0.5, "target_size": 490,
+        "labels": list(queries),
     }
     return ({"detector": component, "detector_queries": queries_component}, {"detector": section},
             {"detector": max(diffs.values())})
@@ -156,11 +157,13 @@ def build_tiny_scene_graph_sources(out_dir: Path, *, family: str, preset: str, s
 def export_scene_graph(cfg: ModelConfig, out_dir: Path, work: Path, sources: ExpertSources) -> Exported:
     source = sources.scene_graph
     if source is None:
-        raise InputError(f"MoAI's scene-graph expert needs OpenPSG's checkpoint: --scene-graph PATH/{psgtr.REFERENCE_FILE}")
+        raise InputError(f"MoAI's scene-graph expert needs OpenPSG's checkpoint: "
+                         f"--scene-graph PATH/{psgtr.REFERENCE_FILE}")
     model = psgtr.load_scene_graph(source)
     predicates = list(sources.predicates or PSG_PREDICATES)
     if len(predicates) != model.cfg.num_relations:
-        raise InputError(f"{source}: predicts {model.cfg.num_relations} predicates, the predicate list has {len(predicates)}")
+        raise InputError(f"{source}: predicts {model.cfg.num_relations} predicates, "
+                         f"the predicate list has {len(predicates)}")
     components, diffs = {}, {}
     for target in (psgtr.SCENE_GRAPH, psgtr.SCENE_GRAPH_MASKS):
         components[target.name], graph_diffs = export_onnx_expert(target, model, out_dir, work)

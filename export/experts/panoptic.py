@@ -30,8 +30,8 @@ def panoptic_config(preset: str, family: str, labels: list[str]):
 
     size = "tiny" if preset == "tiny" else family_of(family).panoptic_swin  # the reference's Swin size otherwise
     dim, depths, heads = SWIN[size]
-    swin = SwinConfig(image_size=IMAGE_SIZE, patch_size=4, embed_dim=dim, depths=depths, num_heads=heads, window_size=12,
-                      out_features=["stage1", "stage2", "stage3", "stage4"])
+    swin = SwinConfig(image_size=IMAGE_SIZE, patch_size=4, embed_dim=dim, depths=depths, num_heads=heads,
+                      window_size=12, out_features=["stage1", "stage2", "stage3", "stage4"])
     full = preset != "tiny"
     cfg = Mask2FormerConfig(
         backbone_config=swin, num_queries=200 if full else 12, hidden_dim=256 if full else 32,

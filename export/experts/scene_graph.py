@@ -80,7 +80,8 @@ class ResNet(nn.Module):
         for i, depth in enumerate(depths):
             planes, stride = stem * 2 ** i, 1 if i == 0 else 2
             down = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
-            blocks = [Bottleneck(inplanes, planes, stride, down)] + [Bottleneck(planes * 4, planes) for _ in range(depth - 1)]
+            blocks = ([Bottleneck(inplanes, planes, stride, down)]
+                      + [Bottleneck(planes * 4, planes) for _ in range(depth - 1)])
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             inplanes = planes * 4
 
@@ -246,7 +247,8 @@ def to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if m is None:
             if key.startswith("backbone."):
                 out[key] = value
-            elif key == "bbox_head.transformer.decoder.post_norm.weight" or key == "bbox_head.transformer.decoder.post_norm.bias":
+            elif (key == "bbox_head.transformer.decoder.post_norm.weight"
+                  or key == "bbox_head.transformer.decoder.post_norm.bias"):
                 out["decoder_norm." + key.rsplit(".", 1)[1]] = value
             elif key.startswith("bbox_head.") and "loss" not in key:
                 out[key[len("bbox_head."):].replace("q_linear", "q_proj").replace("k_linear", "k_proj")] = value
@@ -315,7 +317,8 @@ def config_from_state(state: dict[str, torch.Tensor], heads: int = 8) -> PsgtrCo
         return PsgtrConfig(
             stem_width=state["backbone.conv1.weight"].shape[0],
             depths=tuple(count(rf"backbone\.layer{i}\.(\d+)\..+") for i in range(1, 5)),
-            d_model=state["input_proj.weight"].shape[0], heads=heads, ffn_dim=state["encoder.0.mlp.fc1.weight"].shape[0],
+            d_model=state["input_proj.weight"].shape[0], heads=heads,
+            ffn_dim=state["encoder.0.mlp.fc1.weight"].shape[0],
             encoder_layers=count(r"encoder\.(\d+)\..+"), decoder_layers=count(r"decoder\.(\d+)\..+"),
             num_queries=state["query_embed.weight"].shape[0], num_classes=state["sub_cls_embed.weight"].shape[0] - 1,
             num_relations=state["rel_cls_embed.weight"].shape[0] - 1,
@@ -336,11 +339,13 @@ def load_scene_graph(path: str | Path) -> Psgtr:
                               "it safely") from exc
     raw = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: expected an mmcv checkpoint dict with 'state_dict', found {type(ckpt).__name__}")
+        raise CheckpointError(f"{path}: expected an mmcv checkpoint dict with 'state_dict', "
+                              f"found {type(ckpt).__name__}")
     state = to_ours(raw)
     unmapped = sorted(k[len("unmapped:"):] for k in state if k.startswith("unmapped:"))
     if unmapped:
-        raise CheckpointError(f"{path}: keys with no place in PSGTR: {unmapped[:5]}{' ...' if len(unmapped) > 5 else ''}")
+        raise CheckpointError(f"{path}: keys with no place in PSGTR: "
+                              f"{unmapped[:5]}{' ...' if len(unmapped) > 5 else ''}")
     model = Psgtr(config_from_state(state))
     meta = ckpt.get("meta") or {}
     model.test_scale = tuple(meta.get(TEST_SCALE_KEY, SCALE))
@@ -373,7 +378,8 @@ def build_tiny_scene_graph(out_dir: Path, *, preset: str, seed: int) -> Path:
             head.lay1.weight[:, cfg.d_model:].mul_(2000.0)  # the attention-map channels
             head.out_lay.weight.mul_(8.0)
         model.rel_cls_embed.weight.mul_(10.0)
-        for m in model.backbone.modules():  # torchvision's ResNet init keeps activations at scale; BN statistics not 0/1
+        # torchvision's ResNet init keeps activations at scale; BN statistics not 0/1
+        for m in model.backbone.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if isinstance(m, nn.BatchNorm2d):

@@ -41,7 +41,8 @@ class PerceiverResampler(nn.Module):
         super().__init__()
         self.latents = nn.Parameter(torch.randn(cfg.num_latents, dim))
         self.layers = nn.ModuleList(
-            nn.ModuleList([PerceiverAttention(dim, dim_head=cfg.dim_head, heads=cfg.heads), feed_forward(dim, cfg.ff_mult)])
+            nn.ModuleList([PerceiverAttention(dim, dim_head=cfg.dim_head, heads=cfg.heads),
+                           feed_forward(dim, cfg.ff_mult)])
             for _ in range(cfg.depth)
         )
         self.norm = nn.LayerNorm(dim)

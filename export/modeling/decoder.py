@@ -82,15 +82,16 @@ class Attention(nn.Module):
 
     def split_qkv(self, qkv):
         """Fused wqkv rows per KV group: q_per_kv query heads, then one key head, then one value head."""
-        b, l, _ = qkv.shape
+        b, seq, _ = qkv.shape
         groups = self.num_heads // self.num_kv
-        qkv = qkv.view(b, l, self.num_kv, groups + 2, self.head_dim)
-        q = qkv[..., :groups, :].reshape(b, l, self.num_heads, self.head_dim)
+        qkv = qkv.view(b, seq, self.num_kv, groups + 2, self.head_dim)
+        q = qkv[..., :groups, :].reshape(b, seq, self.num_heads, self.head_dim)
         k, v = qkv[..., -2, :], qkv[..., -1, :]
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B,heads,L,hd)
 
     def forward(self, h, *, cos, sin, attn_bias, past: KV | None, im_mask=None, seg=None, mixer_inputs=None):
-        """h (B,L,H) already RMS-normed; attn_bias (B,1,L,S_total) additive; returns (out, (k,v) of the new positions)."""
+        """h (B,L,H) already RMS-normed; attn_bias (B,1,L,S_total) additive; returns (out, (k,v) of the new
+        positions)."""
         if self.with_mixer and mixer_inputs is not None:
             h = moai_mixer.mix(self, h, **mixer_inputs)
         q, k, v = self.split_qkv(self.wqkv(h, im_mask, seg))

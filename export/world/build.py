@@ -75,8 +75,8 @@ def train_world(out_dir: Path = CHECKPOINTS, *, seed: int = 0, threads: int = 2,
     seconds = json.loads(record.read_text())["seconds"] if record.is_file() else {}
     if "panoptic" in parts:
         start = time.perf_counter()
-        train_panoptic(out_dir / "panoptic", steps=panoptic_steps, batch_size=PANOPTIC_BATCH, seed=seed, threads=threads,
-                       recipe=PanopticRecipe(), log_every=100, log=log)
+        train_panoptic(out_dir / "panoptic", steps=panoptic_steps, batch_size=PANOPTIC_BATCH, seed=seed,
+                       threads=threads, recipe=PanopticRecipe(), log_every=100, log=log)
         seconds["panoptic"] = round(time.perf_counter() - start, 1)
     for family in (p for p in parts if p in WORLD_FAMILIES):
         start = time.perf_counter()
@@ -86,10 +86,11 @@ def train_world(out_dir: Path = CHECKPOINTS, *, seed: int = 0, threads: int = 2,
                                             train_tokenizer=train_world_tokenizer)
             experts = world_experts(family, out_dir / "panoptic", work / "experts", seed=seed)
             export_checkpoint(initial, work / "package", family=family, validate=False, experts=experts)
-            train_backbone(initial, work / "package", out_dir / family, recipe=recipes[family], seed=seed, threads=threads,
-                           log_every=100, log=log)
+            train_backbone(initial, work / "package", out_dir / family, recipe=recipes[family], seed=seed,
+                           threads=threads, log_every=100, log=log)
         seconds[family] = round(time.perf_counter() - start, 1)
-    record.write_text(json.dumps({"seconds": seconds, "seed": seed, "threads": threads, "panoptic_steps": panoptic_steps,
+    record.write_text(json.dumps({"seconds": seconds, "seed": seed, "threads": threads,
+                                  "panoptic_steps": panoptic_steps,
                                   "backbones": {k: asdict(r) for k, r in recipes.items()}}, indent=1) + "\n")
     return seconds
 

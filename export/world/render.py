@@ -79,7 +79,8 @@ def render_scene(scene: Scene) -> WorldImage:
     image = np.asarray(canvas.reduce(factor) if factor > 1 else canvas)
     image = add_noise(image, scene)
     segmentation = np.asarray(ids, np.int32)[factor // 2::factor, factor // 2::factor]
-    return WorldImage(scene, image, PanopticTruth(np.ascontiguousarray(segmentation), list_segments(scene, segmentation)))
+    return WorldImage(scene, image, PanopticTruth(np.ascontiguousarray(segmentation),
+                                                  list_segments(scene, segmentation)))
 
 
 def scaled(box: Box, factor: int) -> tuple[int, int, int, int]:

@@ -254,7 +254,8 @@ def font_path(name: str) -> Path:
         if (folder / name).is_file():
             return folder / name
     raise WorldError(f"the sign font {name} was not found in {', '.join(map(str, font_dirs()))}: "
-                     "pip install matplotlib (it bundles DejaVu; moai-edge[test] has it) or apt install fonts-dejavu-core")
+                     "pip install matplotlib (it bundles DejaVu; moai-edge[test] has it) "
+                     "or apt install fonts-dejavu-core")
 
 
 @lru_cache(maxsize=512)

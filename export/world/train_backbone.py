@@ -196,7 +196,8 @@ def train_backbone(start: Path, package: Path, out_dir: Path, *, recipe: Backbon
         losses = []
         batcher = Batcher(model, pipe)
         for step in range(recipe.steps):
-            batch = [augmented(ex, draws, recipe.copy_augmentation) for ex in draws.sample(examples, recipe.images_per_step)]
+            batch = [augmented(ex, draws, recipe.copy_augmentation)
+                     for ex in draws.sample(examples, recipe.images_per_step)]
             loss = batcher.loss(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -76,7 +76,8 @@ def panoptic_targets(world_image: WorldImage, size: int) -> dict:
 
 def batch_of(seeds: list[int], size: int) -> dict:
     items = [panoptic_targets(generate(s), size) for s in seeds]
-    return {"pixel_values": torch.stack([i["pixel_values"] for i in items]), "semantic": torch.stack([i["semantic"] for i in items]),
+    return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
+            "semantic": torch.stack([i["semantic"] for i in items]),
             "mask_labels": [i["mask_labels"] for i in items], "class_labels": [i["class_labels"] for i in items]}
 
 
@@ -181,15 +182,16 @@ def calibrate_post_process(model, seeds: list[int], size: int) -> tuple[dict[str
     rates = {}
     for t in MASK_THRESHOLDS:
         cfg = PanopticConfig(image_size=size, mask_threshold=t, target_size=size)
-        rates[t] = sum(count_agreement(truth, thing_counts(seg.label_id for seg in post_process_panoptic(c, m, cfg).segments))
+        rates[t] = sum(count_agreement(truth, thing_counts(seg.label_id
+                                                           for seg in post_process_panoptic(c, m, cfg).segments))
                        for truth, c, m in outputs) / len(outputs)
     best = max(MASK_THRESHOLDS, key=lambda t: (rates[t], t))
     return {"mask_threshold": best}, rates
 
 
 def train_panoptic(out_dir: str | Path, *, steps: int, batch_size: int = 4, seed: int = 0, threads: int = 2,
-                   recipe: PanopticRecipe = PanopticRecipe(), lr: float = DEFAULT_LR, world_seeds: list[int] | None = None,
-                   log_every: int = 0, save_every: int = 0, log=print) -> Path:
+                   recipe: PanopticRecipe = PanopticRecipe(), lr: float = DEFAULT_LR,
+                   world_seeds: list[int] | None = None, log_every: int = 0, save_every: int = 0, log=print) -> Path:
     """Train `steps` AdamW steps and `save_pretrained` to `out_dir`; returns `out_dir`.
 
     Batches are fresh world images whose seeds a `random.Random(seed)` draws from `TRAINING_SEEDS`, or,
@@ -225,7 +227,8 @@ def train_panoptic(out_dir: str | Path, *, steps: int, batch_size: int = 4, seed
             losses.append(float(loss.detach()))
             if log_every and (step + 1) % log_every == 0:
                 recent = losses[-log_every:]
-                log(f"step {step + 1}/{steps} loss {sum(recent) / len(recent):.4f} ({time.perf_counter() - start:.0f}s)")
+                log(f"step {step + 1}/{steps} loss {sum(recent) / len(recent):.4f} "
+                    f"({time.perf_counter() - start:.0f}s)")
             if save_every and (step + 1) % save_every == 0 and step + 1 < steps:
                 model.save_pretrained(Path(out_dir) / f"step-{step + 1}")  # intermediate, same layout
     out_dir = Path(out_dir)
@@ -254,8 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     path = train_panoptic(args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                           threads=args.threads, lr=args.lr,
-                          recipe=PanopticRecipe(**{k: getattr(args, k) for k in asdict(PanopticRecipe())}), log_every=args.log_every,
-                          save_every=args.save_every)
+                          recipe=PanopticRecipe(**{k: getattr(args, k) for k in asdict(PanopticRecipe())}),
+                          log_every=args.log_every, save_every=args.save_every)
     print(f"saved {path}")
 
 

@@ -38,8 +38,8 @@ class JobSummary:
     def line(self, out: Path | str) -> str:
         retried = f" ({self.retried} earlier errors retried)" if self.retried else ""
         ignored = f"; {self.ignored}" if self.ignored else ""
-        return (f"{self.total} images: {self.captioned} captioned, {self.errors} errors{retried}, {self.skipped} already "
-                f"done{ignored}; {self.images_per_s:.2f} images/s -> {out}")
+        return (f"{self.total} images: {self.captioned} captioned, {self.errors} errors{retried}, {self.skipped} "
+                f"already done{ignored}; {self.images_per_s:.2f} images/s -> {out}")
 
 
 def record_line(record: CaptionRecord) -> dict:
@@ -79,7 +79,8 @@ class CaptionJob:
         try:
             if not resume:
                 if out.exists() and out.stat().st_size > 0:
-                    raise InputError(f"{out} already exists: pass --resume to continue that job, or choose another --out")
+                    raise InputError(f"{out} already exists: pass --resume to continue that job, "
+                                     "or choose another --out")
                 return cls(scan, out, lock, scan.items, 0)
             done, errored = prepare_resume(out)
             todo = [(i, p) for i, p in scan.items if i not in done]

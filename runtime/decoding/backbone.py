@@ -54,7 +54,8 @@ class Backbone:
                  encode_pixels: Callable[[np.ndarray], np.ndarray]):
         self.manifest, self.dims, self.family = manifest, manifest.model, family
         tok = manifest.tokenizer["file"]
-        self.tokenizer = Tokenizer.from_bytes(manifest.read_file(tok), image_token=manifest.prompts.image_token, name=tok)
+        self.tokenizer = Tokenizer.from_bytes(manifest.read_file(tok), image_token=manifest.prompts.image_token,
+                                              name=tok)
         if self.tokenizer.image_token_id != self.dims.image_token_id:
             raise ManifestError(f"tokenizer gives '{manifest.prompts.image_token}' id {self.tokenizer.image_token_id}, "
                                 f"the manifest expects {self.dims.image_token_id}")
@@ -75,7 +76,8 @@ class Backbone:
 
     def prompt(self, question: str, aux: AuxInputs, template: str | None = None) -> PromptIds:
         """The prompt's ids: the system text with the image token, the family's prefix, the question."""
-        return build_prompt(self.family.question(aux, question), self.tokenizer, self.manifest.prompts, template=template)
+        return build_prompt(self.family.question(aux, question), self.tokenizer, self.manifest.prompts,
+                            template=template)
 
     def generate(self, features: np.ndarray, aux: list[AuxInputs], questions: list[str], cfg: DecodingConfig, *,
                  template: str | None = None, on_token: OnToken | None = None, should_stop: ShouldStop | None = None,

@@ -27,7 +27,8 @@ def prompt_text(question: str, prompts: PromptConfig, template: str | None = Non
     return prompts.system + prompts.templates[name].format(question=question)
 
 
-def build_prompt(question: str, tokenizer: Tokenizer, prompts: PromptConfig, *, template: str | None = None) -> PromptIds:
+def build_prompt(question: str, tokenizer: Tokenizer, prompts: PromptConfig, *,
+                 template: str | None = None) -> PromptIds:
     ids = np.asarray(tokenizer.encode(prompt_text(question, prompts, template), add_bos=True), np.int64)
     (pos,) = np.nonzero(ids == tokenizer.image_token_id)
     if len(pos) != 1:

@@ -77,8 +77,10 @@ def mini_box(points: np.ndarray) -> tuple[np.ndarray, float]:
 def box_score(prob: np.ndarray, box: np.ndarray) -> float:
     cv2 = _cv2()
     h, w = prob.shape
-    x0, x1 = np.clip(np.floor(box[:, 0].min()).astype(int), 0, w - 1), np.clip(np.ceil(box[:, 0].max()).astype(int), 0, w - 1)
-    y0, y1 = np.clip(np.floor(box[:, 1].min()).astype(int), 0, h - 1), np.clip(np.ceil(box[:, 1].max()).astype(int), 0, h - 1)
+    x0, x1 = (np.clip(np.floor(box[:, 0].min()).astype(int), 0, w - 1),
+              np.clip(np.ceil(box[:, 0].max()).astype(int), 0, w - 1))
+    y0, y1 = (np.clip(np.floor(box[:, 1].min()).astype(int), 0, h - 1),
+              np.clip(np.ceil(box[:, 1].max()).astype(int), 0, h - 1))
     mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
     cv2.fillPoly(mask, (box - [x0, y0]).reshape(1, -1, 2).astype(np.int32), 1)
     return cv2.mean(prob[y0:y1 + 1, x0:x1 + 1], mask)[0]
@@ -208,7 +210,8 @@ class OcrReader:
         cfg, (h, w) = self.cfg, image.shape[:2]
         prob = self._run(self.det, det_input(image, cfg))[0, 0]
         boxes = [clockwise(b, h, w) for b in db_boxes(prob, h, w, cfg)]
-        boxes = sort_boxes([b for b in boxes if int(np.linalg.norm(b[0] - b[1])) > 3 and int(np.linalg.norm(b[0] - b[3])) > 3])
+        boxes = sort_boxes([b for b in boxes
+                            if int(np.linalg.norm(b[0] - b[1])) > 3 and int(np.linalg.norm(b[0] - b[3])) > 3])
         crops = [crop(image, b) for b in boxes]
         for batch in in_batches(crops, cfg.batch):
             out = self._run(self.cls, np.stack([line_input(crops[i], *cfg.cls_shape) for i in batch]))
@@ -234,7 +237,8 @@ class OcrExpert:
 
     def __init__(self, ctx: ExpertContext):
         s = ctx.section
-        self.reader = OcrReader.from_engines(*(ctx.open(s[k]) for k in ("det", "cls", "rec")), cfg=config_from(OcrConfig, s))
+        self.reader = OcrReader.from_engines(*(ctx.open(s[k]) for k in ("det", "cls", "rec")),
+                                             cfg=config_from(OcrConfig, s))
 
     def run(self, images: list[np.ndarray]) -> list[list[OcrLine]]:
         return [self.reader.keep_confident(self.reader.read(img)) for img in images]

@@ -69,7 +69,8 @@ def post_process_panoptic(class_logits: np.ndarray, mask_logits: np.ndarray, cfg
     segments: list[Segment] = []
     for k, (label, score, area, original) in enumerate(zip(labels[keep], scores[keep], areas, originals)):
         # the area ratio is a float32 division in transformers: 4/5 is then just above 0.8
-        if area == 0 or original == 0 or not float(np.float32(area) / np.float32(original)) > cfg.overlap_mask_area_threshold:
+        if (area == 0 or original == 0
+            or not float(np.float32(area) / np.float32(original)) > cfg.overlap_mask_area_threshold):
             continue
         segments.append(Segment(id=len(segments) + 1, label_id=int(label), score=round(float(score), 6)))
         segmentation[owner == k] = len(segments)

@@ -26,8 +26,9 @@ class ExpertResults:
         return {
             "segments": [{"id": s.id, "label_id": s.label_id, "label": clean_class(self.labels[s.label_id]),
                           "score": s.score, "box": [round(float(v), 4) for v in b]} for s, b in zip(p.segments, boxes)],
-            "detections": [{"label_id": d.label_id, "label": self.detector_labels[d.label_id], "score": round(d.score, 6),
-                            "box": [round(float(v), 2) for v in d.box]} for d in self.detections],
+            "detections": [{"label_id": d.label_id, "label": self.detector_labels[d.label_id],
+                            "score": round(d.score, 6), "box": [round(float(v), 2) for v in d.box]}
+                           for d in self.detections],
             "relations": [{"subject": s, "predicate": p, "object": o}
                           for s, p, o in (self.scene_graph.relations if self.scene_graph else [])],
             "ocr": [{"text": line.text, "confidence": round(line.confidence, 4), "box": line.box} for line in self.ocr],

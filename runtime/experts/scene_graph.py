@@ -8,8 +8,9 @@ Post-processing follows `PSGTrHead._get_bboxes_single` with masks, then `triplet
 `eval_pan_rels=True`: softmax heads, the top 100 of the flattened predicate scores, masks resized
 (nearest, in fp16) to the image and cast to bfloat16, triplet de-duplication by mask IoU > 0.5,
 the entity/predicate score cuts (whose "no object" test compares 1-based labels with a 0-based
-bound, so it drops class 131, wall-other-merged, and never the background), and the panoptic step that merges stuff of one class and overlapping things before
-numbering the entities that own pixels. Its bfloat16 arithmetic is reproduced bit for bit.
+bound, so it drops class 131, wall-other-merged, and never the background), and the panoptic step
+that merges stuff of one class and overlapping things before numbering the entities that own
+pixels. Its bfloat16 arithmetic is reproduced bit for bit.
 It runs in two steps: `top_triplets` needs only the heads' logits and tells whose masks the rest reads
 (`Triplets.mask_queries`), `scene_graph_of` finishes with those masks. So the runtime runs the package's mask
 heads (the `scene_graph_masks` graph, most of the model's work) on those queries alone.

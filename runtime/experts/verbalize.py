@@ -7,8 +7,6 @@ on the vision grid and the `(#k class) [x1, y1, x2, y2]` segment text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from .outputs import Detection, PanopticResult
@@ -44,11 +42,13 @@ def sentence(prefix: str, items: list[str]) -> str:
 def verbalize_segments(result: PanopticResult, labels: list[str]) -> str:
     size = result.segmentation.shape[0]
     boxes = segment_boxes(result, 1 / size)
-    return sentence(SEGMENT_PREFIX, [f"{box_string(b)} {clean_class(labels[s.label_id])}" for b, s in zip(boxes, result.segments)])
+    return sentence(SEGMENT_PREFIX, [f"{box_string(b)} {clean_class(labels[s.label_id])}"
+                                     for b, s in zip(boxes, result.segments)])
 
 
 def verbalize_detections(detections: list[Detection], labels: list[str], *, size: int = 490) -> str:
-    return sentence(SEGMENT_PREFIX, [f"{box_string(d.box / np.float32(size))} {labels[d.label_id]}" for d in detections])
+    return sentence(SEGMENT_PREFIX, [f"{box_string(d.box / np.float32(size))} {labels[d.label_id]}"
+                                     for d in detections])
 
 
 def verbalize_relations(relations: list[tuple[str, str, str]]) -> str:

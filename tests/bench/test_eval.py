@@ -181,7 +181,8 @@ def test_paired_counts_the_questions_only_one_side_got_right():
 def test_cli_against_an_earlier_report(tiny_packages, tmp_path, capsys):
     engine = str(tiny_packages["moai"])
     assert main(["eval", "--engine", engine, *FAST, "--out", str(tmp_path / "a")]) == 0
-    assert main(["eval", "--engine", engine, *FAST, "--out", str(tmp_path / "b"), "--against", str(tmp_path / "a")]) == 0
+    assert main(["eval", "--engine", engine, *FAST, "--out", str(tmp_path / "b"),
+                 "--against", str(tmp_path / "a")]) == 0
     assert "against" in capsys.readouterr().out
     report = json.loads((tmp_path / "b" / "report.json").read_text())
     for key, r in report["against"]["by_key"].items():  # the same package answers the same: nothing discordant

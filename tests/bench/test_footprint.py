@@ -51,10 +51,13 @@ def test_our_architecture_counts_match_the_model(family):
     assert embedding.other == total(lambda n: n == "model.tok_embeddings.weight")
     tower = vision_part(cfg.vision, d.hidden_size)
     assert (tower.matmul, tower.other) == split(nn.ModuleDict({"vit": model.vit, "proj": model.vision_proj}))
-    small = compressor_part(cfg.compressor, d.hidden_size) if family == "moai" else crayon_part(cfg.crayon, cfg.vision, d.hidden_size)
-    parts = [model.moai_compressor] if family == "moai" else [model.vision_proj_for_seg, model.seg_prompt_embed, model.seg_num_embed]
+    small = (compressor_part(cfg.compressor, d.hidden_size) if family == "moai"
+             else crayon_part(cfg.crayon, cfg.vision, d.hidden_size))
+    parts = ([model.moai_compressor] if family == "moai"
+             else [model.vision_proj_for_seg, model.seg_prompt_embed, model.seg_num_embed])
     assert (small.matmul, small.other) == split(nn.ModuleList(parts))
-    accounted = base.matmul + base.other + head.matmul + branches.matmul + branches.other + embedding.other + tower.matmul + tower.other + small.matmul + small.other
+    accounted = (base.matmul + base.other + head.matmul + branches.matmul + branches.other + embedding.other
+                 + tower.matmul + tower.other + small.matmul + small.other)
     assert accounted == sum(p.numel() for p in params.values())  # nothing left out
 
 
@@ -68,8 +71,10 @@ def test_expert_counts_are_the_published_configurations():
 
     with torch.device("meta"):
         built = {
-            "mask2former-swin-base": Mask2FormerForUniversalSegmentation(panoptic_config("small", "moai", list(COCO_PANOPTIC_CLASSES))),
-            "mask2former-swin-large": Mask2FormerForUniversalSegmentation(panoptic_config("small", "collavo", list(COCO_PANOPTIC_CLASSES))),
+            "mask2former-swin-base": Mask2FormerForUniversalSegmentation(
+                panoptic_config("small", "moai", list(COCO_PANOPTIC_CLASSES))),
+            "mask2former-swin-large": Mask2FormerForUniversalSegmentation(
+                panoptic_config("small", "collavo", list(COCO_PANOPTIC_CLASSES))),
             "psgtr-r50": Psgtr(PsgtrConfig()),
         }
         owl = Owlv2ForObjectDetection(detector_config("small"))
@@ -94,7 +99,8 @@ def test_pp_ocr_count_is_the_shipped_graphs():
     for name in MODELS.values():
         graph = onnx.load(os.path.join(folder, name)).graph
         count += sum(int(np.prod(i.dims)) for i in graph.initializer)
-        count += sum(int(np.prod(a.t.dims)) for n in graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value")
+        count += sum(int(np.prod(a.t.dims)) for n in graph.node if n.op_type == "Constant"
+                     for a in n.attribute if a.name == "value")
     assert count == EXPERTS["pp-ocr"].other
 
 

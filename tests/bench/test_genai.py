@@ -59,7 +59,8 @@ def test_comparison_rows(tiny_packages):
         assert r["ratio"] == pytest.approx(r["genai_ms_per_step"] / r["ours_ms_per_step"])
         assert r["ours_tokens_per_s"] == pytest.approx(r["batch"] * 1e3 / r["ours_ms_per_step"])
     for one, two in (rows[:2], rows[2:]):
-        assert "ours_gain" not in one and two["ours_gain"] == pytest.approx(two["ours_tokens_per_s"] / one["ours_tokens_per_s"])
+        assert "ours_gain" not in one and two["ours_gain"] == pytest.approx(
+            two["ours_tokens_per_s"] / one["ours_tokens_per_s"])
         assert two["genai_gain"] == pytest.approx(two["genai_tokens_per_s"] / one["genai_tokens_per_s"])
         assert two["gain_ceiling"] > two["ours_gain"]  # a tiny decoder's step is far from reading memory at full speed
     assert "| ceiling |" in markdown(rows)

@@ -7,20 +7,20 @@ import math
 
 import pytest
 
-from moai_edge.bench.speed.roofline import (batch_ceiling_tokens_per_s, batching, decode_weight_bytes, kv_bytes_per_token,
-                                      memory_bound_gain, roofline)
+from moai_edge.bench.speed.roofline import (batch_ceiling_tokens_per_s, batching, decode_weight_bytes,
+                                            kv_bytes_per_token, memory_bound_gain, roofline)
 from moai_edge.engines.manifest import load_manifest
 from moai_edge.runtime.cli import main
 
-STAGES = {"preprocessing", "expert_panoptic", "expert_detector", "expert_scene_graph", "expert_ocr", "experts", "verbalize",
-          "vision", "aux", "prefill", "decode_per_token", "total", "time_to_first_token"}
+STAGES = {"preprocessing", "expert_panoptic", "expert_detector", "expert_scene_graph", "expert_ocr", "experts",
+          "verbalize", "vision", "aux", "prefill", "decode_per_token", "total", "time_to_first_token"}
 
 
 def test_bench_with_reference_writes_every_figure(tiny_packages, tmp_path, capsys):
     pytest.importorskip("torch")
     out = tmp_path / "report"
-    assert main(["bench", "--engine", str(tiny_packages["moai"]), "--batch-sizes", "1,2", "--runs", "2", "--warmup", "1",
-                 "--max-new-tokens", "5", "--reference", "--out", str(out), "--threads", "2"]) == 0
+    assert main(["bench", "--engine", str(tiny_packages["moai"]), "--batch-sizes", "1,2", "--runs", "2",
+                 "--warmup", "1", "--max-new-tokens", "5", "--reference", "--out", str(out), "--threads", "2"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["batches"]) == {"1", "2"}
     for entry in report["batches"].values():
@@ -30,7 +30,8 @@ def test_bench_with_reference_writes_every_figure(tiny_packages, tmp_path, capsy
         assert entry["images_per_s"] > 0 and entry["decode_tokens_per_s"] > 0
         assert entry["kv_cache_mb"] > 0 and entry["peak_rss_mb"] > report["memory"]["rss_before_load_mb"]
         assert {"experts", "prefill", "decode"} <= set(entry["stage_peak_rss_mb"])
-        # (not against the RSS before loading: in a test process, trimming after an answer also returns earlier tests' memory)
+        # (not against the RSS before loading: in a test process, trimming after an answer also returns earlier
+        # tests' memory)
         assert 0 < entry["rss_after_answer_mb"] <= entry["peak_rss_mb"] and "rss_after_answer_vs_weights" in entry
     assert report["batches"]["2"]["kv_cache_mb"] > report["batches"]["1"]["kv_cache_mb"]
     mem = report["memory"]
@@ -59,7 +60,8 @@ def test_a_memory_budget_reports_each_stage_alone_and_the_peak_against_it(tiny_p
                  "--max-new-tokens", "3", "--memory-budget", "100000", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     alone = report["memory"]["stage_alone_peak_mb"]
-    assert set(alone) == {"vision", "panoptic", "detector", "scene_graph", "ocr"} and all(v >= 0 for v in alone.values())
+    assert (set(alone) == {"vision", "panoptic", "detector", "scene_graph", "ocr"}
+            and all(v >= 0 for v in alone.values()))
     # (its sign is not asserted: in a test process, loading and trimming may return earlier tests' memory, so the
     # peak can sit below the RSS before loading)
     assert math.isfinite(report["batches"]["1"]["peak_rss_vs_weights_kv_largest_stage"])
@@ -69,7 +71,8 @@ def test_a_memory_budget_reports_each_stage_alone_and_the_peak_against_it(tiny_p
 def test_roofline_flags_more_than_the_machine_can_move(tiny_packages):
     m = load_manifest(tiny_packages["collavo"])
     fine = roofline(m, tokens_per_s=10, context=100, bandwidth_gbs=10.0)
-    assert not fine["measurement_error"] and fine["bytes_per_token"] == decode_weight_bytes(m) + kv_bytes_per_token(m, 100)
+    assert (not fine["measurement_error"]
+            and fine["bytes_per_token"] == decode_weight_bytes(m) + kv_bytes_per_token(m, 100))
     assert roofline(m, tokens_per_s=1e6, context=100, bandwidth_gbs=10.0)["measurement_error"]
 
 

@@ -71,8 +71,9 @@ def write_package(root: Path) -> tuple[Manifest, dict[str, np.ndarray]]:
         SHARED_NAME: {"offset": 0, "nbytes": weights["decoder"].nbytes, "dtype": "float32", "shape": [3, 5]}})
     manifest = Manifest(
         family="moai", components=components, shared_weights={"decoder": shared},
-        model=ModelDims(family="moai", hidden_size=4, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=2, vocab_size=4,
-                        image_token_id=4, max_context=32, image_size=28, patch_size=14, grid=2, num_image_tokens=4),
+        model=ModelDims(family="moai", hidden_size=4, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=2,
+                        vocab_size=4, image_token_id=4, max_context=32, image_size=28, patch_size=14, grid=2,
+                        num_image_tokens=4),
         tokenizer={"file": "tokenizer.model", "sha256": sha256_of(root / "tokenizer.model"), "add_bos": True},
         prompts=PromptConfig(system="sys <image>", image_token="<image>", templates={"eval": "Q: {question} A:"}),
         preprocess=PreprocessConfig(image_size=28, mean=[0.5] * 3, std=[0.25] * 3),

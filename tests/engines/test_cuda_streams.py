@@ -18,14 +18,16 @@ def gpu_present() -> bool:
     except ImportError:
         return False
     err, count = cudart.cudaGetDeviceCount()
-    return "CUDAExecutionProvider" in ort.get_available_providers() and err == cudart.cudaError_t.cudaSuccess and count > 0
+    return ("CUDAExecutionProvider" in ort.get_available_providers() and err == cudart.cudaError_t.cudaSuccess
+            and count > 0)
 
 
 needs_gpu = pytest.mark.skipif(not gpu_present(), reason="needs an NVIDIA GPU, onnxruntime-gpu and cuda-python")
 
 
 def test_every_gpu_provider_gets_the_stream_and_keeps_its_options():
-    providers = [("TensorrtExecutionProvider", {"trt_fp16_enable": "1"}), "CUDAExecutionProvider", "CPUExecutionProvider"]
+    providers = [("TensorrtExecutionProvider", {"trt_fp16_enable": "1"}), "CUDAExecutionProvider",
+                 "CPUExecutionProvider"]
     assert with_stream(providers, 1234) == [
         ("TensorrtExecutionProvider", {"trt_fp16_enable": "1", "user_compute_stream": "1234"}),
         ("CUDAExecutionProvider", {"user_compute_stream": "1234"}), "CPUExecutionProvider"]

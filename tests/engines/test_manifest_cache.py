@@ -50,7 +50,8 @@ def flip_byte(path) -> None:
 def test_parsed_once_until_the_manifest_changes(root):
     m = load_manifest(root)
     assert load_manifest(root) is m and load_manifest(str(root / ".." / "pkg")) is m
-    assert load_manifest(root, verify_hashes=False) is not m and not load_manifest(root, verify_hashes=False).verify_hashes
+    assert (load_manifest(root, verify_hashes=False) is not m
+            and not load_manifest(root, verify_hashes=False).verify_hashes)
     d = json.loads((root / "manifest.json").read_text())
     d["generation"]["max_new_tokens"] = 7
     (root / "manifest.json").write_text(json.dumps(d))

@@ -18,8 +18,8 @@ import pytest
 
 from moai_edge.engines.errors import IntegrityError, ManifestError
 from moai_edge.engines.decoding import DecodingConfig
-from moai_edge.engines.manifest import (SECTION_RULES, Manifest, ModelDims, PreprocessConfig, PromptConfig, SharedWeights,
-                                        load_manifest, sha256_of)
+from moai_edge.engines.manifest import (SECTION_RULES, Manifest, ModelDims, PreprocessConfig, PromptConfig,
+                                        SharedWeights, load_manifest, sha256_of)
 
 GRAPHS = ("vision", "compressor", "prefill", "decode", "panoptic", "detector", "scene_graph", "scene_graph_masks",
           "ocr_det", "ocr_cls", "ocr_rec")
@@ -50,8 +50,8 @@ def manifest_dict(root: Path) -> dict:
     return {
         "schema_version": 4, "family": "moai", "source": {"preset": "synthetic"},
         "model": {"family": "moai", "hidden_size": 4, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "head_dim": 2,
-                  "vocab_size": 4, "image_token_id": 4, "max_context": 32, "image_size": 28, "patch_size": 14, "grid": 2,
-                  "num_image_tokens": 4, "bos_id": 1},
+                  "vocab_size": 4, "image_token_id": 4, "max_context": 32, "image_size": 28, "patch_size": 14,
+                  "grid": 2, "num_image_tokens": 4, "bos_id": 1},
         "components": {**graphs, **arrays},
         "shared_weights": {"decoder": {"file": "weights.bin", "sha256": sha256_of(root / "weights.bin"), "tensors": {
             "w0": {"offset": 0, "nbytes": 32, "dtype": "float32", "shape": [2, 4]},
@@ -60,7 +60,8 @@ def manifest_dict(root: Path) -> dict:
         "prompts": {"system": "sys <image>", "image_token": "<image>", "templates": {"eval": "Q: {question} A:"}},
         "preprocess": {"image_size": 28, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
         "generation": {"eos_token_ids": [2], "pad_token_id": 2},
-        "experts": {"panoptic": {"component": "panoptic", "image_size": 32, "std": [0.2, 0.2, 0.2], "labels": ["a", "b"]},
+        "experts": {"panoptic": {"component": "panoptic", "image_size": 32, "std": [0.2, 0.2, 0.2],
+                                 "labels": ["a", "b"]},
                     "detector": {"component": "detector", "queries": "detector_queries", "threshold": 0.1},
                     "scene_graph": {"component": "scene_graph", "masks": "scene_graph_masks", "scale": [64, 32],
                                     "predicates": ["on"]},
@@ -133,10 +134,13 @@ BAD_FIELDS = [  # (path into the manifest, new value or DROP, words the message 
     (("model", "vocab_size"), True, "model.vocab_size"), (("model", "grid"), 3, "model.grid"),
     (("model", "family"), "collavo", "model.family"), (("model", "num_kv_heads"), 3, "model.num_kv_heads"),
     (("model", "bos_id"), 4, "model.bos_id"), (("model", "eos_id"), 2, "model"), (("model", "extra"), 1, "model"),
-    (("preprocess", "image_size"), 0, "preprocess.image_size"), (("preprocess", "image_size"), 14, "preprocess.image_size"),
-    (("preprocess", "std"), [0, 0.25, 0.25], "preprocess.std[0]"), (("preprocess", "std"), [-1, 1, 1], "preprocess.std[0]"),
+    (("preprocess", "image_size"), 0, "preprocess.image_size"),
+    (("preprocess", "image_size"), 14, "preprocess.image_size"),
+    (("preprocess", "std"), [0, 0.25, 0.25], "preprocess.std[0]"),
+    (("preprocess", "std"), [-1, 1, 1], "preprocess.std[0]"),
     (("preprocess", "mean"), [0.5, 0.5], "preprocess.mean"), (("preprocess", "mean"), "0.5", "preprocess.mean"),
-    (("preprocess", "std"), [float("nan"), 1, 1], "preprocess.std[0]"), (("preprocess", "scale"), 0, "preprocess.scale"),
+    (("preprocess", "std"), [float("nan"), 1, 1], "preprocess.std[0]"),
+    (("preprocess", "scale"), 0, "preprocess.scale"),
     (("preprocess", "antialias"), "no", "preprocess.antialias"),
     (("prompts", "templates", "eval"), "no placeholder", "prompts.templates.eval"),
     (("prompts", "templates", "eval"), "{question} {other}", "prompts.templates.eval"),
@@ -146,7 +150,8 @@ BAD_FIELDS = [  # (path into the manifest, new value or DROP, words the message 
     (("prompts", "default_template"), "demo", "prompts.default_template"),
     (("prompts", "image_token"), "", "prompts.image_token"),
     (("generation", "top_p"), 0, "generation.top_p"), (("generation", "strategy"), "nucleus", "generation.strategy"),
-    (("generation", "decoding"), "greedy", "generation"), (("generation", "pad_token_id"), 4, "generation.pad_token_id"),
+    (("generation", "decoding"), "greedy", "generation"),
+    (("generation", "pad_token_id"), 4, "generation.pad_token_id"),
     (("generation", "pad_token_id"), -1, "generation.pad_token_id"), (("generation", "seed"), "7", "generation.seed"),
     (("generation", "num_beams"), 0, "generation.num_beams"), (("generation", "top_k"), 1.5, "generation.top_k"),
     (("generation", "eos_token_ids"), [], "generation.eos_token_ids"),
@@ -312,8 +317,8 @@ def test_shared_weights_open_checks_its_spec(package):
     spec = d["shared_weights"]["decoder"]
     ok = Loaded.open(root, SharedWeights(**spec))
     np.testing.assert_array_equal(ok.arrays["w1"], np.arange(8, 16, dtype=np.float32))
-    for t, words in [({"offset": -32}, "offset"), ({"nbytes": 4, "shape": [2]}, "nbytes"), ({"offset": 40}, "weights.bin"),
-                     ({"dtype": "object"}, "dtype")]:
+    for t, words in [({"offset": -32}, "offset"), ({"nbytes": 4, "shape": [2]}, "nbytes"),
+                     ({"offset": 40}, "weights.bin"), ({"dtype": "object"}, "dtype")]:
         bad = copy.deepcopy(spec)
         bad["tensors"]["w1"].update(t)
         with pytest.raises(ManifestError, match=words):

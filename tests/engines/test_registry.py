@@ -99,7 +99,8 @@ def test_a_graph_changed_while_the_backend_read_it_is_refused(fake, package, mon
 
 def test_unknown_backends_and_unserved_devices_list_what_there_is(fake, package):
     m, _ = package
-    with pytest.raises(EngineError, match=r"backend: expected one of \['fake', 'onnxruntime'\], found 'tensorrt-native'"):
+    with pytest.raises(EngineError, match=r"backend: expected one of \['fake', 'onnxruntime'\], "
+                                          r"found 'tensorrt-native'"):
         open_engine(m, "vision", RuntimeOptions(backend="tensorrt-native"))
     with pytest.raises(EngineError, match=r"'fake' cannot run on device 'tensorrt'; it serves \['cpu', 'cuda'\]"):
         open_engine(m, "vision", RuntimeOptions(backend="fake", device="tensorrt"))
@@ -143,7 +144,8 @@ def gpu_build() -> bool:
 @pytest.mark.parametrize("device", ["cuda", "tensorrt"])
 def test_a_gpu_device_without_a_gpu_is_a_clear_error(package, device):
     m, _ = package
-    with pytest.raises(EngineError, match=f"device '{device}' needs onnxruntime's .*ExecutionProvider.*moai-edge\\[gpu\\]"):
+    with pytest.raises(EngineError,
+                       match=f"device '{device}' needs onnxruntime's .*ExecutionProvider.*moai-edge\\[gpu\\]"):
         open_engine(m, "vision", RuntimeOptions(device=device))
 
 

@@ -109,7 +109,8 @@ def test_one_copy_in_memory(tmp_path):
     weights_mb = sum(t["nbytes"] for t in spec.tensors.values()) / 2**20
 
     def rss(mode):
-        out = subprocess.run([sys.executable, "-c", MEASURE, mode, str(tmp_path)], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-c", MEASURE, mode, str(tmp_path)], capture_output=True, text=True,
+                             check=True)
         return json.loads(out.stdout)["rss_mb"]
 
     separate, shared = rss("separate"), rss("shared")

@@ -14,7 +14,8 @@ from moai_edge.engines.manifest import load_manifest  # noqa: E402
 from moai_edge.export.checkpoint import load_checkpoint  # noqa: E402
 from moai_edge.export.config import preset_config  # noqa: E402
 from moai_edge.export.graphs import TARGETS  # noqa: E402
-from moai_edge.export.onnx_export import check_symbolic_axes, export_graph, torch_outputs, validate_graph, example_inputs  # noqa: E402
+from moai_edge.export.onnx_export import (check_symbolic_axes, export_graph, torch_outputs,  # noqa: E402
+                                          validate_graph, example_inputs)
 
 
 @pytest.mark.parametrize("family", ["collavo", "moai"])
@@ -31,7 +32,8 @@ def test_config_is_inferred_from_the_tensors(tiny_packages, tiny_references, fam
     assert got.compressor == want.compressor and got.crayon == want.crayon
     assert (got.decoder.mixer_layers != ()) == (family == "moai")
     assert got.decoder.seg_branch == (family == "collavo")
-    assert sorted(p.name for p in ckpt.glob("*.safetensors")) == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    assert sorted(p.name for p in ckpt.glob("*.safetensors")) == ["model-00001-of-00002.safetensors",
+                                                                  "model-00002-of-00002.safetensors"]
 
 
 def test_missing_tensor_is_named(tiny_packages, tmp_path):
@@ -61,8 +63,10 @@ def test_every_graph_was_validated_in_export(tiny_packages, family):
     m = load_manifest(tiny_packages[family])
     m.verify_all()  # every sha256 the export recorded is the file's
     diffs = m.source["validation_max_abs_diff"]
-    graphs = {n for n, c in m.components.items() if c.kind == "onnx" and not n.startswith("ocr_")}  # PP-OCR is copied as is
-    family_graphs = {"crayon"} if family == "collavo" else {"compressor", "detector", "scene_graph", "scene_graph_masks"}
+    # PP-OCR is copied as is
+    graphs = {n for n, c in m.components.items() if c.kind == "onnx" and not n.startswith("ocr_")}
+    family_graphs = ({"crayon"} if family == "collavo"
+                     else {"compressor", "detector", "scene_graph", "scene_graph_masks"})
     assert set(diffs) == graphs == {"vision", "prefill", "decode", "panoptic"} | family_graphs
     experts = ("panoptic", "detector", "scene_graph", "scene_graph_masks")  # their bounds: export/experts/package.py
     assert max(v for k, v in diffs.items() if k not in (*experts, "prefill")) < 1e-4
@@ -114,9 +118,11 @@ def test_mixed_batch_rows_are_caught(tiny_references):
 
     def leaky(feeds):  # row results depend on the other rows
         out = torch_outputs(target, model, {k: torch.from_numpy(v) for k, v in feeds.items()})
-        out["seg_features"] = out["seg_features"] + out["seg_features"].mean(axis=0, keepdims=True) * (len(out["seg_features"]) > 1)
+        out["seg_features"] = (out["seg_features"]
+                               + out["seg_features"].mean(axis=0, keepdims=True) * (len(out["seg_features"]) > 1))
         return out
 
     with pytest.raises(ExportValidationError, match="differs"):
         validate_graph(target, model, leaky)
-    assert np.isfinite(validate_graph(target, model, lambda f: torch_outputs(target, model, {k: torch.from_numpy(v) for k, v in f.items()}))["seg_features"])
+    assert np.isfinite(validate_graph(target, model, lambda f: torch_outputs(
+        target, model, {k: torch.from_numpy(v) for k, v in f.items()}))["seg_features"])

@@ -51,8 +51,8 @@ def test_the_twin_is_the_reference_decode_step_over_the_buffers(tiny_references)
         past = [(feeds[f"past_key.{i}"][row:row + 1, :, :length], feeds[f"past_value.{i}"][row:row + 1, :, :length])
                 for i in range(model.cfg.decoder.num_layers)]
         with torch.no_grad():
-            logits, kv = model.decode_step(feeds["inputs_embeds"][row:row + 1], torch.ones(1, length + 1, dtype=torch.long),
-                                           torch.tensor([[length]]), past)
+            logits, kv = model.decode_step(feeds["inputs_embeds"][row:row + 1],
+                                           torch.ones(1, length + 1, dtype=torch.long), torch.tensor([[length]]), past)
         assert_within_sum_noise(out["logits"][row], logits[0].numpy(), terms=model.cfg.decoder.hidden_size)
         for name, new in zip(names, to_seq_major(kv)):  # (1, 1, kv, hd) each
             buffer = out[name][row]

@@ -240,7 +240,8 @@ def test_the_tensorrt_preset_calibrates_symmetric_qdq_on_world_images(tiny_packa
         for node in quantize:  # activations: int8, zero point 0
             zero = numpy_helper.to_array(inits[node.input[2]])
             assert zero.dtype == np.int8 and not zero.any(), (name, node.name)
-    assert m.component("decode").precision == "fp16" and m.source["precision_check"]["decoder"]["token_agreement"] >= 0.95
+    assert (m.component("decode").precision == "fp16"
+            and m.source["precision_check"]["decoder"]["token_agreement"] >= 0.95)
     with Pipeline.load(tmp_path / "trt") as pipe:
         assert pipe.ask(sample_image(seed=2), "What is this?", max_new_tokens=3).tokens
 

@@ -70,7 +70,8 @@ def test_other_unexpected_tensors_stay_an_error(tiny_packages, tmp_path, family,
 def test_w2_seg_pair_of_the_wrong_shape_is_named(tiny_packages, tmp_path):
     ckpt = copy_checkpoint(tiny_packages, "collavo", tmp_path)
     add_tensors(ckpt, {W2_SEG.format(1, "B"): torch.zeros(3, 3, dtype=torch.float16)})
-    with pytest.raises(CheckpointError, match=r"w2\.Plora_seg_B\.weight': expected shape \(64, 8\), checkpoint has \(3, 3\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"w2\.Plora_seg_B\.weight': expected shape \(64, 8\), checkpoint has \(3, 3\)"):
         load_checkpoint(ckpt)
 
 
@@ -128,7 +129,8 @@ def test_published_tower_needs_no_flag():
               "vit.vision_tower.vision_model.embeddings.position_embedding.weight": (577, 1024),
               **{f"vit.vision_tower.vision_model.encoder.layers.{i}.mlp.fc1.weight": (4096, 1024) for i in range(24)}}
     assert infer_vision({}, {}, None) == PUBLISHED_VISION == infer_vision({}, clip_l, None)
-    with pytest.raises(CheckpointError, match=r"num_heads: --vision-config gives 12, 'openai/clip-vit-large-patch14-336' .* has 16"):
+    with pytest.raises(CheckpointError,
+                       match=r"num_heads: --vision-config gives 12, 'openai/clip-vit-large-patch14-336' .* has 16"):
         infer_vision({}, {}, {"num_heads": 12})
 
 

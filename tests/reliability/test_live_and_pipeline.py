@@ -34,7 +34,8 @@ def test_the_worker_survives_a_raising_callback_and_undecodable_frames(collavo):
         if r.frame_id == 0:
             raise ValueError("the robot's handler broke")
 
-    frames = [sample_image(size=100, seed=0), bad_files()["bomb.png"], bad_files()["random.jpg"], sample_image(size=100)]
+    frames = [sample_image(size=100, seed=0), bad_files()["bomb.png"], bad_files()["random.jpg"],
+              sample_image(size=100)]
     with LatestFrameRunner(collavo, question=QUESTION, max_new_tokens=2, max_pending=8, on_result=on_result,
                            on_error=lambda i, exc: errors.append((i, type(exc).__name__))) as live:
         for f in frames:

@@ -22,7 +22,8 @@ def image_file(tmp_path):
 
 @pytest.mark.parametrize("family", ["collavo", "moai"])
 def test_ask_json(tiny_packages, image_file, capsys, family):
-    code = main(["ask", "--engine", str(tiny_packages[family]), str(image_file), "What is this?", "--max-new-tokens", "5", "--json"])
+    code = main(["ask", "--engine", str(tiny_packages[family]), str(image_file), "What is this?",
+                 "--max-new-tokens", "5", "--json"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert isinstance(out["answer"], str) and 1 <= len(out["tokens"]) <= 5
@@ -30,7 +31,8 @@ def test_ask_json(tiny_packages, image_file, capsys, family):
 
 
 def test_ask_with_beam_prints_the_answer_and_timings(tiny_packages, image_file, capsys):
-    assert main(["ask", "--engine", str(tiny_packages["moai"]), str(image_file), "Hi?", "--max-new-tokens", "4", "--decoding", "beam"]) == 0
+    assert main(["ask", "--engine", str(tiny_packages["moai"]), str(image_file), "Hi?", "--max-new-tokens", "4",
+                 "--decoding", "beam"]) == 0
     assert "prefill" in capsys.readouterr().out
 
 
@@ -48,8 +50,9 @@ def test_missing_package_is_a_clear_error(tmp_path, capsys):
 
 @pytest.mark.parametrize("family", ["collavo", "moai"])
 def test_verify_passes_on_a_good_package(tiny_packages, image_file, family):
-    out = subprocess.run([sys.executable, "-m", "moai_edge.runtime.cli", "verify", "--engine", str(tiny_packages[family]),
-                          "--images", str(image_file), "--max-new-tokens", "6"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "moai_edge.runtime.cli", "verify",
+                          "--engine", str(tiny_packages[family]), "--images", str(image_file), "--max-new-tokens", "6"],
+                         capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "identical" in out.stdout and "prefill" in out.stdout
 
@@ -70,8 +73,8 @@ def test_verify_fails_on_a_tampered_package(tiny_packages, tmp_path):
     for name in ("prefill", "decode"):
         m.components[name].extra_files["decoder.weights"] = sha256_of(pkg / "decoder.weights")
     m.save(pkg)
-    out = subprocess.run([sys.executable, "-m", "moai_edge.runtime.cli", "verify", "--engine", str(pkg), "--max-new-tokens", "4"],
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "moai_edge.runtime.cli", "verify", "--engine", str(pkg),
+                          "--max-new-tokens", "4"], capture_output=True, text=True)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "FAILED" in out.stdout and "MISMATCH" in out.stdout
 

@@ -59,7 +59,8 @@ def references(tiny_packages, tiny_references):
 
 
 def reference_tokens(ref, model, i, *, strategy="greedy", max_new=12, template="eval"):
-    cfg = DecodingConfig(strategy=strategy, max_new_tokens=max_new, eos_token_ids=model.manifest.generation.eos_token_ids)
+    cfg = DecodingConfig(strategy=strategy, max_new_tokens=max_new,
+                         eos_token_ids=model.manifest.generation.eos_token_ids)
     return ref.ask(images()[i], QUESTIONS[i], aux=aux_inputs(model.family.name, model.manifest.model, i), decoding=cfg,
                    template=template).tokens
 
@@ -108,7 +109,8 @@ def test_streaming_callback_sees_every_token(runtimes):
 
 def test_runtime_import_leaves_torch_out():
     code = ("import sys, moai_edge.runtime, moai_edge.runtime.cli, moai_edge.engines.ort_engine; "
-            "bad = [m for m in ('torch', 'transformers', 'optimum') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+            "bad = [m for m in ('torch', 'transformers', 'optimum') if m in sys.modules]; print(bad); "
+            "sys.exit(bool(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 

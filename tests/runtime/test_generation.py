@@ -1,4 +1,5 @@
-"""The generation loop: the PyTorch reference against transformers' generate, the numpy runtime against the reference."""
+"""The generation loop: the PyTorch reference against transformers' generate, the numpy runtime against the
+reference."""
 
 from __future__ import annotations
 
@@ -129,7 +130,8 @@ def hf_warpers(cfg: DecodingConfig) -> LogitsProcessorList:
                                 TopPLogitsWarper(cfg.top_p)])
 
 
-def sample_both(model, prompt, cfg: DecodingConfig) -> tuple[list[int], list[int], list[torch.Tensor], list[torch.Tensor]]:
+def sample_both(model, prompt,
+                cfg: DecodingConfig) -> tuple[list[int], list[int], list[torch.Tensor], list[torch.Tensor]]:
     hn, ht = Harness(model, prompt, numpy=True), Harness(model, prompt, numpy=False)
     ours = generate(hn.logits(), hn.step, hn.select_rows, cfg)[0]
     theirs = ref.generate(ht.logits(), ht.step, ht.select_rows, to_ref(cfg))[0]
@@ -164,7 +166,8 @@ def test_runtime_warpers_equal_transformers():
             ([TopPLogitsWarper(cfg.top_p)] if cfg.top_p < 1 else [])
         expected = LogitsProcessorList(procs)(None, x.clone())
         np.testing.assert_array_equal(np.isfinite(warp(x.numpy(), cfg)), torch.isfinite(expected).numpy())
-        np.testing.assert_array_equal(torch.isfinite(ref.warp(x, to_ref(cfg))).numpy(), torch.isfinite(expected).numpy())
+        np.testing.assert_array_equal(torch.isfinite(ref.warp(x, to_ref(cfg))).numpy(),
+                                      torch.isfinite(expected).numpy())
 
 
 def test_top_k_one_sampling_is_greedy(llama):

@@ -12,7 +12,8 @@ from moai_edge.engines.errors import ImageError
 from moai_edge.engines.manifest import PreprocessConfig
 from moai_edge.runtime.images import load_image, preprocess_image, resize_bilinear, resize_planes
 
-CFG = PreprocessConfig(image_size=112, mean=[0.48145466, 0.4578275, 0.40821073], std=[0.26862954, 0.26130258, 0.27577711])
+CFG = PreprocessConfig(image_size=112, mean=[0.48145466, 0.4578275, 0.40821073],
+                       std=[0.26862954, 0.26130258, 0.27577711])
 SHAPES = [(37, 53), (640, 480), (1000, 700), (490, 490), (3, 5), (1, 1), (300, 200), (245, 980), (491, 489)]
 
 
@@ -51,7 +52,8 @@ def test_resize_matches_single_threaded_torch(shape):
     np.testing.assert_array_equal(resize_bilinear(img, 490, single_thread=True), ref)
 
 
-@pytest.mark.parametrize("shape, size", [((19, 24, 24), (96, 96)), ((11, 96, 96), (122, 122)), ((9, 40, 30), (170, 530))])
+@pytest.mark.parametrize("shape, size", [((19, 24, 24), (96, 96)), ((11, 96, 96), (122, 122)),
+                                         ((9, 40, 30), (170, 530))])
 def test_float_planes_resize_is_torchs_bilinear(shape, size):
     """Mask logits (more planes than one chunk) as the panoptic post-processing resizes them: F.interpolate's
     float32 values, to the bit."""

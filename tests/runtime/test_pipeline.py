@@ -64,8 +64,8 @@ def test_verify_covers_experts_verbalization_and_tokens(tiny_packages, tmp_path)
     from moai_edge.bench.compare.verify import verify_package
 
     Image.fromarray(sample_image(size=300, seed=2)).save(tmp_path / "a.png")
-    report = verify_package(tiny_packages["moai"], images=[str(tmp_path / "a.png")], question=QUESTION, max_new_tokens=6,
-                            options=RuntimeOptions(threads=2))
+    report = verify_package(tiny_packages["moai"], images=[str(tmp_path / "a.png")], question=QUESTION,
+                            max_new_tokens=6, options=RuntimeOptions(threads=2))
     text = report.render()
     assert report.ok, text
     assert "experts on" in text and "verbalized text on" in text and "greedy tokens on" in text
@@ -76,7 +76,8 @@ def test_concurrent_experts_and_batches_equal_sequential_single_images(pipelines
     with Pipeline.load(tiny_packages[family], RuntimeOptions(threads=2, concurrent=False)) as sequential:
         singles = [sequential.ask(img, QUESTION, max_new_tokens=8) for img in four_images()]
     batch = pipelines[family].ask_batch(four_images(), [QUESTION] * 4, max_new_tokens=8)
-    with Pipeline.load(tiny_packages[family], RuntimeOptions(threads=2, expert_batch=4)) as whole:  # experts batched too
+    # experts batched too
+    with Pipeline.load(tiny_packages[family], RuntimeOptions(threads=2, expert_batch=4)) as whole:
         batch_experts = whole.ask_batch(four_images(), [QUESTION] * 4, max_new_tokens=8)
     for one, row, other in zip(singles, batch, batch_experts):
         assert one.tokens == row.tokens and one.experts == row.experts and one.verbalized == row.verbalized
@@ -115,7 +116,8 @@ def make_folder(root):
 def test_caption_job_writes_one_record_per_file_and_bad_files_become_errors(pipelines, tmp_path):
     ids = make_folder(tmp_path / "in")
     out = tmp_path / "captions.jsonl"
-    summary = run_caption_job(pipelines["moai"], tmp_path / "in", out, question=QUESTION, batch_size=4, max_new_tokens=4)
+    summary = run_caption_job(pipelines["moai"], tmp_path / "in", out, question=QUESTION, batch_size=4,
+                              max_new_tokens=4)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["id"] for r in records) == sorted(ids)
     errors = {r["id"] for r in records if "error" in r}
@@ -142,8 +144,8 @@ def test_caption_job_killed_and_resumed_has_exactly_one_record_per_image(tiny_pa
     for i in range(8):
         Image.fromarray(sample_image(size=240, seed=i)).save(folder / f"img_{i}.png")
     out = tmp_path / "captions.jsonl"
-    cmd = [sys.executable, "-m", "moai_edge.runtime.cli", "caption", str(folder), "--engine", str(tiny_packages["moai"]),
-           "--out", str(out), "--max-new-tokens", "4", "--threads", "1"]
+    cmd = [sys.executable, "-m", "moai_edge.runtime.cli", "caption", str(folder),
+           "--engine", str(tiny_packages["moai"]), "--out", str(out), "--max-new-tokens", "4", "--threads", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 2):

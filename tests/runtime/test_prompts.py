@@ -12,9 +12,11 @@ def test_answer_is_stripped_before_the_stop_string():
 
 
 def test_answer_follows_the_last_assistant_turn():
-    text = "[UNUSED_TOKEN_146]user\nWhat?[UNUSED_TOKEN_145]\n[UNUSED_TOKEN_146]assistant\n Two squares.[UNUSED_TOKEN_145]"
+    text = ("[UNUSED_TOKEN_146]user\nWhat?[UNUSED_TOKEN_145]\n[UNUSED_TOKEN_146]assistant\n"
+            " Two squares.[UNUSED_TOKEN_145]")
     assert cut_answer(text, PROMPTS) == "Two squares."
 
 
 def test_stop_string_comes_from_the_manifest():
-    assert cut_answer(" one END two", PromptConfig(system="", image_token="<image>", templates={}, answer_stop="END")) == "one "
+    assert cut_answer(" one END two",
+                      PromptConfig(system="", image_token="<image>", templates={}, answer_stop="END")) == "one "

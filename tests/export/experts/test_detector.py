@@ -47,7 +47,8 @@ def test_cached_queries_equal_the_full_forward(packaged):
 def test_queries_from_a_moai_clone_are_read_as_data(tmp_path):
     utils = tmp_path / "utils"
     utils.mkdir()
-    (utils / "constants.py").write_text("import os\nADE20K_847 = ['wall', 'sky']\nIMAGENET_CLASSES = ['tench']\nos.system('false')\n")
+    (utils / "constants.py").write_text("import os\nADE20K_847 = ['wall', 'sky']\nIMAGENET_CLASSES = ['tench']\n"
+                                        "os.system('false')\n")
     assert read_labels(moai_repo=tmp_path)["detector_queries"] == ["wall", "sky", "tench"]
     (tmp_path / "q.json").write_text('["a", "b"]')
     assert read_labels(labels_file=tmp_path / "q.json")["detector_queries"] == ["a", "b"]

@@ -27,8 +27,8 @@ def test_checkpoint_keys_round_trip_and_mmdet3_names_load(tmp_path):
     back = psgtr.to_ours(release)
     assert back.keys() == ours.keys() and all(torch.equal(back[k], ours[k]) for k in ours)
     # OpenPSG's own loader renames to mmdet 3 (.self_attn., .ffn., .cross_attn.): those load too
-    renamed = {k.replace(".attentions.0.", ".self_attn.").replace(".ffns.0.", ".ffn.").replace(".attentions.1.", ".cross_attn."): v
-               for k, v in release.items()}
+    renamed = {k.replace(".attentions.0.", ".self_attn.").replace(".ffns.0.", ".ffn.")
+               .replace(".attentions.1.", ".cross_attn."): v for k, v in release.items()}
     torch.save({"state_dict": renamed}, tmp_path / "mmdet3.pth")
     loaded = psgtr.load_scene_graph(tmp_path / "mmdet3.pth")
     assert loaded.cfg == psgtr.TINY and loaded.test_scale == psgtr.SCALE
@@ -37,7 +37,8 @@ def test_checkpoint_keys_round_trip_and_mmdet3_names_load(tmp_path):
 def test_bad_checkpoints_are_refused_by_name(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         psgtr.load_scene_graph(tmp_path / "missing.pth")
-    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(8, 3, 7, 7)}, "hook": object()}, tmp_path / "pickled.pth")
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(8, 3, 7, 7)}, "hook": object()},
+               tmp_path / "pickled.pth")
     with pytest.raises(CheckpointError, match="weights_only"):
         psgtr.load_scene_graph(tmp_path / "pickled.pth")
     release = psgtr.to_openpsg(psgtr.Psgtr(psgtr.TINY).state_dict())

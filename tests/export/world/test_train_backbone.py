@@ -29,8 +29,10 @@ def start(request, tmp_path_factory):
     """(untrained tiny checkpoint with the world tokenizer, its package with world-labelled experts)."""
     family = request.param
     root = tmp_path_factory.mktemp(f"world-{family}")
-    initial = build_tiny_checkpoint(family, root / "initial", preset="tiny", seed=0, train_tokenizer=train_world_tokenizer)
-    panoptic = build_tiny_panoptic(root / "panoptic", family=family, preset="tiny", labels=list(PANOPTIC_CATEGORIES), seed=0)
+    initial = build_tiny_checkpoint(family, root / "initial", preset="tiny", seed=0,
+                                    train_tokenizer=train_world_tokenizer)
+    panoptic = build_tiny_panoptic(root / "panoptic", family=family, preset="tiny", labels=list(PANOPTIC_CATEGORIES),
+                                   seed=0)
     export_checkpoint(initial, root / "package", family=family, validate=False,
                       experts=world_experts(family, panoptic, root / "experts"))
     return initial, root / "package"

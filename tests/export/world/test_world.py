@@ -33,7 +33,8 @@ def hand_scene(objects: list[tuple[str, str]], sign_word: str | None = None) -> 
     """A 400x300 scene with objects of (colour, shape) in a row, at 50 px steps."""
     placed = tuple(WorldObject(shape, colour, (10 + 50 * k, 200, 50 + 50 * k, 240), (128, 128, 128))
                    for k, (colour, shape) in enumerate(objects))
-    sign = Sign(sign_word, (20, 20, 200, 60), "DejaVuSans-Bold.ttf", 24, (250, 250, 240), (0, 0, 0)) if sign_word else None
+    sign = (Sign(sign_word, (20, 20, 200, 60), "DejaVuSans-Bold.ttf", 24, (250, 250, 240), (0, 0, 0)) if sign_word
+            else None)
     return Scene(None, 400, 300, 150, placed, sign)
 
 
@@ -197,7 +198,8 @@ def test_generated_answers_agree_with_the_panoptic_truth(worlds):
                 seen["absent"] += answer == "0"
             elif question_type == "colour":
                 shape = question.removeprefix("What colour is the ").removesuffix("?")
-                assert [c for c in things if c.endswith(shape)] == [f"{answer} {shape}"] and things[f"{answer} {shape}"] == 1
+                assert ([c for c in things if c.endswith(shape)] == [f"{answer} {shape}"]
+                        and things[f"{answer} {shape}"] == 1)
             elif question_type == "sign":
                 assert answer == (world.scene.sign_word or "none")
             else:

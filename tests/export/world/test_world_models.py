@@ -70,7 +70,8 @@ def test_world_export_refuses_flags_it_cannot_apply(tmp_path, capsys, flags):
 
 def test_every_training_part_runs(tmp_path):
     """A few steps of each part, end to end (the shipped checkpoints came from the defaults)."""
-    seconds = train_world(tmp_path, panoptic_steps=2, recipes=dict.fromkeys(WORLD_FAMILIES, BackboneRecipe(images=2, steps=2, images_per_step=2)),
+    seconds = train_world(tmp_path, panoptic_steps=2,
+                          recipes=dict.fromkeys(WORLD_FAMILIES, BackboneRecipe(images=2, steps=2, images_per_step=2)),
                           threads=1, log=lambda *_: None)
     assert set(seconds) == set(WORLD_PARTS)
     for family in WORLD_FAMILIES:

@@ -1,4 +1,5 @@
-"""OWLv2's pre- and post-processing in the runtime vs transformers'. (The exported graph: tests/export/experts/test_detector.py.)"""
+"""OWLv2's pre- and post-processing in the runtime vs transformers'. (The exported graph:
+tests/export/experts/test_detector.py.)"""
 
 from __future__ import annotations
 
@@ -36,4 +37,5 @@ def test_post_processing_matches_transformers():
     assert [d.label_id for d in ours] == ref["labels"][keep].tolist()
     np.testing.assert_allclose([d.score for d in ours], ref["scores"][keep].numpy(), rtol=1e-6)
     np.testing.assert_allclose(np.stack([d.box for d in ours]), ref["boxes"][keep].numpy(), rtol=1e-6)
-    assert post_process_detections(np.full(5, -9.0, np.float32), np.zeros(5, np.int64), boxes[0, :5], DetectorConfig()) == []
+    assert post_process_detections(np.full(5, -9.0, np.float32), np.zeros(5, np.int64), boxes[0, :5],
+                                   DetectorConfig()) == []

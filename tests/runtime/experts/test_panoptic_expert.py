@@ -43,7 +43,8 @@ def test_results_match_transformers(package):
                                                    target_sizes=[(t, t)] * len(images))
     assert any(r.panoptic.segments for r in ours)  # the tiny expert finds something: the comparison can fail
     for r, ref in zip(ours, refs):
-        assert [(s.id, s.label_id) for s in r.panoptic.segments] == [(s["id"], s["label_id"]) for s in ref["segments_info"]]
+        assert ([(s.id, s.label_id) for s in r.panoptic.segments]
+                == [(s["id"], s["label_id"]) for s in ref["segments_info"]])
         agree = (r.panoptic.segmentation == ref["segmentation"].numpy().astype(np.int32)).mean()
         assert agree > 0.999, agree
 

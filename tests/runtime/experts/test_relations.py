@@ -30,8 +30,8 @@ def test_confident_relations_become_sentences():
     pairs = np.array([[0, 2], [1, 3], [0, 1], [2, 3]])
     out = select_relations(rel, pairs, labels, CLASSES, PREDICATES)
     assert sorted(out) == [("person (#1)", "riding", "bicycle"), ("person (#2)", "beside", "wall")]
-    assert verbalize_relations(sorted(out)) == ("The image includes relationships between objects: person (#1) is riding "
-                                                "bicycle, and person (#2) is beside wall.")
+    assert verbalize_relations(sorted(out)) == ("The image includes relationships between objects: person (#1) is "
+                                                "riding bicycle, and person (#2) is beside wall.")
 
 
 def test_threshold_and_empty_cases():

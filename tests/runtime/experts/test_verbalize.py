@@ -39,7 +39,8 @@ def test_crayon_maps_and_text(labels):
     assert cls[15, 15] == 132 and num[15, 15] == 1
     assert cls[0, 0] == 0 and num[0, 0] == 0
     assert crayon_text(result, labels["coco_panoptic_classes"]) == (
-        "(#1 person) [0.00, 0.20, 0.20, 0.40], (#2 person) [0.80, 0.00, 1.00, 1.00], (#1 wall) [0.40, 0.40, 0.60, 0.60]")
+        "(#1 person) [0.00, 0.20, 0.20, 0.40], (#2 person) [0.80, 0.00, 1.00, 1.00], "
+        "(#1 wall) [0.40, 0.40, 0.60, 0.60]")
 
 
 def test_empty_segmentation(labels):
@@ -56,10 +57,12 @@ def test_moai_sentences(labels):
     seg = verbalize_segments(hand_made(), labels["coco_panoptic_classes"])
     assert seg == ("The image includes bounding box coordinates and their objects: [0.00, 0.20, 0.20, 0.40] person, "
                    "and [0.80, 0.00, 1.00, 1.00] person, and [0.40, 0.40, 0.60, 0.60] wall.")
-    det = verbalize_detections([Detection(np.array([49, 98, 245, 490], np.float32), 0.9, 2)], labels["detector_queries"])
+    det = verbalize_detections([Detection(np.array([49, 98, 245, 490], np.float32), 0.9, 2)],
+                               labels["detector_queries"])
     assert det == "The image includes bounding box coordinates and their objects: [0.10, 0.20, 0.50, 1.00] sky."
     rel = verbalize_relations([("person (#1)", "holding", "person (#2)"), ("person (#2)", "beside", "wall")])
-    assert rel == "The image includes relationships between objects: person (#1) is holding person (#2), and person (#2) is beside wall."
+    assert rel == ("The image includes relationships between objects: person (#1) is holding person (#2), "
+                   "and person (#2) is beside wall.")
     assert verbalize_ocr(["STOP", "Main St"]) == "The image includes text descriptions: STOP, and Main St."
     assert join_parts(seg, "", rel, "") == seg + "  " + rel + " "
 
