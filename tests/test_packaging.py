@@ -31,7 +31,7 @@ DISTRIBUTION = {  # top-level module -> the distribution that provides it
     "cv2": "opencv-python-headless", "pyclipper": "pyclipper", "tqdm": "tqdm", "torch": "torch",
     "cuda": "cuda-python", "tensorrt": "tensorrt", "matplotlib": "matplotlib", "onnxruntime_genai": "onnxruntime-genai",
     "fastapi": "fastapi", "starlette": "starlette", "sse_starlette": "sse-starlette", "uvicorn": "uvicorn",
-    "prometheus_client": "prometheus-client", "ray": "ray",
+    "prometheus_client": "prometheus-client", "ray": "ray", "anyio": "anyio",
 }
 NEVER_IN_BASE = {"torch", "torchvision", "transformers", "optimum"}
 
