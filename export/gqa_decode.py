@@ -2,9 +2,12 @@
 
 One token per row through the base weights (decode never takes the PLoRA, seg or mixer branches):
 
-    inputs_embeds -> [SimplifiedLayerNormalization -> MatMul(wqkv) -> GroupQueryAttention (rotary inside, the KV
+    inputs_embeds -> RMSNorm -> [MatMul(wqkv) -> GroupQueryAttention (rotary inside, the KV
     buffer written in place) -> MatMul(wo) -> SkipSimplifiedLayerNormalization -> w1/w3 MatMuls, SiLU gate ->
     MatMul(w2) -> SkipSimplifiedLayerNormalization] x layers -> MatMul(output) -> logits
+
+The first RMSNorm is in standard ops (onnxruntime fuses them), the others fused with the residual add; every op
+is a standard one or a com.microsoft one, so onnx.checker accepts the graph.
 
 The KV cache is one buffer per layer and kind, (batch, kv_heads, max_len, head_dim), that the past input and the
 present output share: the runtime binds the same memory to both, and GroupQueryAttention writes only the new
@@ -97,6 +100,17 @@ class DecodeWriter(GraphWriter):
     def norm_weight(self, norm, name: str) -> str:
         return self.weight(name, norm.weight.detach().float().numpy())
 
+    def rms_norm(self, x: str, weight: str, eps: float, name: str) -> str:
+        """RMSNorm in standard ops: x / sqrt(mean(x^2) + eps) * weight. onnxruntime fuses the pattern into its
+        SimplifiedLayerNormalization kernel (outputs bit-identical to that node's), and onnx.checker and TensorRT
+        accept it, as they do not the bare SimplifiedLayerNormalization (a contrib op without a domain of its own)."""
+        two = self.weight(f"{name}/two", np.array(2.0, np.float32))
+        epsilon = self.weight(f"{name}/epsilon", np.array(eps, np.float32))
+        mean = self.node("ReduceMean", [self.node("Pow", [x, two], f"{name}/Pow")], f"{name}/ReduceMean", axes=[-1],
+                         keepdims=1)
+        rms = self.node("Sqrt", [self.node("Add", [mean, epsilon], f"{name}/Add")], f"{name}/Sqrt")
+        return self.node("Mul", [self.node("Div", [x, rms], f"{name}/Div"), weight], f"{name}/Mul")
+
     def skip_norm(self, x: str, skip: str, norm, name: str) -> tuple[str, str]:
         """RMSNorm(x + skip) and x + skip (the residual stream)."""
         out, summed = f"{name}/out", f"{name}/residual"
@@ -131,9 +145,8 @@ class DecodeWriter(GraphWriter):
     def layers(self, x: str) -> str:
         """Every decoder layer; returns the final norm's output."""
         layers, eps = self.model.model.layers, self.d.rms_norm_eps
-        first = self.norm_weight(layers[0].attention_norm, "layers.0.attention_norm")
-        h = self.node("SimplifiedLayerNormalization", [x, first], "layers.0/attention_norm", epsilon=eps, axis=-1,
-                      stash_type=1)
+        h = self.rms_norm(x, self.norm_weight(layers[0].attention_norm, "layers.0.attention_norm"), eps,
+                          "layers.0/attention_norm")
         residual = x
         for i, layer in enumerate(layers):
             h, residual = self.skip_norm(self.attention(h, i, layer.attention), residual, layer.ffn_norm,
