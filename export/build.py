@@ -43,14 +43,16 @@ def parse_vision_config(text: str | dict | None) -> dict | None:
 
 def export_checkpoint(checkpoint: str | Path, out_dir: Path, *, family: str | None = None, validate: bool = True,
                       experts: dict[str, str | Path] | None = None, with_experts: bool = True,
-                      vision_config: str | dict | None = None, decode_io_dtype: str = "float32",
+                      vision_config: str | dict | None = None, decode_io_dtype: str | None = None,
                       precision: str = "fp32"):
     """`experts` names each expert's checkpoint (folder or hub id); left out, the reference's hub ids.
     `vision_config`: the vision tower's fields no tensor gives (its head count), a dict or its JSON text.
-    `decode_io_dtype`: "float16" for a decode graph with float16 inputs and outputs (export.package.build_package).
+    `decode_io_dtype`: "float16" for a decode graph with float16 inputs and outputs (export.package.build_package);
+    None: the preset's (float16 for the GPU presets).
     `precision`: a preset of export.precision; below fp32 the package is exported (and validated) in float32 first,
     then lowered and held to the float32 one (export.reduce_package)."""
     target = precision_preset(precision)
+    decode_io_dtype = decode_io_dtype or target.decode_io
     vision_config = parse_vision_config(vision_config)
     model, root, report = load_checkpoint_with_report(checkpoint, family=family, vision_config=vision_config)
     for note in report.notes:
@@ -73,8 +75,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: Path, *, family: str | No
 
 
 def export_tiny(family: str, out_dir: Path, *, preset: str = "tiny", seed: int = 0, validate: bool = True,
-                with_experts: bool = True, labels: dict[str, list[str]] | None = None, decode_io_dtype: str = "float32",
-                precision: str = "fp32"):
+                with_experts: bool = True, labels: dict[str, list[str]] | None = None,
+                decode_io_dtype: str | None = None, precision: str = "fp32"):
     """Seeded checkpoints (VLM in `out_dir/checkpoint`, experts in `out_dir/experts`) exported through the real
     loading code. `labels` may replace the detector's queries / the scene graph's predicates (e.g. MoAI's 1847
     queries for `small`); the lists the family's experts do not take are left out. `decode_io_dtype`,

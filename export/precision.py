@@ -77,6 +77,7 @@ ROLES: dict[str, tuple[type, ...]] = {
 # the decoder's rule -> the head rules it can take: the head is lowered with the decoder's graphs, so a float decoder
 # has a head of its precision; a weight-only decoder's head keeps float32 or has weight-only bits of its own
 HEAD_WITH: dict[type, tuple[type, ...]] = {Float32: (Float32,), Float16: (Float16,), WeightOnly: (Float32, WeightOnly)}
+DECODE_IO = ("float32", "float16")
 WEIGHT_ONLY_BITS = (4, 8)  # the widths the manifest's kinds (int4, int8) and the precision check's bounds know
 
 # package component -> its role; a component not here keeps float32
@@ -99,6 +100,9 @@ class PrecisionPreset:
 
     name: str
     rules: dict[str, Rule]  # role -> rule, every role of ROLES
+    # the decode graph's floating-point inputs and outputs: float16 for GPUs, where onnxruntime's CUDA
+    # GroupQueryAttention has float16 kernels only and the KV cache stays on the device in half the bytes
+    decode_io: str = "float32"
 
     def __post_init__(self):
         check_preset(self)
@@ -115,6 +119,9 @@ class PrecisionPreset:
 def check_preset(preset: PrecisionPreset) -> None:
     """PrecisionPresetError, naming the preset and the role, when a rule does not fit its role."""
     where = f"precision preset {preset.name!r}"
+    if preset.decode_io not in DECODE_IO:
+        raise PrecisionPresetError(f"{where}: expected a decode_io of {', '.join(DECODE_IO)}, "
+                                   f"found {preset.decode_io!r}")
     missing, unknown = ROLES.keys() - preset.rules.keys(), preset.rules.keys() - ROLES.keys()
     if missing or unknown:
         found = [f"no rule for {role!r}" for role in ROLES if role in missing]
@@ -162,8 +169,9 @@ FP32, FP16 = Float32(), Float16()
 PRECISION_PRESETS: dict[str, PrecisionPreset] = by_name(
     # the exported graphs as they are, validated against PyTorch (tensor parity, greedy tokens)
     PrecisionPreset("fp32", {"decoder": FP32, "head": FP32, "tower": FP32, "small": FP32, "embedding": FP32}),
-    # GPUs: half the bytes everywhere; float32 IO, so the runtime's feeds and KV cache do not change
-    PrecisionPreset("fp16", {"decoder": FP16, "head": FP16, "tower": FP16, "small": FP16, "embedding": FP16}),
+    # GPUs: half the bytes everywhere; the decode graph's IO float16 too (its attention and KV cache on the GPU)
+    PrecisionPreset("fp16", {"decoder": FP16, "head": FP16, "tower": FP16, "small": FP16, "embedding": FP16},
+                    decode_io="float16"),
     # CPU: onnxruntime's MatMulNBits and integer matmuls
     PrecisionPreset("int8", {
         "decoder": WeightOnly(8),  # the base weights every token reads; the branches keep float32
@@ -181,10 +189,10 @@ PRECISION_PRESETS: dict[str, PrecisionPreset] = by_name(
     }),
     # GPUs: the int4 decoder with everything else in float16
     PrecisionPreset("int4-fp16", {"decoder": WeightOnly(4), "head": WeightOnly(8), "tower": FP16, "small": FP16,
-                                  "embedding": FP16}),
+                                  "embedding": FP16}, decode_io="float16"),
     # TensorRT: a float16 decoder, the tower and experts in explicit (QDQ) int8 calibrated on world images
     PrecisionPreset("fp16-int8", {"decoder": FP16, "head": FP16, "tower": StaticInt8QDQ(), "small": FP16,
-                                  "embedding": FP16}),
+                                  "embedding": FP16}, decode_io="float16"),
 )
 
 

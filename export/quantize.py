@@ -100,11 +100,36 @@ def dynamic_int8(model):
         return onnx.load(str(out))
 
 
-def float16(model):
-    """Weights and computation in float16, inputs and outputs kept float32 (casts at the edges)."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+KEEP_FLOAT32 = ("GridSample",)  # onnxruntime's CUDA GridSample has a float32 kernel only (engines/compat)
 
-    return convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=model.ByteSize() > 1_800_000_000)
+
+def float16(model):
+    """Weights and computation in float16, inputs and outputs kept as they are (float32 ones behind casts), the ops
+    of KEEP_FLOAT32 in float32; the nodes sorted again, as onnx.checker wants them (the converter appends casts)."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=model.ByteSize() > 1_800_000_000,
+                                    op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(KEEP_FLOAT32))
+    for graph in subgraphs(half.graph):
+        topological_sort(graph)
+    return half
+
+
+def topological_sort(graph) -> None:
+    """`graph`'s nodes in an order where each comes after the producers of its inputs (stable otherwise)."""
+    produced = {o for n in graph.node for o in n.output if o}
+    done, ordered, left = set(), [], list(graph.node)
+    while left:
+        ready = [n for n in left if all(i in done or i not in produced for i in n.input)]
+        if not ready:
+            raise ExportValidationError(f"graph {graph.name!r}: expected an acyclic graph, found a cycle among "
+                                        f"{[n.name for n in left][:5]}")
+        ready_ids = {id(n) for n in ready}
+        ordered += ready
+        done.update(o for n in ready for o in n.output)
+        left = [n for n in left if id(n) not in ready_ids]
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def static_int8_qdq(model, feeds: list[dict]):
@@ -130,5 +155,6 @@ def static_int8_qdq(model, feeds: list[dict]):
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=["Conv", "MatMul", "Gemm"], calibrate_method=CalibrationMethod.MinMax,
                         use_external_data_format=large,
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                        # biases kept float: TensorRT and onnxruntime's CUDA DequantizeLinear take no int32 input
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
         return onnx.load(str(out))
