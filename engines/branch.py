@@ -72,6 +72,11 @@ class BranchEngine:
     def metadata(self) -> dict[str, str]:
         return self.engine.metadata()
 
+    @property
+    def device_array(self):
+        """The file engine's `device_array` (an AttributeError where its backend has none)."""
+        return self.engine.device_array
+
     def synchronize(self) -> None:
         sync = getattr(self.engine, "synchronize", None)  # None when closed, or on a backend without streams
         if sync is not None:

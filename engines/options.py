@@ -35,6 +35,8 @@ class RuntimeOptions:
     verify_hashes: bool = True
     check_inputs: bool = True
     device_id: int = 0
+    allow_cpu_fallback: bool = False  # GPU providers that cannot load: run on the CPU (warned) instead of failing
+    engine_cache_dir: str | None = None  # TensorRT engine and timing caches (engines.tensorrt: default ~/.cache/...)
     record_feeds: FeedRecorder | None = field(default=None, compare=False, repr=False)  # engines.recording
 
     def __post_init__(self) -> None:
@@ -59,7 +61,9 @@ class RuntimeOptions:
         if self.record_feeds is not None and not isinstance(self.record_feeds, FeedRecorder):
             raise InputError(f"record_feeds: expected None or an engines.recording.FeedRecorder, "
                              f"found {type(self.record_feeds).__name__}")
-        for name in ("concurrent", "memory_arena", "verify_hashes", "check_inputs"):
+        if self.engine_cache_dir is not None and not (isinstance(self.engine_cache_dir, str) and self.engine_cache_dir):
+            raise InputError(f"engine_cache_dir: expected None or a folder path, found {self.engine_cache_dir!r}")
+        for name in ("concurrent", "memory_arena", "verify_hashes", "check_inputs", "allow_cpu_fallback"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name}: expected True or False, found {getattr(self, name)!r}")
 

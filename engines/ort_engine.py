@@ -1,30 +1,32 @@
 """The ONNX Runtime backend of the Engine protocol (anchor: Polygraphy's OnnxrtRunner).
 
 RuntimeOptions are translated here: the device becomes execution providers (on a GPU with the
-engine's own CUDA stream), threads the intra-op pool, memory_arena the CPU arena; spinning threads
-are off (they burn the cores other sessions need), and prepacking is off exactly when weights are
-shared (or each session keeps its own repacked copy).
+engine's own CUDA stream; TensorRT's configured from the manifest, engines.tensorrt), threads the
+intra-op pool, memory_arena the CPU arena; spinning threads are off (they burn the cores other
+sessions need), and prepacking is off exactly when weights are shared (or each session keeps its own
+repacked copy). A session that did not get the provider its device asks for is refused unless
+`allow_cpu_fallback` (engines.providers). Arrays may live on the engine's device (engines.device_arrays).
 """
 
 from __future__ import annotations
 
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from . import tensorrt
 from .cuda_streams import CudaStream, with_stream
+from .device_arrays import DeviceArray, bind_feeds
 from .errors import EngineError
 from .options import DEVICES, RuntimeOptions
 from .protocol import TensorSpec, check_feeds
+from .providers import (EXECUTION_PROVIDERS, TENSORRT, CpuFallbackWarning, check_placement, opening_log,
+                        provider_names, wanted_provider)
 from .registry import Graph, backend
 from .resident_pages import drop_resident_pages
 from .shared_weights import SharedWeights
-
-EXECUTION_PROVIDERS = {
-    "cpu": ("CPUExecutionProvider",),
-    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
-    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
-}
 EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"  # onnxruntime >= 1.21
 _ORT_TYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -33,11 +35,41 @@ _ORT_TYPES = {
 }
 
 
-def providers(options: RuntimeOptions, stream: CudaStream | None) -> list:
-    """The execution providers of `options.device`, the GPU ones on `options.device_id` and the engine's stream."""
-    out = [(p, {"device_id": str(options.device_id)}) if p != "CPUExecutionProvider" else p
-           for p in EXECUTION_PROVIDERS[options.device]]
+def providers(options: RuntimeOptions, stream: CudaStream | None, plan: tensorrt.TensorrtPlan | None = None,
+              cache_dir=None) -> list:
+    """The execution providers of `options.device`, the GPU ones on `options.device_id` and the engine's stream;
+    TensorRT's configured from `plan` (a graph the plan does not send to TensorRT gets CUDA's and the CPU's)."""
+    build = plan is None or plan.build
+    out = []
+    for p in provider_names(options.device, tensorrt=build):
+        if p == TENSORRT and plan is not None:
+            out.append((p, tensorrt.provider_options(plan, device_id=options.device_id, cache_dir=cache_dir)))
+        elif p != "CPUExecutionProvider":
+            out.append((p, {"device_id": str(options.device_id)}))
+        else:
+            out.append(p)
     return with_stream(out, stream.handle) if stream is not None else out
+
+
+def new_session(model, so, provider_list: list):
+    """onnxruntime's InferenceSession (the seam tests replace to make a provider fail the way it really does)."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model, so, providers=provider_list)
+
+
+def open_stream(name: str, options: RuntimeOptions) -> CudaStream | None:
+    """The engine's CUDA stream; with `allow_cpu_fallback`, None (and a warning) where none can be made."""
+    if options.device == "cpu":
+        return None
+    try:
+        return CudaStream(name, options.device_id)
+    except EngineError as exc:
+        if not options.allow_cpu_fallback:
+            raise
+        warnings.warn(f"device '{options.device}': no CUDA stream for '{name}' ({exc})", CpuFallbackWarning,
+                      stacklevel=3)
+        return None
 
 
 def bytes_with_external_data() -> bool:
@@ -86,8 +118,11 @@ class OrtEngine:
     devices = DEVICES
 
     def __init__(self, session, *, name: str, check_inputs: bool, shared: SharedWeights | None,
-                 stream: CudaStream | None, run_options=None):
+                 stream: CudaStream | None, run_options=None, device_id: int = 0):
         self.session = session
+        self.providers = list(session.get_providers())  # where it runs, as checked when it opened
+        self.device = ("cuda", device_id) if "CUDAExecutionProvider" in self.providers or \
+            "TensorrtExecutionProvider" in self.providers else ("cpu", 0)
         self.run_options = run_options
         self.name = name
         self.check_inputs = check_inputs
@@ -101,29 +136,46 @@ class OrtEngine:
         import onnxruntime as ort
 
         needed, available = EXECUTION_PROVIDERS[options.device][0], ort.get_available_providers()
-        if needed not in available:
-            raise EngineError(f"device '{options.device}' needs onnxruntime's {needed}, which this onnxruntime build "
-                              f"does not have (it has {available}); on a machine with an NVIDIA GPU install "
-                              f"'moai-edge[gpu]'")
+        if needed in available:
+            return
+        said = (f"device '{options.device}' needs onnxruntime's {needed}, which this onnxruntime build does not have "
+                f"(it has {available})")
+        if options.allow_cpu_fallback:
+            warnings.warn(f"{said}; running on the CPU (--allow-cpu-fallback)", CpuFallbackWarning, stacklevel=3)
+            return
+        raise EngineError(f"{said}; on a machine with an NVIDIA GPU install 'moai-edge[gpu]' (onnxruntime-gpu alone: "
+                          f"pip uninstall onnxruntime first), or pass --allow-cpu-fallback")
 
     @classmethod
     def open(cls, graph: Graph, options: RuntimeOptions, *, shared: SharedWeights | None) -> "OrtEngine":
-        import onnxruntime as ort
-
         by_path = graph.data is None or (graph.external_data and not bytes_with_external_data())
         folder = graph.path.parent if graph.external_data and not by_path else None  # where its external data lies
-        stream = CudaStream(graph.name, options.device_id) if options.device != "cpu" else None
+        stream = open_stream(graph.name, options)
+        plan = graph.tensorrt if options.device == "tensorrt" else None
+        cache_dir = tensorrt_cache_dir(plan, options) if plan is not None and plan.build else None
         try:
-            session = ort.InferenceSession(str(graph.path) if by_path else graph.data,
-                                           session_options(options, shared, folder),
-                                           providers=providers(options, stream))
+            with opening_log(options.device != "cpu") as log:
+                session = new_session(str(graph.path) if by_path else graph.data,
+                                      session_options(options, shared, folder),
+                                      providers(options, stream, plan, cache_dir))
         except Exception as exc:  # onnxruntime raises its own untyped errors (Fail, InvalidGraph, ...)
             if stream is not None:
                 stream.close()
             raise EngineError(f"onnxruntime could not load '{graph.path}' ({graph.name}): {exc}") from exc
+        try:
+            check_placement(session.get_providers(), device=options.device, name=graph.name, log=log.text,
+                            wanted=wanted_provider(options.device, tensorrt=plan is None or plan.build),
+                            allow_cpu_fallback=options.allow_cpu_fallback)
+        except EngineError:
+            if stream is not None:
+                stream.close()
+            raise
+        if log.text:
+            sys.stderr.write(log.text)  # what onnxruntime said while the session opened, kept visible
         drop_resident_pages(graph.external_files)  # what prepacking read and will not read again
         return cls(session, name=graph.name, check_inputs=options.check_inputs, shared=shared, stream=stream,
-                   run_options=shrinking_arena() if options.memory_arena and options.device == "cpu" else None)
+                   run_options=shrinking_arena() if options.memory_arena and options.device == "cpu" else None,
+                   device_id=options.device_id)
 
     def inputs(self) -> list[TensorSpec]:
         return list(self._inputs)
@@ -146,28 +198,24 @@ class OrtEngine:
         except Exception as exc:
             raise EngineError(f"engine '{self.name}' failed to run: {exc}") from exc
 
-    def run_bound(self, feeds: dict[str, np.ndarray], out: dict[str, np.ndarray],
-                  names: list[str]) -> dict[str, np.ndarray]:
-        """onnxruntime's IOBinding over the callers' arrays: inputs and the outputs in `out` are used where they lie
-        (host memory), the other outputs come back as new arrays."""
-        import onnxruntime as ort
-
+    def run_bound(self, feeds: dict, out: dict, names: list[str]) -> dict:
+        """onnxruntime's IOBinding: inputs and the outputs in `out` are used where they lie (numpy arrays in host
+        memory, DeviceArrays on this engine's device; an array may be both an input and an output, the KV cache),
+        the other outputs come back as new host arrays (the logits row)."""
         unknown = sorted(set(out) - set(names))
         if unknown:
             raise EngineError(f"engine '{self.name}': cannot write outputs {unknown}; its outputs are {names}")
         binding = self.session.io_binding()
-        for name, value in feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for name in names:
-            if name in out:
-                if not out[name].flags.c_contiguous:
-                    raise EngineError(f"engine '{self.name}': the array for output '{name}' must be C-contiguous")
-                binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(out[name]))
-            else:
-                binding.bind_output(name)
+        bind_feeds(binding, feeds, out, names, engine=self.name)
         self.session.run_with_iobinding(binding, self.run_options)
+        binding.synchronize_outputs()
         values = binding.get_outputs()
         return {name: out[name] if name in out else value.numpy() for name, value in zip(names, values)}
+
+    def device_array(self, array: np.ndarray) -> DeviceArray:
+        """`array` where this engine runs: on the CPU an OrtValue over the array's own memory, on a GPU a copy in
+        device memory. Bound as an input and as an output of `run`, it is read and written in place."""
+        return DeviceArray.of(array, *self.device)
 
     def metadata(self) -> dict[str, str]:
         """The graph's custom metadata (e.g. PP-OCR's character dictionary)."""
@@ -194,3 +242,14 @@ class OrtEngine:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def tensorrt_cache_dir(plan: tensorrt.TensorrtPlan, options: RuntimeOptions):
+    """The engine and timing caches' folder of the plan's package on this GPU and TensorRT version."""
+    from .platform_info import gpu_name, tensorrt_version
+
+    gpu, trt = gpu_name(options.device_id), tensorrt_version()
+    if gpu.value is None or trt.value is None:
+        raise EngineError(f"device 'tensorrt': expected a GPU and TensorRT 10 to key the engine cache, found GPU "
+                          f"{gpu}, TensorRT {trt}")
+    return tensorrt.device_folder(tensorrt.cache_root(options.engine_cache_dir), plan.package_id, gpu.value, trt.value)

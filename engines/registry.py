@@ -20,10 +20,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Protocol
 
-from . import integrity
+from . import integrity, tensorrt
 from .branch import BranchEngine, SharedEngine
 from .errors import EngineError, IntegrityError, ManifestError
-from .manifest import Manifest
+from .manifest import MANIFEST_NAME, Manifest
 from .options import RuntimeOptions
 from .protocol import Engine
 from .shared_weights import SharedWeights
@@ -39,6 +39,7 @@ class Graph:
     external_data: bool = False  # the graph names files beside it (shared weights, extra_files)
     stamp: integrity.Stamp | None = None  # the version of `path` that was hashed, when the backend reads it itself
     external_files: tuple[Path, ...] = ()  # the external data files the graph names (the manifest's extra_files)
+    tensorrt: tensorrt.TensorrtPlan | None = None  # what the manifest says of it for TensorRT (device "tensorrt")
 
 
 class Backend(Protocol):
@@ -104,7 +105,7 @@ def open_package_engine(manifest: Manifest, component: str, options: RuntimeOpti
     if c.fixed_feeds:
         return open_branch(cls, manifest, component, options, verify=verify)
     shared = shared_weights(manifest, c.shared_weights, verify=verify) if c.shared_weights else None
-    return opened(cls, package_graph(manifest, component, verify=verify), options, shared=shared)
+    return opened(cls, package_graph(manifest, component, verify=verify, options=options), options, shared=shared)
 
 
 def opened(cls: type[Backend], graph: Graph, options: RuntimeOptions, *, shared: SharedWeights | None) -> Engine:
@@ -137,7 +138,7 @@ def open_branch(cls: type[Backend], manifest: Manifest, component: str, options:
     with _branch_lock:
         shared = _branch_engines.get(key)
         if shared is None:  # read and hashed here, once
-            graph = package_graph(manifest, component, verify=verify)
+            graph = package_graph(manifest, component, verify=verify, options=options)
             engine = opened(cls, replace(graph, name=path.stem), options.replace(check_inputs=False), shared=None)
             shared = _branch_engines[key] = SharedEngine(engine)
 
@@ -161,7 +162,7 @@ def open_file(path: str | Path, options: RuntimeOptions, *, name: str | None = N
     return cls.open(Graph(name or path.stem, path, external_data=True), options, shared=None)
 
 
-def package_graph(manifest: Manifest, component: str, *, verify: bool) -> Graph:
+def package_graph(manifest: Manifest, component: str, *, verify: bool, options: RuntimeOptions | None = None) -> Graph:
     """The component's graph, hashed. A self-contained graph is hashed through a read-only mapping and opened by
     path: onnxruntime given the bytes of a graph holds about twice what it holds when it reads the file (a 300 MB
     int8 vision tower: 609 MB against 321 MB resident, besides the bytes themselves). A graph with external data
@@ -176,11 +177,30 @@ def package_graph(manifest: Manifest, component: str, *, verify: bool) -> Graph:
             integrity.map_verified(path, expected, label)
     path, expected, label = manifest.file_check(c.file)
     external = bool(c.extra_files or c.shared_weights)
+    plan = tensorrt_plan(manifest, component) if options is not None and options.device == "tensorrt" else None
     if external:
         return Graph(component, path, integrity.read_verified(path, expected if verify else None, label),
-                     external_data=True, external_files=tuple(extra))
+                     external_data=True, external_files=tuple(extra), tensorrt=plan)
     _, stamp = integrity.map_verified(path, expected if verify else None, label)
-    return Graph(component, path, stamp=stamp)
+    return Graph(component, path, stamp=stamp, tensorrt=plan)
+
+
+GPU_PRESETS = ("fp16", "int4-fp16", "fp16-int8")  # export.precision's presets for GPUs: TensorRT builds in fp16
+
+
+def tensorrt_plan(manifest: Manifest, component: str) -> tensorrt.TensorrtPlan:
+    """What the manifest's `tensorrt` section says of `component`; a graph it does not name runs on CUDA."""
+    c, section = manifest.component(component), manifest.tensorrt
+    said = section.get("graphs", {}).get(component)
+    if said is None:
+        reason = ("the package records no TensorRT check (schema 4: re-export it with this moai-edge)" if not section
+                  else "the manifest's tensorrt.graphs does not name it")
+        said = {"build": False, "reason": reason}
+    package = tensorrt.package_id((manifest.root / MANIFEST_NAME).read_bytes(), manifest.root)
+    return tensorrt.TensorrtPlan(component=component, build=said["build"], reason=said.get("reason", ""),
+                                 profiles=tensorrt.profile_shapes(c.inputs, section.get("axis_ranges", {})),
+                                 fp16=manifest.source.get("precision") in GPU_PRESETS or c.precision == "fp16",
+                                 int8=c.precision == "int8-qdq", package_id=package, graph_sha256=c.sha256)
 
 
 _shared_lock = threading.Lock()

@@ -7,16 +7,17 @@ from dataclasses import MISSING
 
 from ..errors import ManifestError
 from .fields import check_weight_ranges, fail, is_int, refuse, shown
-from .format import SCHEMA_VERSION, Component, Manifest
+from .format import READABLE_VERSIONS, SCHEMA_VERSION, Component, Manifest
 from .npy import check_npy_file
 from .rules import EXPERT_COMPONENTS, EXPERT_SETTINGS
 
 
 def check_schema_version(d: dict) -> None:
     version = d.get("schema_version")
-    if not is_int(version) or version != SCHEMA_VERSION:
+    if not is_int(version) or version not in READABLE_VERSIONS:
         raise ManifestError(f"manifest field 'schema_version': expected {SCHEMA_VERSION} (the schema this moai-edge "
-                            f"reads; re-export the package), found {shown(version)}")
+                            f"writes; it reads {', '.join(map(str, READABLE_VERSIONS))}; re-export the package), "
+                            f"found {shown(version)}")
 
 
 def component_reference(value, where: str, components: dict[str, Component], kind: str) -> None:

@@ -26,7 +26,10 @@ from .paths import package_file
 # 2: the generation section is a DecodingConfig; the model section has no eos_id / pad_id.
 # 3: the decode graph updates KV buffers (batch, kv_heads, max_len, head_dim) in place (export.gqa_decode).
 # 4: the scene graph is two graphs: the mask heads run apart, on the queries post-processing reads.
-SCHEMA_VERSION = 4
+# 5: an optional `tensorrt` section: the axis ranges of TensorRT's profiles and which graphs TensorRT takes. A
+#    package of schema 4 is read as one without it (it runs everywhere but on TensorRT).
+SCHEMA_VERSION = 5
+READABLE_VERSIONS = (4, 5)
 MANIFEST_NAME = "manifest.json"
 FAMILIES = ("collavo", "moai")
 COMPONENT_KINDS = ("onnx", "npy")
@@ -125,6 +128,8 @@ class Manifest:
     shared_weights: dict[str, SharedWeights] = field(default_factory=dict)
     experts: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)
+    # {"axis_ranges": {axis: [min, opt, max]}, "graphs": {component: {"build": bool, "reason": str}}} (schema 5)
+    tensorrt: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     root: Path | None = None
     verify_hashes: bool = True  # files read through this manifest are hashed (once per process) before use
@@ -202,6 +207,7 @@ class Manifest:
             "preprocess": asdict(self.preprocess),
             "generation": self.generation.to_json(),
             "experts": self.experts,
+            **({"tensorrt": self.tensorrt} if self.tensorrt else {}),
         }
 
     def save(self, root: Path) -> Path:

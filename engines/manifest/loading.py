@@ -11,7 +11,7 @@ from ..decoding import DecodingConfig
 from ..errors import ManifestError
 from ..protocol import TensorSpec
 from .checks import check_agreement, check_experts, check_files, check_schema_version
-from .fields import check_section
+from .fields import check_section, fail
 from .format import MANIFEST_NAME, Component, Manifest, ModelDims, PreprocessConfig, PromptConfig, SharedWeights
 from .rules import COMPONENT_RULES, SECTION_RULES, TOKENIZER_RULES, TOP_LEVEL_REQUIRED, TOP_LEVEL_RULES, required_fields
 
@@ -62,9 +62,12 @@ def manifest_from_json(d: dict, root: Path | None = None) -> Manifest:
         tokenizer=d["tokenizer"], prompts=build_section(PromptConfig, d["prompts"], "prompts"),
         preprocess=build_section(PreprocessConfig, d["preprocess"], "preprocess"),
         generation=build_section(DecodingConfig, d["generation"], "generation"),
-        experts=d.get("experts", {}), root=root,
+        experts=d.get("experts", {}), tensorrt=d.get("tensorrt", {}), root=root,
     )
     check_agreement(m)
+    for name in m.tensorrt.get("graphs", {}):
+        if name not in components:
+            fail(f"tensorrt.graphs.{name}", f"a graph component, one of {sorted(components)}", name)
     return m
 
 

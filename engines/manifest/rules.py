@@ -18,6 +18,8 @@ from .fields import (
     Check,
     anything,
     boolean,
+    check_section,
+    fail,
     integer,
     list_of,
     mapping_of,
@@ -31,9 +33,24 @@ from .fields import (
 )
 from .format import COMPONENT_KINDS, FAMILIES, ModelDims, PreprocessConfig, PromptConfig, SharedWeights
 
+def tensorrt_section(value, where) -> None:
+    """{"axis_ranges": {axis: [min, opt, max]}, "graphs": {component: {"build": bool, "reason": text}}}."""
+    check_section(value, where, {"axis_ranges": mapping_of(axis_range), "graphs": mapping_of(tensorrt_graph)})
+
+
+def axis_range(value, where) -> None:
+    list_of(POSITIVE, length=3)(value, where)
+    if not value[0] <= value[1] <= value[2]:
+        fail(where, "[min, opt, max] with min <= opt <= max", value)
+
+
+def tensorrt_graph(value, where) -> None:
+    check_section(value, where, {"build": boolean, "reason": TEXT}, required=("build",))
+
+
 TOP_LEVEL_RULES: dict[str, Check] = {
-    "schema_version": integer(), "family": one_of(FAMILIES), **{k: mapping_of(anything) for k in (
-        "source", "components", "shared_weights", "experts")},
+    "schema_version": integer(), "family": one_of(FAMILIES), "tensorrt": tensorrt_section,
+    **{k: mapping_of(anything) for k in ("source", "components", "shared_weights", "experts")},
     **{k: anything for k in ("model", "tokenizer", "prompts", "preprocess", "generation")}}
 TOP_LEVEL_REQUIRED = ("schema_version", "family", "model", "components", "tokenizer", "prompts", "preprocess",
                       "generation")

@@ -3,7 +3,8 @@
 Rows are right-padded in the prefill: a row's real tokens sit at slots [0, length), its padding after them.
 Each decode step writes a row's new token at slot `length` (which is also its RoPE position: positions count
 only real tokens), so a row gives exactly its batch-1 result. The cache's and the feeds' dtypes are the decode
-graph's input dtypes.
+graph's input dtypes, and it lives where the decode engine runs when the engine can place arrays (on a GPU, in
+device memory for the whole answer).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class DecoderRunner:
         d = self.dims
         check_context(seq, max_new_tokens, d.max_context)
         self.cache = KVCache(num_layers=d.num_layers, rows=rows, kv_heads=d.num_kv_heads, head_dim=d.head_dim,
-                             max_len=seq + max_new_tokens, dtype=self.dtypes["past_key.0"])
+                             max_len=seq + max_new_tokens, dtype=self.dtypes["past_key.0"],
+                             place=getattr(self.decode_engine, "device_array", None))
         out = self.prefill_engine.run(feeds)
         self.cache.fill(out, lengths=mask.sum(axis=1))
         return out["logits"]

@@ -3,9 +3,15 @@
 The decode graph (export.gqa_decode) reads a buffer as its past and writes the new token's key and value into the
 same buffer at the row's own length, so a step copies nothing. Row r's real tokens fill slots [0, lengths[r]);
 slots after that may hold the prefill's padding, which no step attends to and the next tokens overwrite.
+
+With `place` (the decode engine's `device_array`), the buffers are bound where the engine runs once the prefill has
+filled them: on a GPU they stay in device memory (a step moves the new token in and the logits out), on the CPU they
+are OrtValues over the same host memory. Without it they are bound as numpy arrays.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
@@ -13,11 +19,15 @@ from moai_edge.engines.errors import InputError
 
 
 class KVCache:
-    def __init__(self, *, num_layers: int, rows: int, kv_heads: int, head_dim: int, max_len: int, dtype: np.dtype):
+    def __init__(self, *, num_layers: int, rows: int, kv_heads: int, head_dim: int, max_len: int, dtype: np.dtype,
+                 place: Callable | None = None):
         shape = (rows, kv_heads, max_len, head_dim)
         self.keys = [np.zeros(shape, dtype) for _ in range(num_layers)]
         self.values = [np.zeros(shape, dtype) for _ in range(num_layers)]
         self.lengths = np.zeros(rows, np.int64)
+        self.place = place
+        self.bound_keys: list = []  # the buffers where the engine runs, once placed
+        self.bound_values: list = []
 
     @property
     def max_len(self) -> int:
@@ -36,6 +46,9 @@ class KVCache:
             k[:, :, :n] = outputs[f"key.{i}"].transpose(1, 2, 0, 3)
             v[:, :, :n] = outputs[f"value.{i}"].transpose(1, 2, 0, 3)
         self.lengths = np.asarray(lengths, np.int64).copy()
+        if self.place is not None:  # one copy per answer to a GPU; none on the CPU
+            self.bound_keys = [self.place(k) for k in self.keys]
+            self.bound_values = [self.place(v) for v in self.values]
 
     def step_feeds(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """The decode graph's KV and length inputs, and the outputs it writes in place (the same buffers)."""
@@ -44,7 +57,8 @@ class KVCache:
         feeds = {"seqlens_k": self.lengths.astype(np.int32),
                  "total_sequence_length": np.array(self.lengths.max(initial=0) + 1, np.int32)}
         out = {}
-        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+        keys, values = (self.bound_keys, self.bound_values) if self.bound_keys else (self.keys, self.values)
+        for i, (k, v) in enumerate(zip(keys, values)):
             feeds[f"past_key.{i}"] = out[f"key.{i}"] = k
             feeds[f"past_value.{i}"] = out[f"value.{i}"] = v
         return feeds, out
@@ -54,7 +68,9 @@ class KVCache:
 
     def select_rows(self, index: np.ndarray) -> None:
         """Keep rows `index` (may repeat rows: beams expand B rows to B*num_beams)."""
-        for bufs in (self.keys, self.values):
+        for bufs, bound in ((self.keys, self.bound_keys), (self.values, self.bound_values)):
             for i, b in enumerate(bufs):
-                bufs[i] = b[index]
+                bufs[i] = (bound[i].numpy() if bound else b)[index]  # from a GPU: through the host, per beam step
+                if bound:
+                    bound[i] = self.place(bufs[i])
         self.lengths = self.lengths[index]

@@ -149,8 +149,22 @@ def test_an_older_schema_package_asks_for_a_re_export(root, old):
     d = json.loads((root / "manifest.json").read_text())
     d["schema_version"] = old
     (root / "manifest.json").write_text(json.dumps(d))
-    with pytest.raises(ManifestError, match=f"expected 4 .*re-export the package.*found {old}"):
+    with pytest.raises(ManifestError, match=f"expected 5 .*reads 4, 5; re-export the package.*found {old}"):
         load_manifest(root)
+
+
+def test_a_schema_4_package_loads_without_a_tensorrt_section_and_says_so_for_tensorrt(root):
+    """Schema 5 only adds the optional `tensorrt` section: a schema-4 package runs as before, and its graphs would go
+    to the CUDA provider under --device tensorrt, for a reason that names the re-export."""
+    from moai_edge.engines.registry import tensorrt_plan
+
+    d = json.loads((root / "manifest.json").read_text())
+    d["schema_version"] = 4
+    d.pop("tensorrt", None)
+    (root / "manifest.json").write_text(json.dumps(d))
+    m = load_manifest(root)
+    plan = tensorrt_plan(m, "decode")
+    assert m.schema_version == 4 and m.tensorrt == {} and not plan.build and "re-export" in plan.reason
 
 
 def test_the_generation_section_is_the_decoding_config(root):
