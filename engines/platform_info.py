@@ -154,3 +154,17 @@ def machine_report() -> dict:
             .to_json(), "gpu": gpu.to_json(), "cudnn": cudnn_version().to_json(),
             "tensorrt": tensorrt_version().to_json(), "l4t": l4t_release().to_json(),
             "power_mode": power_mode().to_json(), "clocks": clocks().to_json()}
+
+
+def tensorrt_problems() -> list[str]:
+    """Why TensorRT engines cannot be built here (empty: they can): the TensorRT provider, a GPU, libnvinfer."""
+    problems = []
+    if "TensorrtExecutionProvider" not in ort_providers():
+        problems.append(f"this onnxruntime has no TensorRT provider (providers: {', '.join(ort_providers())}; "
+                        f"install onnxruntime-gpu, see constraints/jetson-jp6.txt on a Jetson)")
+    gpu, trt = gpu_name(), tensorrt_version()
+    if gpu.value is None:
+        problems.append(f"no GPU: {gpu.why}")
+    if trt.value is None:
+        problems.append(f"no TensorRT 10: {trt.why}")
+    return problems

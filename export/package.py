@@ -147,6 +147,7 @@ def build_package(model: VLM, *, tokenizer_file: Path, out_dir: Path, source: di
     )
     manifest.save(out_dir)
     manifest.source["decode_weight_bytes"] = decode_weight_bytes(manifest)
+    manifest.tensorrt = tensorrt_section(manifest)
     if validate:
         manifest.source["validation_max_abs_diff"] = {**validate_package(manifest, model), **expert_diffs}
     manifest.save(out_dir)
@@ -197,3 +198,30 @@ def validate_package(manifest: Manifest, model: VLM, *, tol: Tolerance = Toleran
                                    tol=graph_tolerance(name, model, tol, io_dtype))
         worst[name] = max(diffs.values())
     return worst
+
+
+def axis_ranges(manifest: Manifest) -> dict[str, list[int]]:
+    """[min, opt, max] of the symbolic axes whose range the package knows, for TensorRT's optimization profiles: a
+    robot's batch 1 (up to 8 captioning), prompts up to the context (opt: the image and a question), the KV buffer,
+    the detector's fixed query count."""
+    d = manifest.model
+    ranges = {"batch": [1, 1, 8], "seq": [1, min(d.num_image_tokens + 64, d.max_context), d.max_context],
+              "max_len": [1, d.max_context, d.max_context]}
+    if "detector_queries" in manifest.components:
+        n = int(manifest.component("detector_queries").outputs[0].shape[0])
+        ranges["queries"] = [n, n, n]
+    return ranges
+
+
+def tensorrt_section(manifest: Manifest) -> dict:
+    """The manifest's `tensorrt` section: the axis ranges, and for each graph whether TensorRT's minimum supported
+    version takes it, from the static check against onnx-tensorrt's operator matrix (engines.compat); a graph it
+    does not take runs on the CUDA provider, and the first reason is recorded."""
+    from moai_edge.engines.compat import TENSORRT_MINIMUM, check_package
+
+    graphs = {}
+    for name, report in check_package(manifest, with_checker=False).items():
+        problems = report.tensorrt[TENSORRT_MINIMUM]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        graphs[name] = {"build": not problems, **({"reason": problems[0] + more} if problems else {})}
+    return {"axis_ranges": axis_ranges(manifest), "graphs": graphs}

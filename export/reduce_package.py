@@ -22,7 +22,7 @@ from moai_edge.engines.manifest import Component, Manifest, TensorSpec, load_man
 from . import quantize
 from .calibration import calibration_feeds
 from .onnx_weights import save_model
-from .package import decode_weight_bytes, io_specs
+from .package import decode_weight_bytes, io_specs, tensorrt_section
 from .precision import DECODER, PrecisionPreset
 
 
@@ -78,6 +78,7 @@ def reduce_package(src: Path, out: Path, preset: PrecisionPreset) -> Manifest:
     manifest.source = {**manifest.source, "precision": preset.name}
     manifest.save(out)
     manifest.source["decode_weight_bytes"] = decode_weight_bytes(manifest)  # of the lowered graph, now in `out`
+    manifest.tensorrt = tensorrt_section(manifest)  # the lowered graphs, checked again
     manifest.save(out)
     return manifest
 

@@ -13,7 +13,7 @@ from moai_edge.engines.decoding import STRATEGIES
 from moai_edge.engines.errors import MoaiEdgeError
 from moai_edge.engines.options import DEVICES
 
-from . import commands, demo
+from . import commands, demo, doctor
 from .families import FAMILIES
 from .request import DEFAULT_QUESTION
 
@@ -37,6 +37,8 @@ def engine_options(p: argparse.ArgumentParser, *, engine_required: bool = True) 
     p.add_argument("--memory-budget", type=int, default=None, metavar="MB",
                    help="run no more experts at once than fit in MB of RSS, measured on the first image "
                         "(default: no budget; at most one expert per core)")
+    p.add_argument("--allow-cpu-fallback", action="store_true",
+                   help="where the GPU providers cannot load, run on the CPU with a warning (default: refuse)")
 
 
 def generation_options(p: argparse.ArgumentParser) -> None:
@@ -200,6 +202,17 @@ def add_bench_verbs(sub) -> None:
     q.set_defaults(func=commands.cmd_eval)
 
 
+def add_gpu_verbs(sub) -> None:
+    d = sub.add_parser("doctor", help="versions, GPU, CUDA, cuDNN, TensorRT, Jetson power mode; with --engine where "
+                                      "each graph would run")
+    d.add_argument("--engine", help="an engine package: its graphs' placement from the static checks")
+    d.add_argument("--device", choices=("cuda", "tensorrt"), default="tensorrt", help="default: tensorrt")
+    d.set_defaults(func=doctor.cmd_doctor)
+    b = sub.add_parser("build-engines", help="build and cache every TensorRT engine of a package ahead of time")
+    engine_options(b)
+    b.set_defaults(func=doctor.cmd_build_engines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moai-edge", description="Edge runtime for CoLLaVO and MoAI")
     p.add_argument("--version", action="version", version=f"moai-edge {package_version()}")
@@ -208,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_verbs(sub)
     add_serve(sub)
     add_bench_verbs(sub)
+    add_gpu_verbs(sub)
     return p
 
 

@@ -12,8 +12,9 @@ from moai_edge.engines.options import RuntimeOptions
 
 
 def runtime_options(args) -> RuntimeOptions:
-    """--device, --threads and --memory-budget mean the same on every verb that runs engines."""
-    return RuntimeOptions(device=args.device, threads=args.threads, memory_budget_mb=args.memory_budget)
+    """--device, --threads, --memory-budget and --allow-cpu-fallback mean the same on every verb that runs engines."""
+    return RuntimeOptions(device=args.device, threads=args.threads, memory_budget_mb=args.memory_budget,
+                          allow_cpu_fallback=args.allow_cpu_fallback)
 
 
 def cmd_export(args) -> int:
