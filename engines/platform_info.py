@@ -79,9 +79,11 @@ def cudnn_version() -> Found:
 
 def cuda_runtime() -> tuple[Found, Found, Found]:
     """(CUDA runtime version, driver's CUDA version, GPU 0's name) through cuda-python."""
+    from .errors import require
+
     try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
+        cudart = require("cuda.bindings.runtime", "gpu")
+    except ImportError:  # MissingExtraError
         absent = Found(None, "cuda-python not installed (extra gpu)")
         return absent, absent, absent
     ok = cudart.cudaError_t.cudaSuccess

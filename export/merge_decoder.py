@@ -105,6 +105,7 @@ def merge_decoder(prefill, decode):
                             else_branch=else_branch)
     graph = helper.make_graph([node], "decoder", [switch, *merged_inputs(prefill, decode)], outputs,
                               initializer=[p_init[n] for n in sorted(shared)])
-    model = helper.make_model(graph, opset_imports=list(prefill.opset_import))
+    opsets = {o.domain: o for o in list(decode.opset_import) + list(prefill.opset_import)}  # both branches' domains
+    model = helper.make_model(graph, opset_imports=list(opsets.values()))
     model.ir_version = prefill.ir_version
     return model

@@ -31,7 +31,7 @@ DISTRIBUTION = {  # top-level module -> the distribution that provides it
     "cv2": "opencv-python-headless", "pyclipper": "pyclipper", "tqdm": "tqdm", "torch": "torch",
     "cuda": "cuda-python", "tensorrt": "tensorrt", "matplotlib": "matplotlib", "onnxruntime_genai": "onnxruntime-genai",
     "fastapi": "fastapi", "starlette": "starlette", "sse_starlette": "sse-starlette", "uvicorn": "uvicorn",
-    "prometheus_client": "prometheus-client", "ray": "ray", "anyio": "anyio",
+    "prometheus_client": "prometheus-client", "ray": "ray", "anyio": "anyio", "onnx": "onnx",
 }
 NEVER_IN_BASE = {"torch", "torchvision", "transformers", "optimum"}
 
@@ -104,7 +104,7 @@ def test_the_base_install_is_torch_free_and_the_ocr_extra_is_an_alias(project):
     assert names(project["optional-dependencies"]["ocr"]) <= base  # old install lines keep working, add nothing
 
 
-@pytest.mark.parametrize("extra", ["gpu", "trt"])
+@pytest.mark.parametrize("extra", ["gpu"])
 def test_cuda_python_is_pinned_below_13_for_jetpack_6(project, extra):
     requirements = [Requirement(r) for r in project["optional-dependencies"][extra]]
     (spec,) = [r for r in requirements if canonicalize_name(r.name) == "cuda-python"]
@@ -120,3 +120,23 @@ def test_licence_is_declared_in_spdx_form_with_its_file(project):
     build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
     (setuptools,) = [Requirement(r) for r in build if Requirement(r).name == "setuptools"]
     assert not setuptools.specifier.contains(Version("76.9")) and setuptools.specifier.contains(Version("77.0"))
+
+
+def test_the_trt_extra_is_the_tensorrt_onnxruntimes_provider_links(project):
+    """onnxruntime's TensorRT provider links libnvinfer.so.10: TensorRT 10.3 (JetPack 6.1) up to any 10.x, never 11."""
+    (spec,) = [Requirement(r) for r in project["optional-dependencies"]["trt"] if Requirement(r).name == "tensorrt"]
+    assert spec.specifier.contains(Version("10.3.0")) and spec.specifier.contains(Version("10.15.1"))
+    assert not spec.specifier.contains(Version("11.0.0")) and not spec.specifier.contains(Version("8.6.1"))
+
+
+def test_the_jetson_install_pins_numpy_1_cuda_12_6_and_one_onnxruntime():
+    lines = [line.split("#")[0].strip() for line in (ROOT / "constraints" / "jetson-jp6.txt").read_text().splitlines()]
+    pins = {canonicalize_name(Requirement(line).name): Requirement(line).specifier for line in lines if line}
+    assert not pins["numpy"].contains(Version("2.0.0")) and pins["numpy"].contains(Version("1.26.4"))
+    assert pins["cuda-python"].contains(Version("12.6.2")) and not pins["cuda-python"].contains(Version("12.8.0"))
+    assert "onnxruntime-gpu" in pins and "onnxruntime" not in pins  # the GPU build only
+    docker = (ROOT / "Dockerfile.jetson").read_text()
+    assert "l4t-jetpack:r36.4.0" in docker and "VOLUME" in docker and "pip3 uninstall -y onnxruntime" in docker
+    assert "constraints/jetson-jp6.txt" in docker
+    readme = (ROOT / "README.md").read_text()
+    assert "## On a Jetson" in readme and "JetPack 6.1" in readme

@@ -41,9 +41,7 @@ class NodeInfo:
 
 
 def attribute_value(a):
-    from onnx import helper
-
-    value = helper.get_attribute_value(a)
+    value = require("onnx.helper", "gpu").get_attribute_value(a)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, list):
