@@ -37,6 +37,14 @@ def machine_info(*, threads: int, engine_dir: Path) -> dict:
         "python": platform.python_version(),
         "versions": {d: version_of(d) for d in ("moai-edge", "onnxruntime", "onnxruntime-gpu", "numpy", "torch",
                                                 "transformers")},
+        "gpu_platform": gpu_platform(),  # GPU, CUDA, cuDNN, TensorRT, L4T, power mode, clocks (or why absent)
         "engine": str(engine_dir),
         "engine_manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
     }
+
+
+def gpu_platform() -> dict:
+    """engines.platform_info's report: what a run on a Jetson or an RTX card needs to be reproduced."""
+    from moai_edge.engines.platform_info import machine_report
+
+    return machine_report()

@@ -22,6 +22,7 @@ from moai_edge.runtime import Pipeline, Request, Result, load_image, sample_imag
 
 from .footprint import footprint
 from ..machine import machine_info
+from ..tegrastats import Tegrastats
 from .memory import RssSampler, gpu_memory, jetson_memory, rss_mb
 from .roofline import batching, kv_bytes_per_token, read_bandwidth_gbs, roofline
 
@@ -98,13 +99,14 @@ class PipelineBench:
         weights = package_bytes(self.manifest)
         base = rss_mb()
         with ExitStack() as stack:
-            with RssSampler() as sampler:
+            with RssSampler() as sampler, Tegrastats() as tegra:
                 pipe = stack.enter_context(Pipeline.load(cfg.engine_dir, cfg.options))
                 loaded = max(mb for _, mb in sampler.samples)
                 report["batches"] = {str(b): self.bench_batch(pipe, b, sampler) for b in cfg.batch_sizes}
             stage_alone = dict(pipe.schedule.peaks_mb)  # measured when a --memory-budget ran the stages one by one
             if cfg.reference:  # after the memory figures: torch is imported from here on
                 report["reference"], report["reference_differences"] = self.side_by_side(pipe)
+        report["tegrastats"] = tegra.summary()
         report["memory"] = {"weights_mb": weights / 2**20, "rss_before_load_mb": base, "rss_after_load_mb": loaded,
                             "stage_alone_peak_mb": stage_alone,
                             "peak_rss_mb": sampler.peak_mb(), "gpu": gpu_memory(), "jetson": jetson_memory(),
