@@ -17,12 +17,21 @@ import numpy as np
 from .protocol import Engine, TensorSpec
 
 
-class FeedRecorder:
-    """Keeps a copy of every feed the engines of `components` (None: all) run on, by component."""
+def host_copy(value) -> np.ndarray:
+    """A numpy copy of a feed or an output, whether an array or a device-bound one (engines.device_arrays)."""
+    return np.array(value.numpy() if hasattr(value, "numpy") and not isinstance(value, np.ndarray) else value)
 
-    def __init__(self, components: Iterable[str] | None = None):
+
+class FeedRecorder:
+    """Keeps a copy of every feed the engines of `components` (None: all) run on, by component; with `outputs`, also
+    of what each run returned (`outputs[component][k]` beside `feeds[component][k]`), up to `max_runs` per component
+    (None: all)."""
+
+    def __init__(self, components: Iterable[str] | None = None, *, outputs: bool = False, max_runs: int | None = None):
         self.components = None if components is None else set(components)
+        self.keep_outputs, self.max_runs = outputs, max_runs
         self.feeds: dict[str, list[dict[str, np.ndarray]]] = {}
+        self.outputs: dict[str, list[dict[str, np.ndarray]]] = {}
         self.lock = threading.Lock()  # concurrent experts record from their own threads
 
     def tap(self, engine: Engine, component: str) -> Engine:
@@ -31,10 +40,25 @@ class FeedRecorder:
             return engine
         return RecordingEngine(engine, component, self)
 
-    def keep(self, component: str, feeds: dict[str, np.ndarray]) -> None:
-        copied = {k: np.array(v) for k, v in feeds.items()}
+    def wants(self, component: str) -> bool:
+        """Whether the next run of `component` is still to be recorded."""
         with self.lock:
-            self.feeds.setdefault(component, []).append(copied)
+            return self.max_runs is None or len(self.feeds.get(component, [])) < self.max_runs
+
+    def keep(self, component: str, feeds: dict[str, np.ndarray]) -> int:
+        """Records a run's feeds; returns its index among the component's runs."""
+        copied = {k: host_copy(v) for k, v in feeds.items()}
+        with self.lock:
+            runs = self.feeds.setdefault(component, [])
+            runs.append(copied)
+            return len(runs) - 1
+
+    def keep_output(self, component: str, index: int, outputs: dict[str, np.ndarray]) -> None:
+        copied = {k: host_copy(v) for k, v in outputs.items()}
+        with self.lock:
+            runs = self.outputs.setdefault(component, [])
+            runs.extend([{}] * (index + 1 - len(runs)))
+            runs[index] = copied
 
 
 class RecordingEngine:
@@ -51,8 +75,17 @@ class RecordingEngine:
         return self.engine.outputs()
 
     def run(self, feeds: dict[str, np.ndarray], out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        self.recorder.keep(self.component, feeds)
-        return self.engine.run(feeds, out)
+        if not self.recorder.wants(self.component):
+            return self.engine.run(feeds, out)
+        index = self.recorder.keep(self.component, feeds)
+        result = self.engine.run(feeds, out)
+        if self.recorder.keep_outputs:
+            self.recorder.keep_output(self.component, index, result)
+        return result
+
+    def __getattr__(self, name: str):
+        """What the wrapped engine offers beyond the protocol (a backend's device binding), unchanged."""
+        return getattr(self.engine, name)
 
     def metadata(self) -> dict[str, str]:
         return self.engine.metadata()

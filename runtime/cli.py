@@ -170,6 +170,10 @@ def add_bench_verbs(sub) -> None:
     v.add_argument("--images", nargs="*", default=[], help="images to run end to end (experts, text, tokens)")
     v.add_argument("--question", default=DEFAULT_QUESTION, help="the question asked about each image")
     v.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens compared per image (default: 16)")
+    v.add_argument("--save-golden", metavar="DIR", help="also write each graph's inputs and outputs of this run, for "
+                                                        "a run on another device to be compared against")
+    v.add_argument("--golden", metavar="DIR", help="instead: feed each graph the inputs saved in DIR (--save-golden) "
+                                                   "on --device and report how far its outputs are (no torch needed)")
     v.set_defaults(func=commands.cmd_verify)
 
     b = sub.add_parser("bench", help="per-stage latency, memory, roofline and (--reference) PyTorch side by side")

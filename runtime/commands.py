@@ -197,12 +197,28 @@ def print_timings(ms: dict[str, float]) -> None:
 
 
 def cmd_verify(args) -> int:
+    """Against the PyTorch reference (needs torch), or with --golden against a saved run (torch-free)."""
+    if args.golden:
+        from moai_edge.bench.compare.golden import compare_golden
+
+        rows = compare_golden(Path(args.engine), Path(args.golden), runtime_options(args))
+        print(f"each graph on {args.device} against the golden run in {args.golden}:")
+        print("\n".join(row.render() for row in rows))
+        return 0
     require("torch", "export")
     from moai_edge.bench.compare.verify import verify_package
 
     report = verify_package(Path(args.engine), images=args.images, question=args.question,
                             max_new_tokens=args.max_new_tokens, options=runtime_options(args))
     print(report.render())
+    if args.save_golden:
+        from moai_edge.bench.compare.golden import save_golden
+        from moai_edge.runtime import load_image, sample_image
+
+        images = [load_image(p) for p in args.images] or [sample_image()]
+        index = save_golden(Path(args.engine), Path(args.save_golden), images, question=args.question,
+                            max_new_tokens=args.max_new_tokens, options=runtime_options(args))
+        print(f"golden inputs and outputs of {len(index['runs'])} graphs written to {args.save_golden}")
     return 0 if report.ok else 1
 
 
