@@ -60,7 +60,8 @@ class GraphComparison:
     max_rel_diff: float  # max abs diff / max |golden| of that output
 
     def render(self) -> str:
-        return f"{self.graph:<20}{self.runs:>4} runs  max abs diff {self.max_abs_diff:.2e}  relative {self.max_rel_diff:.2e}"
+        return (f"{self.graph:<20}{self.runs:>4} runs  max abs diff {self.max_abs_diff:.2e}  "
+                f"relative {self.max_rel_diff:.2e}")
 
 
 def compare_golden(engine_dir: Path, golden_dir: Path, options: RuntimeOptions) -> list[GraphComparison]:
