@@ -44,13 +44,14 @@ def parse_vision_config(text: str | dict | None) -> dict | None:
 def export_checkpoint(checkpoint: str | Path, out_dir: Path, *, family: str | None = None, validate: bool = True,
                       experts: dict[str, str | Path] | None = None, with_experts: bool = True,
                       vision_config: str | dict | None = None, decode_io_dtype: str | None = None,
-                      precision: str = "fp32"):
+                      precision: str = "fp32", expert_settings: dict[str, dict] | None = None):
     """`experts` names each expert's checkpoint (folder or hub id); left out, the reference's hub ids.
     `vision_config`: the vision tower's fields no tensor gives (its head count), a dict or its JSON text.
     `decode_io_dtype`: "float16" for a decode graph with float16 inputs and outputs (export.package.build_package);
     None: the preset's (float16 for the GPU presets).
     `precision`: a preset of export.precision; below fp32 the package is exported (and validated) in float32 first,
-    then lowered and held to the float32 one (export.reduce_package)."""
+    then lowered and held to the float32 one (export.reduce_package). `expert_settings`: see
+    export.package.build_package."""
     target = precision_preset(precision)
     decode_io_dtype = decode_io_dtype or target.decode_io
     vision_config = parse_vision_config(vision_config)
@@ -65,7 +66,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: Path, *, family: str | No
     source = {"checkpoint": str(Path(root).resolve()), "checkpoint_arg": str(checkpoint), "load_notes": report.notes,
               **({"vision_config": vision_config} if vision_config else {})}  # reloads (bench) need it again
     build = partial(build_package, model, tokenizer_file=tok, source=source, validate=validate,
-                    experts=experts if with_experts else None, decode_io_dtype=decode_io_dtype)
+                    experts=experts if with_experts else None, decode_io_dtype=decode_io_dtype,
+                    expert_settings=expert_settings)
     if target.name == "fp32":
         return build(out_dir=out_dir)
     with tempfile.TemporaryDirectory(prefix="moai-edge-fp32-") as work:

@@ -40,7 +40,7 @@ class ExportFamily:
     reference_experts: dict[str, str]  # expert -> the hub id of the reference's checkpoint
     panoptic_swin: str  # the Swin size ("base" | "large") of the reference's panoptic expert
 
-    def configure_decoder(self, decoder: DecoderConfig) -> DecoderConfig:
+    def configure_decoder(self, decoder: DecoderConfig, preset: SizePreset) -> DecoderConfig:
         """A size preset's decoder with the family's branches switched on."""
         return decoder
 
@@ -113,7 +113,7 @@ class CoLLaVOExport(ExportFamily):
     reference_experts = {"panoptic": "facebook/mask2former-swin-large-coco-panoptic"}
     panoptic_swin = "large"
 
-    def configure_decoder(self, decoder: DecoderConfig) -> DecoderConfig:
+    def configure_decoder(self, decoder: DecoderConfig, preset: SizePreset) -> DecoderConfig:
         return replace(decoder, seg_branch=True)
 
     def preset_parts(self, preset: SizePreset) -> FamilyParts:
@@ -151,8 +151,9 @@ class MoAIExport(ExportFamily):
                          "detector": "google/owlv2-base-patch16-ensemble"}
     panoptic_swin = "base"
 
-    def configure_decoder(self, decoder: DecoderConfig) -> DecoderConfig:
-        return replace(decoder, mixer_layers=default_mixer_layers(decoder.num_layers))
+    def configure_decoder(self, decoder: DecoderConfig, preset: SizePreset) -> DecoderConfig:
+        layers = preset.mixer_layers if preset.mixer_layers is not None else default_mixer_layers(decoder.num_layers)
+        return replace(decoder, mixer_layers=layers)
 
     def preset_parts(self, preset: SizePreset) -> FamilyParts:
         return FamilyParts(compressor=CompressorConfig(**preset.compressor))

@@ -169,7 +169,8 @@ def export_scene_graph(cfg: ModelConfig, out_dir: Path, work: Path, sources: Exp
         components[target.name], graph_diffs = export_onnx_expert(target, model, out_dir, work)
         diffs[target.name] = max(graph_diffs.values())
     section = {"component": "scene_graph", "masks": "scene_graph_masks", "source": str(source),
-               "scale": list(model.test_scale), "labels": list(COCO_PANOPTIC_CLASSES), "predicates": predicates}
+               "scale": list(model.test_scale), "keep_score": 0.8, "labels": list(COCO_PANOPTIC_CLASSES),
+               "predicates": predicates}  # keep_score: MoAI's make_sgg_prompt keeps relations scoring >= 0.8
     return components, {"scene_graph": section}, diffs
 
 

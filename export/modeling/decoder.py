@@ -104,9 +104,12 @@ class Attention(nn.Module):
         groups = self.num_heads // self.num_kv
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
-        scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(self.head_dim) + attn_bias
-        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        out = torch.matmul(probs, v).transpose(1, 2).reshape(h.shape[0], h.shape[1], -1)
+        if self.training:  # training's fused kernel; export traces (and parity checks) the explicit ops below
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
+        else:
+            scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(self.head_dim) + attn_bias
+            out = torch.matmul(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), v)
+        out = out.transpose(1, 2).reshape(h.shape[0], h.shape[1], -1)
         return self.wo(out, im_mask, seg), new_kv
 
 

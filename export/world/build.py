@@ -9,7 +9,8 @@ shipped in this folder (`export_world`, behind `moai-edge export --world moai|co
     collavo/    the CoLLaVO backbone (same layout)
     training.json   seconds per part and the settings
 The detector and scene-graph experts are not trained on the world: they are the project's seeded tiny
-checkpoints, rebuilt on the spot from `seed`, and the MoAI backbone learned to read past what they say.
+checkpoints, rebuilt on the spot from `seed`, and silenced (`SILENCED`: score cuts nothing reaches, so MoAI reads
+the reference's "nothing detected" text from them, never random labels and relations).
 """
 
 from __future__ import annotations
@@ -36,8 +37,15 @@ WORLD_FAMILIES = ("moai", "collavo")
 WORLD_PARTS = ("panoptic", *WORLD_FAMILIES)
 PANOPTIC_STEPS = 2400
 PANOPTIC_BATCH = 8
-# MoAI's four experts take ~0.5 s an image on two cores, CoLLaVO's one ~0.05 s: CoLLaVO sees more images
-RECIPES = {"moai": BackboneRecipe(images=600), "collavo": BackboneRecipe(images=1500)}
+# MoAI's four experts cost far more an image than CoLLaVO's one: CoLLaVO sees more images
+RECIPES = {"moai": BackboneRecipe(images=1000, steps=1200), "collavo": BackboneRecipe(images=2000, steps=1200)}
+NOTHING = 1.5  # above any probability: a score cut that keeps nothing
+SILENCED = {"detector": {"keep_score": NOTHING}, "scene_graph": {"keep_score": NOTHING}}
+
+
+def silenced(family: str) -> dict[str, dict]:
+    """The settings that silence the untrained experts the family packages."""
+    return {name: settings for name, settings in SILENCED.items() if name in family_of(family).experts}
 
 
 def world_experts(family: str, panoptic: Path, work: Path, *, seed: int = 0) -> dict:
@@ -59,14 +67,15 @@ def export_world(family: str, out_dir: Path, *, checkpoints: Path = CHECKPOINTS,
     out_dir = Path(out_dir)
     experts = world_experts(family, checkpoints / "panoptic", out_dir / "experts", seed=seed)
     manifest = export_checkpoint(checkpoints / family, out_dir, family=family, validate=validate, experts=experts,
-                                 precision=precision)
+                                 precision=precision, expert_settings=silenced(family))
     manifest.source.update({"world": family, "seed": seed})
     manifest.save(out_dir)
     return manifest
 
 
 def train_world(out_dir: Path = CHECKPOINTS, *, seed: int = 0, threads: int = 2, parts=WORLD_PARTS,
-                panoptic_steps: int = PANOPTIC_STEPS, recipes: dict[str, BackboneRecipe] = RECIPES, log=print) -> dict:
+                panoptic_steps: int = PANOPTIC_STEPS, panoptic_recipe: PanopticRecipe = PanopticRecipe(),
+                recipes: dict[str, BackboneRecipe] = RECIPES, log=print) -> dict:
     """Train the panoptic expert, then each backbone on the experts' results; returns the seconds per part.
     `parts` may leave the panoptic expert out to retrain backbones on the one already in `out_dir`."""
     out_dir = Path(out_dir)
@@ -76,7 +85,7 @@ def train_world(out_dir: Path = CHECKPOINTS, *, seed: int = 0, threads: int = 2,
     if "panoptic" in parts:
         start = time.perf_counter()
         train_panoptic(out_dir / "panoptic", steps=panoptic_steps, batch_size=PANOPTIC_BATCH, seed=seed,
-                       threads=threads, recipe=PanopticRecipe(), log_every=100, log=log)
+                       threads=threads, recipe=panoptic_recipe, log_every=100, check_every=400, log=log)
         seconds["panoptic"] = round(time.perf_counter() - start, 1)
     for family in (p for p in parts if p in WORLD_FAMILIES):
         start = time.perf_counter()
@@ -85,12 +94,13 @@ def train_world(out_dir: Path = CHECKPOINTS, *, seed: int = 0, threads: int = 2,
             initial = build_tiny_checkpoint(family, work / "initial", preset="world", seed=seed,
                                             train_tokenizer=train_world_tokenizer)
             experts = world_experts(family, out_dir / "panoptic", work / "experts", seed=seed)
-            export_checkpoint(initial, work / "package", family=family, validate=False, experts=experts)
+            export_checkpoint(initial, work / "package", family=family, validate=False, experts=experts,
+                              expert_settings=silenced(family))
             train_backbone(initial, work / "package", out_dir / family, recipe=recipes[family], seed=seed,
                            threads=threads, log_every=100, log=log)
         seconds[family] = round(time.perf_counter() - start, 1)
     record.write_text(json.dumps({"seconds": seconds, "seed": seed, "threads": threads,
-                                  "panoptic_steps": panoptic_steps,
+                                  "panoptic_steps": panoptic_steps, "panoptic_recipe": asdict(panoptic_recipe),
                                   "backbones": {k: asdict(r) for k, r in recipes.items()}}, indent=1) + "\n")
     return seconds
 

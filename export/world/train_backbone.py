@@ -6,12 +6,15 @@ Data: training world images (seeds drawn from `TRAINING_SEEDS`), every question 
 and the experts' results on each image exactly as the packaged experts give them at run time: the untrained
 starting checkpoint is exported once (without validation) with the trained panoptic expert and, for MoAI, the
 seeded untrained detector and scene graph and the real PP-OCR, and `Pipeline.aux_inputs` turns each image into
-the family's inputs (MoAI: the verbalized text and colour map; CoLLaVO: crayon maps and segment text).
+the family's inputs (MoAI: the verbalized text and colour map; CoLLaVO: crayon maps and segment text). The
+experts' untrained detector and scene graph are silenced in the package (export.world.build.SILENCED).
 
 Loss: the runtime's two passes, teacher-forced. The prompt goes through `VLM.prefill` (PLoRA, crayon or mixer
 branches), whose last position predicts the answer's first token; the answer then goes through the base weights
 over the prefill's K/V (`VLM.run_layers` with `past`, as the decode graph runs it), each position predicting the
-next token, the last one EOS. Cross-entropy over the answer's tokens, AdamW, warm-up then cosine.
+next token, the last one EOS. Cross-entropy per question (averaged over its answer's tokens), then over questions;
+AdamW at a constant rate with a short warm-up and a final decay. Every `check_every` steps, teacher-forced answers
+on held-out images are scored per question type (`HeldOutCheck`), and a run below chance by `give_up_at` stops.
 
 Determinism: as `train_panoptic` (seeded draws, deterministic algorithms, fixed threads).
 """
@@ -21,8 +24,8 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import string
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -31,27 +34,29 @@ import torch
 from torch.nn import functional as F
 
 from moai_edge.engines.errors import InputError
-from moai_edge.runtime import AuxInputs, Pipeline, preprocess_image, verbalize_ocr
+from moai_edge.runtime import AuxInputs, Pipeline, preprocess_image
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..family_heads import torch_head
 from ..modeling.vlm import VLM
-from .questions import NO_SIGN_ANSWER, QA, SIGN_CLAUSE, questions_for
+from .questions import QA, questions_for
 from .render import generate
-from .scene import HELD_OUT_WORDS, TRAINING_SEEDS
-from .train_panoptic import deterministic, warmup_cosine
+from .scene import HELD_OUT_SEED_START, TRAINING_SEEDS
+from .train_panoptic import deterministic, warmup_constant_decay
 
 GRAD_CLIP = 1.0
 
 
 @dataclass(frozen=True)
 class BackboneRecipe:
-    images: int = 600  # distinct training images (the experts run once on each)
-    steps: int = 1000
+    images: int = 2000  # distinct training images (the experts run once on each, cached)
+    steps: int = 3000  # at a constant rate, decayed over the last 10%
     images_per_step: int = 4  # every question of each image trains in the same step
     lr: float = 2e-3
     weight_decay: float = 0.01
-    copy_augmentation: float = 0.5  # MoAI: the share of sign images whose OCR word is swapped for a random one
+    check_every: int = 500  # the held-out check (teacher-forced answers right, per question type)
+    check_images: int = 60
+    give_up_at: int = 1500  # a run whose check is not above chance on any question type by then stops
 
 
 @dataclass
@@ -61,28 +66,6 @@ class Example:
     pixels: np.ndarray  # (3,S,S) float32, the vision graph's input
     aux: AuxInputs
     qas: list[QA]
-
-
-def random_word(draws: random.Random) -> str:
-    """3-8 capitals, never a held-out word."""
-    while (word := "".join(draws.choice(string.ascii_uppercase) for _ in range(draws.randint(3, 8)))) in HELD_OUT_WORDS:
-        pass
-    return word
-
-
-def with_sign_word(ex: Example, word: str) -> Example | None:
-    """The example as if its sign said `word`: the OCR sentence of the verbalized text and the answers that name
-    the sign change together (copy augmentation, so the model learns to copy what the OCR read rather than to
-    recall the training words). None without a sign, or when the OCR did not read the sign's word exactly."""
-    (sign,) = [qa.answer for qa in ex.qas if qa.question_type == "sign"]
-    sentence = verbalize_ocr([sign])
-    if sign == NO_SIGN_ANSWER or ex.aux.verbalized is None or sentence not in ex.aux.verbalized:
-        return None
-    aux = replace(ex.aux, verbalized=ex.aux.verbalized.replace(sentence, verbalize_ocr([word])))
-    clause = f"{SIGN_CLAUSE}{sign}"
-    qas = [qa._replace(answer=word) if qa.question_type == "sign" else
-           qa._replace(answer=qa.answer.replace(clause, f"{SIGN_CLAUSE}{word}")) for qa in ex.qas]
-    return Example(ex.pixels, aux, qas)
 
 
 def training_seeds(count: int, seed: int) -> list[int]:
@@ -125,7 +108,9 @@ class Batcher:
                 answers.append(self.tokenizer.encode(qa.answer) + [self.eos])
         return images, prompts, answers, image_pos
 
-    def loss(self, examples: list[Example]) -> torch.Tensor:
+    def forward(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (R, T, V) before each answer token, targets (R, T) with -100 past each answer's end), one row per
+        question of the examples, in order."""
         m = self.model
         images, prompts, answers, pos = self.rows(examples)
         index = torch.tensor(images)
@@ -151,8 +136,22 @@ class Batcher:
         step_pos = mask.sum(-1, keepdim=True) + torch.arange(t - 1)[None]
         h, _ = m.run_layers(m.embed(steps_in), full_mask, step_pos, kv)
         step_logits = m.output(m.model.norm(h))
-        all_logits = torch.cat([logits[:, None], step_logits], 1)
-        return F.cross_entropy(all_logits.reshape(-1, all_logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+        return torch.cat([logits[:, None], step_logits], 1), target
+
+    def loss(self, examples: list[Example]) -> torch.Tensor:
+        """Cross-entropy per question (the mean over its answer's tokens), then the mean over questions: a one-word
+        colour answer weighs what a 15-token description weighs."""
+        logits, target = self.forward(examples)
+        per_token = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")  # (R, T)
+        tokens = (target >= 0).sum(-1).clamp(min=1)
+        return (per_token.sum(-1) / tokens).mean()
+
+    @torch.no_grad()
+    def answers_right(self, examples: list[Example]) -> list[bool]:
+        """Per question, teacher-forced: whether the argmax before every answer token is that token."""
+        logits, target = self.forward(examples)
+        hit = (logits.argmax(-1) == target) | (target < 0)
+        return hit.all(-1).tolist()
 
     def extras(self, examples: list[Example], index: torch.Tensor, pos: int, length: int) -> dict[str, torch.Tensor]:
         """The family head's prefill inputs per image, then per question row; image-aligned ones at the image
@@ -165,11 +164,6 @@ class Batcher:
         return extras
 
 
-def augmented(ex: Example, draws: random.Random, share: float) -> Example:
-    swapped = with_sign_word(ex, random_word(draws)) if draws.random() < share else None
-    return swapped or ex
-
-
 def save_trained(model: VLM, out_dir: Path) -> None:
     """The model in the checkpoint layout the loader reads: no "<image>" row, no position ids, and the position
     table at the resolution it was trained at (loading interpolated it to the tower's image size)."""
@@ -180,35 +174,69 @@ def save_trained(model: VLM, out_dir: Path) -> None:
     save_checkpoint(tensors, replace(model.cfg, vision=vision), out_dir)
 
 
+class HeldOutCheck:
+    """Teacher-forced answers right per question type on held-out images (their experts run once), against chance:
+    the share of the most frequent answer of each type."""
+
+    def __init__(self, pipe: Pipeline, images: int, *, log=print):
+        self.examples = collect_examples(pipe, list(range(HELD_OUT_SEED_START, HELD_OUT_SEED_START + images)), log=log)
+        answers = [(qa.question_type, qa.answer) for ex in self.examples for qa in ex.qas]
+        self.chance = {t: max(Counter(a for k, a in answers if k == t).values()) / sum(k == t for k, _ in answers)
+                       for t in {k for k, _ in answers}}
+
+    def __call__(self, batcher: Batcher, batch: int = 8) -> dict[str, float]:
+        batcher.model.eval()
+        right: dict[str, list[bool]] = {}
+        for i in range(0, len(self.examples), batch):
+            part = self.examples[i:i + batch]
+            for qa, ok in zip((qa for ex in part for qa in ex.qas), batcher.answers_right(part)):
+                right.setdefault(qa.question_type, []).append(ok)
+        batcher.model.train()
+        return {t: round(float(np.mean(v)), 4) for t, v in sorted(right.items())}
+
+    def above_chance(self, accuracy: dict[str, float], margin: float = 0.05) -> bool:
+        return any(accuracy[t] > self.chance[t] + margin for t in accuracy)
+
+
+def train_steps(model: VLM, batcher: Batcher, examples: list[Example], check: HeldOutCheck, recipe: BackboneRecipe,
+                seed: int, log_every: int, log) -> tuple[list[float], dict[int, dict], bool]:
+    """The optimisation: (losses, the held-out curve by step, whether the run gave up below chance)."""
+    log = log or (lambda _: None)
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    sched = warmup_constant_decay(opt, recipe.steps)
+    draws, losses, curve, start = random.Random(seed + 1), [], {}, time.perf_counter()
+    for step in range(1, recipe.steps + 1):
+        loss = batcher.loss(draws.sample(examples, recipe.images_per_step))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if log_every and step % log_every == 0:
+            log(f"step {step}/{recipe.steps} loss {np.mean(losses[-log_every:]):.4f} "
+                f"({time.perf_counter() - start:.0f}s)")
+        if recipe.check_every and (step % recipe.check_every == 0 or step == recipe.steps):
+            curve[step] = check(batcher)
+            log(f"step {step}: held-out {curve[step]} (chance {check.chance})")
+            if step >= recipe.give_up_at and step < recipe.steps and not check.above_chance(curve[step]):
+                log(f"step {step}: no question type above chance; the run stops")
+                return losses, curve, True
+    return losses, curve, False
+
+
 def train_backbone(start: Path, package: Path, out_dir: Path, *, recipe: BackboneRecipe = BackboneRecipe(),
                    seed: int = 0, threads: int = 2, log_every: int = 0, log=print) -> Path:
     """Train the checkpoint at `start` with the experts of `package` (exported from it); save to `out_dir`."""
     started = time.perf_counter()
     with deterministic(threads), Pipeline.load(package, threads=threads) as pipe:
         examples = collect_examples(pipe, training_seeds(recipe.images, seed), log=log)
+        check = HeldOutCheck(pipe, recipe.check_images, log=None)
         expert_seconds = time.perf_counter()
         model, _ = load_checkpoint(start)
         model.train()
-        torch.manual_seed(seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-        sched = warmup_cosine(opt, recipe.steps)
-        draws = random.Random(seed + 1)
-        losses = []
-        batcher = Batcher(model, pipe)
-        for step in range(recipe.steps):
-            batch = [augmented(ex, draws, recipe.copy_augmentation)
-                     for ex in draws.sample(examples, recipe.images_per_step)]
-            loss = batcher.loss(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            if log_every and (step + 1) % log_every == 0:
-                recent = losses[-log_every:]
-                log(f"step {step + 1}/{recipe.steps} loss {sum(recent) / len(recent):.4f} "
-                    f"({time.perf_counter() - expert_seconds:.0f}s)")
+        losses, curve, gave_up = train_steps(model, Batcher(model, pipe), examples, check, recipe, seed, log_every, log)
     train_seconds = time.perf_counter() - expert_seconds
     out_dir = Path(out_dir)
     save_trained(model.eval(), out_dir)
@@ -217,5 +245,6 @@ def train_backbone(start: Path, package: Path, out_dir: Path, *, recipe: Backbon
     (out_dir / "train_log.json").write_text(json.dumps({
         "family": model.cfg.family, "recipe": asdict(recipe), "seed": seed, "threads": threads,
         "expert_seconds": round(expert_seconds - started, 1), "train_seconds": round(train_seconds, 1),
+        "held_out_curve": curve, "chance": check.chance, "gave_up": gave_up,
         "losses": [round(x, 4) for x in losses]}, indent=1))
     return out_dir

@@ -7,10 +7,11 @@ import torch
 
 from moai_edge.export.experts.panoptic import labels_of, load_panoptic
 from moai_edge.export.world import PANOPTIC_CATEGORIES, generate
-from moai_edge.export.world.train_panoptic import PanopticRecipe, panoptic_targets, train_panoptic
+from moai_edge.export.world.train_panoptic import (PanopticRecipe, SemanticHead, batch_of, build_model,
+                                                  panoptic_targets, train_panoptic, train_pixels)
 
-SIZE = 64  # tiny inputs keep the tests fast; the shipped expert is trained at 192
-SMALL = PanopticRecipe(size=SIZE, embed_dim=16, hidden_dim=32, num_queries=12, decoder_layers=2)
+SIZE = 64  # tiny inputs keep the tests fast; the shipped expert is trained at 128
+SMALL = PanopticRecipe(size=SIZE, embed_dim=16, hidden_dim=32, num_queries=12, decoder_layers=2, pixel_steps=2)
 
 
 def test_targets_cover_every_pixel_once():
@@ -59,3 +60,18 @@ def test_training_leaves_the_callers_torch_settings_as_they_were(tmp_path):
     train_panoptic(tmp_path / "p", steps=1, batch_size=1, seed=0, threads=1 if threads != 1 else 2, recipe=SMALL,
                    world_seeds=[0], log=lambda *_: None)
     assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == (threads, deterministic)
+
+
+def test_the_pixel_phase_trains_the_pixels_alone_and_learns():
+    torch.manual_seed(0)
+    model = build_model(0, SMALL)
+    head = SemanticHead(model.config.mask_feature_size, len(PANOPTIC_CATEGORIES), SMALL.thing_weight)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = batch_of([11, 12], SIZE)
+    recipe = PanopticRecipe(**{**SMALL.__dict__, "pixel_steps": 15})
+    losses = train_pixels(model, head, (dict(batch) for _ in range(15)), recipe, 0, None)
+    after = model.state_dict()
+    changed = {k.split(".")[1] for k in after if not torch.equal(before[k], after[k])}
+    assert changed == {"pixel_level_module"}, changed  # the queries' decoder and class head wait for phase two
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+

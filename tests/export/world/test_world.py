@@ -55,9 +55,11 @@ def test_images_vary_in_size_rendering_and_contents():
     scenes = [sample_scene(s) for s in TRAIN_SAMPLE]
     assert {s.style.supersample for s in scenes} == {1, 2, 3, 4}
     assert len({s.style.noise for s in scenes}) > 2
-    assert min(s.width for s in scenes) < 300 and max(s.width for s in scenes) > 580
-    aspects = [s.width / s.height for s in scenes]
-    assert min(aspects) < 0.6 and max(aspects) > 1.7
+    shorts = [min(s.width, s.height) for s in scenes]
+    assert min(shorts) < 280 and max(shorts) > 440
+    aspects = [max(s.width, s.height) / min(s.width, s.height) for s in scenes]
+    assert min(aspects) < 1.05 and max(aspects) > 1.28
+    assert 0.6 < np.mean([s.width >= s.height for s in scenes]) < 0.9  # landscape three times in four
     assert 0.35 < np.mean([s.sign is not None for s in scenes]) < 0.65
     assert {len(s.objects) for s in scenes} == set(range(1, 9))
     assert {n for s in scenes for n in s.counts().values()} == {1, 2, 3, 4}
@@ -70,7 +72,8 @@ def test_images_vary_in_size_rendering_and_contents():
 def test_scenes_keep_the_world_rules(seeds):
     for seed in seeds:
         scene = sample_scene(seed)
-        assert 240 <= scene.width <= 640 and 240 <= scene.height <= 640
+        short, long = sorted((scene.width, scene.height))
+        assert 240 <= short <= 480 and long <= round(short * 4 / 3)  # cameras: 4:3 at most
         assert 0.35 * scene.height - 1 <= scene.horizon <= 0.65 * scene.height + 1
         counts = scene.counts()
         assert 1 <= len(counts) <= 4 and all(1 <= n <= 4 for n in counts.values()) and len(scene.objects) <= 8
@@ -79,7 +82,7 @@ def test_scenes_keep_the_world_rules(seeds):
             assert 0 <= x0 < x1 <= scene.width and 0 <= y0 < y1 <= scene.height, (seed, boxes[k])
             assert not any(boxes_near(boxes[k], other, 0) for other in boxes[k + 1:]), f"seed {seed}: overlap"
         for o in scene.objects:
-            assert o.box[2] - o.box[0] == o.box[3] - o.box[1] >= 20
+            assert o.box[2] - o.box[0] == o.box[3] - o.box[1] >= max(20, int(0.10 * short))
         order = [(SHAPES.index(o.shape), COLOURS.index(o.colour), o.box[0]) for o in scene.objects]
         assert order == sorted(order)
 
@@ -87,7 +90,7 @@ def test_scenes_keep_the_world_rules(seeds):
 def test_training_seeds_never_show_held_out_words():
     train_words = {sample_scene(s).sign_word for s in range(2000)} - {None}
     held_out_words = {sample_scene(s).sign_word for s in range(HELD_OUT_SEEDS.start, HELD_OUT_SEEDS.start + 2000)}
-    assert train_words <= set(TRAINING_WORDS) and len(train_words) > 40
+    assert train_words == set(TRAINING_WORDS)
     assert held_out_words & set(HELD_OUT_WORDS) and held_out_words & set(TRAINING_WORDS)
 
 
@@ -96,6 +99,7 @@ def test_vocabularies_are_disjoint_capital_words():
         assert len(set(words)) == len(words)
         assert all(w.isascii() and w.isalpha() and w.isupper() and 3 <= len(w) <= 8 for w in words)
     assert not set(TRAINING_WORDS) & set(HELD_OUT_WORDS)
+    assert len({"".join(sorted(w)) for w in TRAINING_WORDS}) == len(TRAINING_WORDS)  # no anagrams (bag of letters)
 
 
 def test_seed_ranges_do_not_overlap():
