@@ -9,8 +9,8 @@ layout that `load_panoptic` and the package exporter read. Its config.json also 
 package. Training has two phases: the backbone and pixel decoder first learn per-pixel classes alone (a
 training-only `SemanticHead`, object pixels weighted up), which teaches shapes in a few hundred cheap steps; then the
 whole model learns transformers' own Mask2Former loss (Hungarian matching, class cross-entropy + mask BCE + dice on
-sampled points) plus the per-pixel loss. After training, the mask threshold is calibrated on training images
-(`calibrate_post_process`). The curves and figures behind the recipe: docs/world-training.md.
+sampled points) plus the per-pixel loss. After training, the mask and overlap thresholds are calibrated on
+training images (`calibrate_post_process`). The curves and figures behind the recipe: docs/world-training.md.
 
 Determinism: one seed fixes the weight init, the world seeds of every batch (drawn from `TRAINING_SEEDS`)
 and the loss's point sampling; `torch.use_deterministic_algorithms(True)` and a fixed `torch.set_num_threads`
@@ -95,13 +95,10 @@ class SemanticHead(torch.nn.Module):
         weight[:len(THING_CATEGORIES)] = thing_weight
         self.register_buffer("weight", weight)
 
-    def logits(self, mask_features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return torch.nn.functional.interpolate(self.proj(mask_features), size=size, mode="bilinear",
-                                               align_corners=False)
-
     def loss(self, mask_features: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(self.logits(mask_features, semantic.shape[-2:]), semantic,
-                                                 weight=self.weight, ignore_index=-100)
+        logits = torch.nn.functional.interpolate(self.proj(mask_features), size=semantic.shape[-2:], mode="bilinear",
+                                                 align_corners=False)
+        return torch.nn.functional.cross_entropy(logits, semantic, weight=self.weight, ignore_index=-100)
 
 
 @dataclass(frozen=True)
@@ -179,12 +176,6 @@ CALIBRATION_IMAGES = 40
 
 def thing_counts(labels) -> Counter:
     return Counter(int(label) for label in labels if int(label) < len(THING_CATEGORIES))
-
-
-def count_agreement(truth: Counter, found: Counter) -> float:
-    """The share of object kinds (present in either) whose count the segments get right."""
-    kinds = set(truth) | set(found)
-    return sum(truth[k] == found[k] for k in kinds) / len(kinds) if kinds else 1.0
 
 
 @torch.no_grad()
