@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from .providers import TENSORRT
+
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 
@@ -47,6 +49,12 @@ def ort_providers() -> list[str]:
     import onnxruntime as ort
 
     return list(ort.get_available_providers())
+
+
+def onnxruntime_summary() -> str:
+    """One line: the onnxruntime distributions installed and the providers they list, by short name."""
+    dists = ", ".join(f"{d} {v}" for d, v in onnxruntime_distributions().items()) or "not installed"
+    return f"onnxruntime: {dists}; providers {', '.join(p.removesuffix('ExecutionProvider') for p in ort_providers())}"
 
 
 def library_version(names: tuple[str, ...], symbol: str, decode) -> Found:
@@ -161,7 +169,7 @@ def machine_report() -> dict:
 def tensorrt_problems() -> list[str]:
     """Why TensorRT engines cannot be built here (empty: they can): the TensorRT provider, a GPU, libnvinfer."""
     problems = []
-    if "TensorrtExecutionProvider" not in ort_providers():
+    if TENSORRT not in ort_providers():
         problems.append(f"this onnxruntime has no TensorRT provider (providers: {', '.join(ort_providers())}; "
                         f"install onnxruntime-gpu, see constraints/jetson-jp6.txt on a Jetson)")
     gpu, trt = gpu_name(), tensorrt_version()

@@ -15,11 +15,8 @@ from moai_edge.engines.registry import open_engine
 
 def machine_lines() -> list[str]:
     runtime, driver, gpu = probe.cuda_runtime()
-    dists = probe.onnxruntime_distributions()
-    lines = [f"python {platform.python_version()} on {platform.machine()}",
-             f"onnxruntime: {', '.join(f'{d} {v}' for d, v in dists.items()) or 'not installed'}; providers "
-             f"{', '.join(p.replace('ExecutionProvider', '') for p in probe.ort_providers())}"]
-    if len(dists) > 1:
+    lines = [f"python {platform.python_version()} on {platform.machine()}", probe.onnxruntime_summary()]
+    if len(probe.onnxruntime_distributions()) > 1:
         lines.append("  WARNING: two onnxruntime distributions share one module; for a GPU keep onnxruntime-gpu only: "
                      "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
     lines += [f"GPU: {gpu}", f"CUDA runtime {runtime}; driver {driver}; toolkit {probe.cuda_toolkit()}",
