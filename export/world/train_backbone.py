@@ -41,10 +41,9 @@ from ..family_heads import torch_head
 from ..modeling.vlm import VLM
 from .questions import QA, questions_for
 from .render import generate
+from .optimisation import deterministic, optimise, warmup_constant_decay
 from .scene import HELD_OUT_SEED_START, TRAINING_SEEDS
-from .train_panoptic import deterministic, warmup_constant_decay
 
-GRAD_CLIP = 1.0
 
 
 @dataclass(frozen=True)
@@ -208,10 +207,7 @@ def train_steps(model: VLM, batcher: Batcher, examples: list[Example], check: He
     draws, losses, curve, start = random.Random(seed + 1), [], {}, time.perf_counter()
     for step in range(1, recipe.steps + 1):
         loss = batcher.loss(draws.sample(examples, recipe.images_per_step))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-        opt.step()
+        optimise(opt, loss, list(model.parameters()))
         sched.step()
         losses.append(float(loss.detach()))
         if log_every and step % log_every == 0:

@@ -24,7 +24,6 @@ import json
 import random
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,11 +33,11 @@ from PIL import Image
 
 from ..experts.panoptic import panoptic_config
 from .render import PANOPTIC_CATEGORIES, THING_CATEGORIES, WorldImage, generate
+from .optimisation import deterministic, optimise, warmup_constant_decay
 from .scene import HELD_OUT_SEED_START, TRAINING_SEEDS
 
 DEFAULT_LR = 1e-3
 DEFAULT_WEIGHT_DECAY = 0.05
-GRAD_CLIP = 1.0
 WORLD_IMAGE_SIZE = 128  # objects are 10-22% of the shorter side: 13-28 px here, shapes still clear
 
 
@@ -142,31 +141,6 @@ def build_model(seed: int, recipe: PanopticRecipe):
 
     torch.manual_seed(seed)
     return Mask2FormerForUniversalSegmentation(world_panoptic_config(recipe))
-
-
-def warmup_constant_decay(opt: torch.optim.Optimizer, steps: int, *,
-                          decay_fraction: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over 5% of the steps, the full rate until the last `decay_fraction`, then linearly to 0: the
-    rate stays up while the loss still falls (a cosine took it to 0 while the world's panoptic loss was falling)."""
-    warmup, decay = max(1, steps // 20), max(1, round(steps * decay_fraction))
-
-    def factor(step: int) -> float:
-        return min(1.0, (step + 1) / warmup, (steps - step) / decay)
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-@contextmanager
-def deterministic(threads: int):
-    """Deterministic algorithms on a fixed thread count while training; the caller's torch settings come back after."""
-    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before[0])
-        torch.use_deterministic_algorithms(before[1])
 
 
 MASK_THRESHOLDS = (0.95, 0.9, 0.8, 0.7, 0.6, 0.5)  # the reference's first
@@ -318,13 +292,6 @@ def train_whole(model, head: SemanticHead, batches, steps: int, recipe: Panoptic
             curve[step] = held_out_counts(model, recipe.size, CHECK_SETTINGS)
             log(f"step {step}: held-out {curve[step]}")
     return losses, curve
-
-
-def optimise(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list) -> None:
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-    opt.step()
 
 
 def main(argv: list[str] | None = None) -> None:
