@@ -12,8 +12,9 @@ on a stream; `synchronize()` is for `close()` and for benchmarks that read the c
 from __future__ import annotations
 
 from .errors import EngineError, require
+from .providers import CUDA, TENSORRT
 
-STREAM_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+STREAM_PROVIDERS = (CUDA, TENSORRT)
 
 
 def with_stream(providers: list, stream: int) -> list:

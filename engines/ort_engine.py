@@ -22,7 +22,7 @@ from .device_arrays import DeviceArray, bind_feeds
 from .errors import EngineError
 from .options import DEVICES, RuntimeOptions
 from .protocol import TensorSpec, check_feeds
-from .providers import (EXECUTION_PROVIDERS, TENSORRT, CpuFallbackWarning, check_placement, opening_log,
+from .providers import (CPU, CUDA, EXECUTION_PROVIDERS, TENSORRT, CpuFallbackWarning, check_placement, opening_log,
                         provider_names, wanted_provider)
 from .registry import Graph, backend
 from .resident_pages import drop_resident_pages
@@ -44,7 +44,7 @@ def providers(options: RuntimeOptions, stream: CudaStream | None, plan: tensorrt
     for p in provider_names(options.device, tensorrt=build):
         if p == TENSORRT and plan is not None:
             out.append((p, tensorrt.provider_options(plan, device_id=options.device_id, cache_dir=cache_dir)))
-        elif p != "CPUExecutionProvider":
+        elif p != CPU:
             out.append((p, {"device_id": str(options.device_id)}))
         else:
             out.append(p)
@@ -121,8 +121,7 @@ class OrtEngine:
                  stream: CudaStream | None, run_options=None, device_id: int = 0):
         self.session = session
         self.providers = list(session.get_providers())  # where it runs, as checked when it opened
-        self.device = ("cuda", device_id) if "CUDAExecutionProvider" in self.providers or \
-            "TensorrtExecutionProvider" in self.providers else ("cpu", 0)
+        self.device = ("cuda", device_id) if {CUDA, TENSORRT} & set(self.providers) else ("cpu", 0)
         self.run_options = run_options
         self.name = name
         self.check_inputs = check_inputs
@@ -155,14 +154,12 @@ class OrtEngine:
         cache_dir = tensorrt_cache_dir(plan, options) if plan is not None and plan.build else None
         try:
             with opening_log(options.device != "cpu") as log:
-                session = new_session(str(graph.path) if by_path else graph.data,
-                                      session_options(options, shared, folder),
-                                      providers(options, stream, plan, cache_dir))
-        except Exception as exc:  # onnxruntime raises its own untyped errors (Fail, InvalidGraph, ...)
-            if stream is not None:
-                stream.close()
-            raise EngineError(f"onnxruntime could not load '{graph.path}' ({graph.name}): {exc}") from exc
-        try:
+                try:
+                    session = new_session(str(graph.path) if by_path else graph.data,
+                                          session_options(options, shared, folder),
+                                          providers(options, stream, plan, cache_dir))
+                except Exception as exc:  # onnxruntime raises its own untyped errors (Fail, InvalidGraph, ...)
+                    raise EngineError(f"onnxruntime could not load '{graph.path}' ({graph.name}): {exc}") from exc
             check_placement(session.get_providers(), device=options.device, name=graph.name, log=log.text,
                             wanted=wanted_provider(options.device, tensorrt=plan is None or plan.build),
                             allow_cpu_fallback=options.allow_cpu_fallback)
