@@ -23,7 +23,7 @@ from typing import Iterable, Protocol
 from . import integrity, tensorrt
 from .branch import BranchEngine, SharedEngine
 from .errors import EngineError, IntegrityError, ManifestError
-from .manifest import MANIFEST_NAME, Manifest
+from .manifest import Manifest
 from .options import RuntimeOptions
 from .protocol import Engine
 from .shared_weights import SharedWeights
@@ -177,30 +177,12 @@ def package_graph(manifest: Manifest, component: str, *, verify: bool, options: 
             integrity.map_verified(path, expected, label)
     path, expected, label = manifest.file_check(c.file)
     external = bool(c.extra_files or c.shared_weights)
-    plan = tensorrt_plan(manifest, component) if options is not None and options.device == "tensorrt" else None
+    plan = tensorrt.tensorrt_plan(manifest, component) if options is not None and options.device == "tensorrt" else None
     if external:
         return Graph(component, path, integrity.read_verified(path, expected if verify else None, label),
                      external_data=True, external_files=tuple(extra), tensorrt=plan)
     _, stamp = integrity.map_verified(path, expected if verify else None, label)
     return Graph(component, path, stamp=stamp, tensorrt=plan)
-
-
-GPU_PRESETS = ("fp16", "int4-fp16", "fp16-int8")  # export.precision's presets for GPUs: TensorRT builds in fp16
-
-
-def tensorrt_plan(manifest: Manifest, component: str) -> tensorrt.TensorrtPlan:
-    """What the manifest's `tensorrt` section says of `component`; a graph it does not name runs on CUDA."""
-    c, section = manifest.component(component), manifest.tensorrt
-    said = section.get("graphs", {}).get(component)
-    if said is None:
-        reason = ("the package records no TensorRT check (schema 4: re-export it with this moai-edge)" if not section
-                  else "the manifest's tensorrt.graphs does not name it")
-        said = {"build": False, "reason": reason}
-    package = tensorrt.package_id((manifest.root / MANIFEST_NAME).read_bytes(), manifest.root)
-    return tensorrt.TensorrtPlan(component=component, build=said["build"], reason=said.get("reason", ""),
-                                 profiles=tensorrt.profile_shapes(c.inputs, section.get("axis_ranges", {})),
-                                 fp16=manifest.source.get("precision") in GPU_PRESETS or c.precision == "fp16",
-                                 int8=c.precision == "int8-qdq", package_id=package, graph_sha256=c.sha256)
 
 
 _shared_lock = threading.Lock()

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import EngineError
+from .manifest import MANIFEST_NAME, Manifest
 from .protocol import TensorSpec
 
 WORKSPACE_BYTES = 4 << 30  # a bound on what one build may take: 4 GiB of an Orin's shared memory
-HALF_PRECISIONS = ("fp16", "int4-fp16")
 
 
 @dataclass(frozen=True)
@@ -96,3 +96,21 @@ def provider_options(plan: TensorrtPlan, *, device_id: int, cache_dir: Path) -> 
         if plan.profiles.get(which):
             options[f"trt_profile_{which}_shapes"] = shapes_option(plan.profiles[which])
     return options
+
+
+GPU_PRESETS = ("fp16", "int4-fp16", "fp16-int8")  # export.precision's presets for GPUs: TensorRT builds in fp16
+
+
+def tensorrt_plan(manifest: Manifest, component: str) -> TensorrtPlan:
+    """What the manifest's `tensorrt` section says of `component`; a graph it does not name runs on CUDA."""
+    c, section = manifest.component(component), manifest.tensorrt
+    said = section.get("graphs", {}).get(component)
+    if said is None:
+        reason = ("the package records no TensorRT check (schema 4: re-export it with this moai-edge)" if not section
+                  else "the manifest's tensorrt.graphs does not name it")
+        said = {"build": False, "reason": reason}
+    package = package_id((manifest.root / MANIFEST_NAME).read_bytes(), manifest.root)
+    return TensorrtPlan(component=component, build=said["build"], reason=said.get("reason", ""),
+                        profiles=profile_shapes(c.inputs, section.get("axis_ranges", {})),
+                        fp16=manifest.source.get("precision") in GPU_PRESETS or c.precision == "fp16",
+                        int8=c.precision == "int8-qdq", package_id=package, graph_sha256=c.sha256)

@@ -12,7 +12,7 @@ import pytest
 
 from moai_edge.engines import EngineError, RuntimeOptions, load_manifest, open_engine, open_file
 from moai_edge.engines import ort_engine, providers
-from moai_edge.engines.registry import tensorrt_plan
+from moai_edge.engines.tensorrt import tensorrt_plan
 from moai_edge.engines.tensorrt import device_folder, provider_options
 from moai_edge.runtime.cli import main
 

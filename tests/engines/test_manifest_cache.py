@@ -156,7 +156,7 @@ def test_an_older_schema_package_asks_for_a_re_export(root, old):
 def test_a_schema_4_package_loads_without_a_tensorrt_section_and_says_so_for_tensorrt(root):
     """Schema 5 only adds the optional `tensorrt` section: a schema-4 package runs as before, and its graphs would go
     to the CUDA provider under --device tensorrt, for a reason that names the re-export."""
-    from moai_edge.engines.registry import tensorrt_plan
+    from moai_edge.engines.tensorrt import tensorrt_plan
 
     d = json.loads((root / "manifest.json").read_text())
     d["schema_version"] = 4
